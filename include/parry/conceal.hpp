@@ -1,0 +1,5 @@
+// Target concealment: output policies and request gates.
+#pragma once
+
+#include "parry/conceal/output_policies.hpp"
+#include "parry/conceal/throttle.hpp"

@@ -1,0 +1,228 @@
+// parry::Model: one handle over any LibTorch image classifier.
+//
+// A Model is made from
+//   (a) a torch::nn module (a holder such as `MyNet` or a std::shared_ptr to the
+//       Impl) whose forward(Tensor) returns logits,
+//   (b) a TorchScript file exported from Python (torch.jit.script/trace + save),
+//   (c) a plain callable Tensor(Tensor).
+// It may expose a features/head split (logits == head(features(x))): a module
+// with methods `features(Tensor)` and `head(Tensor)`, a TorchScript module that
+// exports methods of those names, or two callables. Detectors use the split
+// (kernel density on features; MC dropout runs head() many times).
+//
+// Copies of a Model share the underlying module, like LibTorch holders do.
+// clone() makes an independent deep copy. Serving code never toggles
+// train/eval on a shared module: with_active_dropout() returns a separate copy
+// whose dropout layers stay stochastic, for Monte-Carlo dropout.
+#pragma once
+
+#include <torch/script.h>
+#include <torch/torch.h>
+
+#include <functional>
+#include <memory>
+#include <string>
+#include <type_traits>
+#include <utility>
+#include <vector>
+
+#include "parry/core/errors.hpp"
+
+namespace parry {
+
+namespace detail {
+
+/// Type-erased operations a Model needs from its backend.
+class ModelBackend {
+ public:
+  virtual ~ModelBackend() = default;
+  virtual torch::Tensor logits(const torch::Tensor& x) = 0;
+  virtual bool has_feature_split() const = 0;
+  virtual torch::Tensor features(const torch::Tensor& x) = 0;
+  virtual torch::Tensor head(const torch::Tensor& f) = 0;
+  virtual std::shared_ptr<ModelBackend> clone() const = 0;
+  /// Deep copy in eval mode except for dropout layers, which are in train mode.
+  /// Returns the number of dropout layers found through `dropout_layers`.
+  virtual std::shared_ptr<ModelBackend> with_active_dropout(int64_t& dropout_layers) const = 0;
+  virtual std::vector<torch::Tensor> parameters() const = 0;
+  virtual void set_training(bool on) = 0;
+  virtual bool is_training() const = 0;
+  virtual void save(const std::string& path) const = 0;
+  virtual void load(const std::string& path) = 0;
+  virtual std::string kind() const = 0;
+};
+
+/// True for LibTorch dropout modules (all variants).
+bool is_dropout_module(const torch::nn::Module& m);
+
+/// Saves a module's parameters and buffers atomically, tagged with `tag`.
+void save_module_state(const torch::nn::Module& module, const std::string& tag, const std::string& path);
+/// Loads what save_module_state wrote; a missing, corrupt or mismatched file
+/// (different tag, shapes or parameter names) raises parry::IoError.
+void load_module_state(torch::nn::Module& module, const std::string& tag, const std::string& path);
+
+template <typename T, typename = void>
+struct has_feature_methods : std::false_type {};
+template <typename T>
+struct has_feature_methods<T, std::void_t<decltype(std::declval<T&>().features(std::declval<torch::Tensor>())),
+                                          decltype(std::declval<T&>().head(std::declval<torch::Tensor>()))>>
+    : std::true_type {};
+
+/// Backend over a C++ torch::nn module of concrete type Impl.
+template <typename Impl>
+class ModuleBackend final : public ModelBackend {
+ public:
+  explicit ModuleBackend(std::shared_ptr<Impl> module) : module_(std::move(module)) {}
+
+  torch::Tensor logits(const torch::Tensor& x) override { return module_->forward(x); }
+  bool has_feature_split() const override { return has_feature_methods<Impl>::value; }
+  torch::Tensor features(const torch::Tensor& x) override {
+    if constexpr (has_feature_methods<Impl>::value) {
+      return module_->features(x);
+    } else {
+      throw StateError("this model does not expose a features/head split");
+    }
+  }
+  torch::Tensor head(const torch::Tensor& f) override {
+    if constexpr (has_feature_methods<Impl>::value) {
+      return module_->head(f);
+    } else {
+      throw StateError("this model does not expose a features/head split");
+    }
+  }
+  std::shared_ptr<ModelBackend> clone() const override { return std::make_shared<ModuleBackend<Impl>>(clone_module()); }
+  std::shared_ptr<ModelBackend> with_active_dropout(int64_t& dropout_layers) const override {
+    auto copy = clone_module();
+    copy->eval();
+    dropout_layers = 0;
+    for (const auto& child : copy->modules(/*include_self=*/false)) {
+      if (is_dropout_module(*child)) {
+        child->train(true);
+        ++dropout_layers;
+      }
+    }
+    return std::make_shared<ModuleBackend<Impl>>(std::move(copy));
+  }
+  std::vector<torch::Tensor> parameters() const override { return module_->parameters(); }
+  void set_training(bool on) override { module_->train(on); }
+  bool is_training() const override { return module_->is_training(); }
+  void save(const std::string& path) const override { save_module_state(*module_, module_->name(), path); }
+  void load(const std::string& path) override { load_module_state(*module_, module_->name(), path); }
+  std::string kind() const override { return "module"; }
+
+  const std::shared_ptr<Impl>& module() const { return module_; }
+
+ private:
+  std::shared_ptr<Impl> clone_module() const {
+    auto copy = std::dynamic_pointer_cast<Impl>(module_->clone());
+    if (!copy) {
+      throw StateError("model cannot be cloned",
+                       "module clone() returned a different type; derive the Impl from "
+                       "torch::nn::Cloneable<Impl>");
+    }
+    return copy;
+  }
+
+  std::shared_ptr<Impl> module_;
+};
+
+std::shared_ptr<ModelBackend> make_torchscript_backend(const std::string& path);
+std::shared_ptr<ModelBackend> make_torchscript_backend(torch::jit::Module module);
+
+}  // namespace detail
+
+/// Function types for models made from callables.
+using TensorFn = std::function<torch::Tensor(const torch::Tensor&)>;
+
+/// A handle over an image classifier: logits(x) for a batch x of shape
+/// N×C×H×W, float, values in the range the model was trained on (Parry's
+/// reference model: [0,1]). Copies share the module; see clone().
+///
+/// Thread safety: logits/features/head are safe to call concurrently as long as
+/// nobody calls set_training() or load() on the same handle at the same time.
+class Model {
+ public:
+  /// Wraps a LibTorch module holder (e.g. `ReferenceCnn`, `torch::nn::Sequential`).
+  /// Its Impl must derive from torch::nn::Cloneable for clone() and
+  /// with_active_dropout() to work.
+  template <typename Holder,
+            typename = std::enable_if_t<std::is_base_of_v<
+                torch::nn::ModuleHolder<typename std::decay_t<Holder>::ContainedType>, std::decay_t<Holder>>>>
+  /* implicit */ Model(const Holder& holder) : Model(holder.ptr()) {}
+
+  /// Wraps a module held by shared_ptr; Impl needs forward(Tensor) -> Tensor.
+  template <typename Impl, typename = std::enable_if_t<std::is_base_of_v<torch::nn::Module, Impl>>>
+  /* implicit */ Model(std::shared_ptr<Impl> module)
+      : backend_(std::make_shared<detail::ModuleBackend<Impl>>(check_not_null(std::move(module)))) {}
+
+  /// Loads a TorchScript module saved by Python's torch.jit.save. Methods named
+  /// `features` and `head`, if exported, form the feature split.
+  /// @throws parry::IoError if the file is missing or not a TorchScript archive.
+  static Model load_torchscript(const std::string& path);
+
+  /// Wraps an already loaded TorchScript module.
+  static Model from_torchscript(torch::jit::Module module);
+
+  /// Wraps a callable returning logits. The optional features/head pair must
+  /// satisfy head(features(x)) == logits(x). Callables cannot be cloned deeply:
+  /// clone() shares them and with_active_dropout() is unavailable.
+  static Model from_callable(TensorFn logits, TensorFn features = {}, TensorFn head = {});
+
+  /// Logits, shape N×K, for a batch x of shape N×C×H×W.
+  torch::Tensor logits(const torch::Tensor& x) const { return backend_->logits(x); }
+  /// Same as logits(x).
+  torch::Tensor operator()(const torch::Tensor& x) const { return logits(x); }
+
+  /// True when features()/head() are available.
+  bool has_feature_split() const { return backend_->has_feature_split(); }
+  /// Last hidden representation, shape N×D. @throws parry::StateError without a split.
+  torch::Tensor features(const torch::Tensor& x) const;
+  /// Logits from features, shape N×K. @throws parry::StateError without a split.
+  torch::Tensor head(const torch::Tensor& f) const;
+
+  /// An independent deep copy (parameters, buffers and training flags).
+  Model clone() const { return Model(backend_->clone()); }
+
+  /// An independent copy in eval mode whose dropout layers stay active, for
+  /// Monte-Carlo dropout. The original is not touched.
+  /// @throws parry::StateError if the model has no dropout layer or cannot be copied.
+  Model with_active_dropout() const;
+
+  /// Trainable parameters (empty for callables).
+  std::vector<torch::Tensor> parameters() const { return backend_->parameters(); }
+
+  /// Training path only: switches train/eval mode of this handle's module.
+  /// Never call this on a model shared with a serving Guard.
+  void set_training(bool on) { backend_->set_training(on); }
+  bool is_training() const { return backend_->is_training(); }
+
+  /// Saves parameters and buffers atomically (temporary file, then rename).
+  /// TorchScript models are saved as TorchScript archives.
+  void save(const std::string& path) const { backend_->save(path); }
+  /// Loads parameters saved by save() into this model's module.
+  /// @throws parry::IoError on a missing, corrupt or mismatched file.
+  void load(const std::string& path) { backend_->load(path); }
+
+  /// "module", "torchscript" or "callable"; for logs and reports.
+  std::string kind() const { return backend_->kind(); }
+
+  /// The wrapped C++ module if this Model was made from Impl, else nullptr.
+  template <typename Impl>
+  std::shared_ptr<Impl> module_as() const {
+    auto typed = std::dynamic_pointer_cast<detail::ModuleBackend<Impl>>(backend_);
+    return typed ? typed->module() : nullptr;
+  }
+
+  explicit Model(std::shared_ptr<detail::ModelBackend> backend);
+
+ private:
+  template <typename Impl>
+  static std::shared_ptr<Impl> check_not_null(std::shared_ptr<Impl> module) {
+    if (!module) throw OptionError("parry::Model: module pointer is null");
+    return module;
+  }
+
+  std::shared_ptr<detail::ModelBackend> backend_;
+};
+
+}  // namespace parry

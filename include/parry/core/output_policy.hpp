@@ -1,0 +1,26 @@
+// parry::OutputPolicy: turns logits into what a caller may see.
+//
+// Threat model: score-based black-box attacks (e.g. Square) need scores;
+// returning only the label forces the attacker onto slower decision-based
+// attacks. A policy is the last stage of Guard::predict and must not leak what
+// it hides through any field of Response.
+#pragma once
+
+#include <torch/torch.h>
+
+#include <string>
+
+#include "parry/core/response.hpp"
+
+namespace parry {
+
+class OutputPolicy {
+ public:
+  virtual ~OutputPolicy() = default;
+  /// Fills labels and whatever else the policy allows from logits N×K.
+  virtual void fill(const torch::Tensor& logits, Response& response) const = 0;
+  /// One line for reports.
+  virtual std::string describe() const = 0;
+};
+
+}  // namespace parry

@@ -1,0 +1,4 @@
+// Data: IDX / Fashion-MNIST readers.
+#pragma once
+
+#include "parry/data/idx.hpp"

@@ -1,0 +1,4 @@
+// Adversarial-input detectors.
+#pragma once
+
+#include "parry/detect/softmax_confidence.hpp"

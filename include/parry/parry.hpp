@@ -1,0 +1,10 @@
+// Parry: defenses for LibTorch image classifiers against adversarial examples.
+// Umbrella header: includes every family.
+#pragma once
+
+#include "parry/conceal.hpp"
+#include "parry/core.hpp"
+#include "parry/data.hpp"
+#include "parry/detect.hpp"
+#include "parry/preprocess.hpp"
+#include "parry/train.hpp"

@@ -1,0 +1,4 @@
+// Input-transformation defenses.
+#pragma once
+
+#include "parry/preprocess/normalize.hpp"

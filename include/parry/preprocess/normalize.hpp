@@ -1,0 +1,89 @@
+// preprocess::Normalize: per-channel (x - mean) / std.
+//
+// Threat model: none by itself. Normalisation is part of most deployed
+// pipelines; it is here so the attack path sees the exact same arithmetic
+// (it is differentiable, so its gradient policy is Exact by default).
+#pragma once
+
+#include <torch/torch.h>
+
+#include <cmath>
+#include <sstream>
+#include <vector>
+
+#include "parry/core/preprocessor.hpp"
+
+namespace parry::preprocess {
+
+struct NormalizeOptions {
+  /// @param mean per-channel means, @param std per-channel standard deviations
+  ///   (positive), both of length C (the input's channel count).
+  NormalizeOptions(std::vector<double> mean, std::vector<double> std) : mean_(std::move(mean)), std_(std::move(std)) {
+    if (mean_.empty() || mean_.size() != std_.size()) {
+      throw OptionError("NormalizeOptions: mean and std need the same non-zero length, but got " +
+                        std::to_string(mean_.size()) + " and " + std::to_string(std_.size()));
+    }
+    for (double s : std_) {
+      if (!(s > 0) || !std::isfinite(s)) {
+        throw OptionError("NormalizeOptions: every std must be positive and finite, but got " + std::to_string(s));
+      }
+    }
+    for (double m : mean_) {
+      if (!std::isfinite(m))
+        throw OptionError("NormalizeOptions: every mean must be finite, but got " + std::to_string(m));
+    }
+  }
+  /// Gradient policy on the attack path (default Exact).
+  NormalizeOptions& gradient_policy(GradientPolicy policy) {
+    policy_ = policy;
+    return *this;
+  }
+  const std::vector<double>& mean() const { return mean_; }
+  const std::vector<double>& std() const { return std_; }
+  GradientPolicy gradient_policy() const { return policy_; }
+
+ private:
+  std::vector<double> mean_;
+  std::vector<double> std_;
+  GradientPolicy policy_ = GradientPolicy::Exact;
+};
+
+class Normalize final : public Preprocessor {
+ public:
+  explicit Normalize(NormalizeOptions options)
+      : Preprocessor(options.gradient_policy()),
+        options_(std::move(options)),
+        mean_(torch::tensor(options_.mean(), torch::kFloat32).view({1, -1, 1, 1})),
+        inv_std_(torch::tensor(options_.std(), torch::kFloat32).reciprocal().view({1, -1, 1, 1})) {}
+
+  /// (x - mean[c]) / std[c] for x of shape N×C×H×W.
+  /// @throws parry::OptionError if C differs from the configured channel count.
+  torch::Tensor apply(const torch::Tensor& x) const override {
+    if (x.dim() != 4 || x.size(1) != mean_.size(1)) {
+      throw OptionError("Normalize: configured for " + std::to_string(mean_.size(1)) +
+                        " channels, but the input has shape " + c10::str(x.sizes()));
+    }
+    return (x - mean_.to(x.dtype())) * inv_std_.to(x.dtype());
+  }
+
+  bool is_differentiable() const override { return true; }
+
+  std::string describe() const override {
+    std::ostringstream out;
+    out << "Normalize(mean=[";
+    for (size_t i = 0; i < options_.mean().size(); ++i) out << (i ? ", " : "") << options_.mean()[i];
+    out << "], std=[";
+    for (size_t i = 0; i < options_.std().size(); ++i) out << (i ? ", " : "") << options_.std()[i];
+    out << "], grad=" << to_string(gradient_policy()) << ")";
+    return out.str();
+  }
+
+  const NormalizeOptions& options() const { return options_; }
+
+ private:
+  NormalizeOptions options_;
+  torch::Tensor mean_;
+  torch::Tensor inv_std_;
+};
+
+}  // namespace parry::preprocess

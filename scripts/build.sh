@@ -1,0 +1,11 @@
+#!/usr/bin/env bash
+# Installs missing Debian packages, then configures and builds Parry in build/.
+# Usage: scripts/build.sh [extra cmake -D options]
+set -euo pipefail
+root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+"$root/scripts/install-deps.sh"
+build_dir="${PARRY_BUILD_DIR:-$root/build}"
+launcher=()
+if command -v ccache >/dev/null; then launcher=(-DCMAKE_CXX_COMPILER_LAUNCHER=ccache); fi
+cmake -S "$root" -B "$build_dir" -G Ninja -DCMAKE_BUILD_TYPE=Release "${launcher[@]}" "$@"
+cmake --build "$build_dir" -j 2

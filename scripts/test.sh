@@ -1,0 +1,8 @@
+#!/usr/bin/env bash
+# The README's test command: installs missing packages, builds everything and
+# runs the whole test suite with ctest.
+set -euo pipefail
+root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+"$root/scripts/build.sh"
+cd "${PARRY_BUILD_DIR:-$root/build}"
+ctest --output-on-failure -j 2 --timeout 1800

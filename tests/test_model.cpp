@@ -1,0 +1,201 @@
+#include "parry/core/model.hpp"
+#include "parry/detail/files.hpp"
+
+#include <fstream>
+
+#include "parry/models/reference_cnn.hpp"
+#include "test_support.hpp"
+
+using parry::Model;
+using parry::models::ReferenceCnn;
+
+namespace {
+
+class ModelTest : public parry::testing::SeededTest {};
+
+// A module without a feature split and without dropout.
+struct PlainNetImpl : torch::nn::Cloneable<PlainNetImpl> {
+  PlainNetImpl() { reset(); }
+  void reset() override { fc = register_module("fc", torch::nn::Linear(4, 3)); }
+  torch::Tensor forward(const torch::Tensor& x) { return fc->forward(x.flatten(1)); }
+  torch::nn::Linear fc{nullptr};
+};
+TORCH_MODULE(PlainNet);
+
+ReferenceCnn eval_reference() {
+  ReferenceCnn net;
+  net->eval();
+  return net;
+}
+
+}  // namespace
+
+TEST_F(ModelTest, HolderModelMatchesForward) {
+  auto net = eval_reference();
+  Model model(net);
+  auto x = torch::rand({4, 1, 28, 28});
+  EXPECT_TRUE(torch::equal(model.logits(x), net->forward(x)));
+  EXPECT_EQ(model.kind(), "module");
+  EXPECT_EQ(model.module_as<parry::models::ReferenceCnnImpl>(), net.ptr());
+  EXPECT_EQ(model.module_as<PlainNetImpl>(), nullptr);
+}
+
+TEST_F(ModelTest, SharedPtrModel) {
+  auto impl = std::make_shared<PlainNetImpl>();
+  Model model(impl);
+  auto x = torch::rand({2, 1, 2, 2});
+  EXPECT_TRUE(torch::allclose(model(x), impl->fc->forward(x.flatten(1))));
+  EXPECT_FALSE(model.has_feature_split());
+  EXPECT_THROW(model.features(x), parry::StateError);
+  EXPECT_THROW(Model(std::shared_ptr<PlainNetImpl>()), parry::OptionError);
+}
+
+TEST_F(ModelTest, FeatureSplitComposesToLogits) {
+  auto net = eval_reference();
+  Model model(net);
+  ASSERT_TRUE(model.has_feature_split());
+  auto x = torch::rand({3, 1, 28, 28});
+  auto f = model.features(x);
+  EXPECT_EQ(f.sizes(), (std::vector<int64_t>{3, 128}));
+  EXPECT_TRUE(torch::allclose(model.head(f), model.logits(x)));
+}
+
+TEST_F(ModelTest, CallableModel) {
+  auto w = torch::randn({784, 10});
+  auto model = Model::from_callable([w](const torch::Tensor& x) { return x.flatten(1).mm(w); });
+  auto x = torch::rand({2, 1, 28, 28});
+  EXPECT_TRUE(torch::allclose(model.logits(x), x.flatten(1).mm(w)));
+  EXPECT_EQ(model.kind(), "callable");
+  EXPECT_THROW(model.with_active_dropout(), parry::StateError);
+  EXPECT_THROW(model.save("unused"), parry::StateError);
+  EXPECT_THROW(Model::from_callable({}), parry::OptionError);
+  EXPECT_THROW(Model::from_callable([](const torch::Tensor& x) { return x; }, [](const torch::Tensor& x) { return x; }),
+               parry::OptionError);
+  auto split = Model::from_callable([w](const torch::Tensor& x) { return x.flatten(1).mm(w); },
+                                    [](const torch::Tensor& x) { return x.flatten(1); },
+                                    [w](const torch::Tensor& f) { return f.mm(w); });
+  EXPECT_TRUE(split.has_feature_split());
+  EXPECT_TRUE(torch::allclose(split.head(split.features(x)), split.logits(x)));
+}
+
+TEST_F(ModelTest, CloneIsIndependent) {
+  auto net = eval_reference();
+  Model model(net);
+  Model copy = model.clone();
+  auto x = torch::rand({2, 1, 28, 28});
+  const auto before = model.logits(x);
+  EXPECT_TRUE(torch::equal(copy.logits(x), before));
+  {
+    torch::NoGradGuard no_grad;
+    for (auto& p : copy.parameters()) p.add_(1.0);
+  }
+  EXPECT_TRUE(torch::equal(model.logits(x), before)) << "changing the clone changed the original";
+  EXPECT_FALSE(torch::equal(copy.logits(x), before));
+}
+
+TEST_F(ModelTest, ActiveDropoutCopyIsStochasticAndLeavesOriginalAlone) {
+  auto net = eval_reference();
+  Model model(net);
+  Model mc = model.with_active_dropout();
+  auto x = torch::rand({2, 1, 28, 28});
+  const auto deterministic = model.logits(x);
+  EXPECT_FALSE(torch::equal(mc.logits(x), mc.logits(x))) << "dropout is not active in the copy";
+  EXPECT_FALSE(net->is_training()) << "the original's mode changed";
+  EXPECT_TRUE(torch::equal(model.logits(x), deterministic));
+  // Only dropout layers are in training mode in the copy.
+  auto copy = mc.module_as<parry::models::ReferenceCnnImpl>();
+  ASSERT_TRUE(copy);
+  EXPECT_NE(copy.get(), net.ptr().get());
+  int active = 0;
+  for (const auto& m : copy->modules(false)) active += m->is_training() ? 1 : 0;
+  EXPECT_EQ(active, 1);
+  // The dropout-active copy's mean over many passes approaches the original
+  // (inverted dropout keeps the expectation of each hidden unit).
+  torch::NoGradGuard no_grad;
+  auto f = model.features(x);
+  auto mean_head = torch::zeros_like(deterministic);
+  for (int i = 0; i < 2000; ++i) mean_head += mc.head(f);
+  EXPECT_TRUE(torch::allclose(mean_head / 2000, deterministic, 0.0, 0.05));
+}
+
+TEST_F(ModelTest, ActiveDropoutNeedsDropoutLayers) {
+  PlainNet net;
+  net->eval();
+  EXPECT_THROW(Model(net).with_active_dropout(), parry::StateError);
+}
+
+TEST_F(ModelTest, SaveLoadRoundTrip) {
+  parry::testing::TempDir dir;
+  auto net = eval_reference();
+  Model model(net);
+  model.save(dir.file("m.pt"));
+  ReferenceCnn other;
+  other->eval();
+  auto x = torch::rand({2, 1, 28, 28});
+  EXPECT_FALSE(torch::equal(other->forward(x), net->forward(x)));
+  Model(other).load(dir.file("m.pt"));
+  EXPECT_TRUE(torch::equal(other->forward(x), net->forward(x)));
+  auto loaded = parry::models::load_reference_cnn(dir.file("m.pt"));
+  EXPECT_FALSE(loaded->is_training());
+  EXPECT_TRUE(torch::equal(loaded->forward(x), net->forward(x)));
+  // No temporary files are left behind.
+  EXPECT_EQ(std::distance(std::filesystem::directory_iterator(dir.path()), {}), 1);
+}
+
+TEST_F(ModelTest, LoadRejectsMissingCorruptAndMismatchedFiles) {
+  parry::testing::TempDir dir;
+  auto net = eval_reference();
+  Model model(net);
+  auto x = torch::rand({1, 1, 28, 28});
+  const auto before = model.logits(x);
+  EXPECT_THROW(model.load(dir.file("missing.pt")), parry::IoError);
+  { std::ofstream(dir.file("junk.pt")) << "not a model"; }
+  EXPECT_THROW(model.load(dir.file("junk.pt")), parry::IoError);
+  // Another architecture's weights.
+  PlainNet plain;
+  Model(plain).save(dir.file("plain.pt"));
+  EXPECT_THROW(model.load(dir.file("plain.pt")), parry::IoError);
+  // Same architecture, different shapes (3 classes instead of 10).
+  parry::models::ReferenceCnn three(parry::models::ReferenceCnnOptions().classes(3));
+  Model(three).save(dir.file("three.pt"));
+  EXPECT_THROW(model.load(dir.file("three.pt")), parry::IoError);
+  // A truncated copy of a valid file.
+  model.save(dir.file("good.pt"));
+  {
+    std::ifstream in(dir.file("good.pt"), std::ios::binary);
+    std::string bytes((std::istreambuf_iterator<char>(in)), {});
+    std::ofstream(dir.file("cut.pt"), std::ios::binary) << bytes.substr(0, bytes.size() / 2);
+  }
+  EXPECT_THROW(model.load(dir.file("cut.pt")), parry::IoError);
+  EXPECT_TRUE(torch::equal(model.logits(x), before)) << "a failed load changed the model";
+  try {
+    model.load(dir.file("junk.pt"));
+  } catch (const parry::IoError& e) {
+    parry::testing::expect_public(e.public_message());
+    EXPECT_NE(e.detail().find("junk.pt"), std::string::npos) << "the detail should name the file";
+  }
+}
+
+TEST_F(ModelTest, SaveIsAtomic) {
+  parry::testing::TempDir dir;
+  auto net = eval_reference();
+  Model(net).save(dir.file("m.pt"));
+  const auto size = std::filesystem::file_size(dir.file("m.pt"));
+  // Saving into a directory that does not exist fails cleanly...
+  EXPECT_THROW(Model(net).save(dir.file("no/such/dir/m.pt")), parry::IoError);
+  // ...and a failing writer leaves the previous file intact.
+  EXPECT_THROW(parry::detail::atomic_write(dir.file("m.pt"),
+                                           [](const std::string& tmp) {
+                                             std::ofstream(tmp) << "partial";
+                                             throw std::runtime_error("disk full");
+                                           }),
+               parry::IoError);
+  EXPECT_EQ(std::filesystem::file_size(dir.file("m.pt")), size);
+  EXPECT_EQ(std::distance(std::filesystem::directory_iterator(dir.path()), {}), 1);
+}
+
+TEST_F(ModelTest, OptionsValidated) {
+  EXPECT_THROW(parry::models::ReferenceCnnOptions().dropout(1.0), parry::OptionError);
+  EXPECT_THROW(parry::models::ReferenceCnnOptions().dropout(-0.1), parry::OptionError);
+  EXPECT_THROW(parry::models::ReferenceCnnOptions().classes(1), parry::OptionError);
+}
