@@ -17,7 +17,7 @@ parry::models::ReferenceCnn reference() {
 }
 
 void BM_RawForward(benchmark::State& state) {
-  torch::set_num_threads(kThreads);
+  parry::configure_runtime(parry::RuntimeOptions().threads(kThreads));
   auto net = reference();
   const auto x = torch::rand({state.range(0), 1, 28, 28});
   for (auto _ : state) {
@@ -28,7 +28,7 @@ void BM_RawForward(benchmark::State& state) {
 }
 
 void BM_GuardNoDefenses(benchmark::State& state) {
-  torch::set_num_threads(kThreads);
+  parry::configure_runtime(parry::RuntimeOptions().threads(kThreads));
   auto net = reference();
   parry::Guard guard(parry::Model(net), parry::InputSpec(1, 28, 28));
   const auto x = torch::rand({state.range(0), 1, 28, 28});

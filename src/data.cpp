@@ -204,15 +204,17 @@ ReferenceCnnImpl::ReferenceCnnImpl(ReferenceCnnOptions options) : options_(optio
 
 void ReferenceCnnImpl::reset() {
   conv1_ = register_module("conv1", torch::nn::Conv2d(torch::nn::Conv2dOptions(1, 32, 3)));
+  bn1_ = register_module("bn1", torch::nn::BatchNorm2d(32));
   conv2_ = register_module("conv2", torch::nn::Conv2d(torch::nn::Conv2dOptions(32, 64, 3)));
+  bn2_ = register_module("bn2", torch::nn::BatchNorm2d(64));
   fc1_ = register_module("fc1", torch::nn::Linear(64 * 5 * 5, 128));
   dropout_ = register_module("dropout", torch::nn::Dropout(options_.dropout()));
   fc2_ = register_module("fc2", torch::nn::Linear(128, options_.classes()));
 }
 
 torch::Tensor ReferenceCnnImpl::features(const torch::Tensor& x) {
-  torch::Tensor h = torch::max_pool2d(torch::relu(conv1_->forward(x)), 2);
-  h = torch::max_pool2d(torch::relu(conv2_->forward(h)), 2);
+  torch::Tensor h = torch::max_pool2d(torch::relu(bn1_->forward(conv1_->forward(x))), 2);
+  h = torch::max_pool2d(torch::relu(bn2_->forward(conv2_->forward(h))), 2);
   return torch::relu(fc1_->forward(h.flatten(1)));
 }
 

@@ -52,7 +52,6 @@ models::ReferenceCnn train_reference(const CommonOptions& common, const TrainOpt
                                                  .learning_rate(opts.lr)
                                                  .seed(opts.seed)
                                                  .random_flip(opts.augment)
-                                                 .random_shift(opts.augment ? 2 : 0)
                                                  .on_progress(train::progress_printer()));
   std::fprintf(stderr, "trained in %.1f s, final loss %.4f\n", summary.seconds, summary.final_loss);
   fs::create_directories(fs::absolute(opts.out).parent_path());
@@ -144,7 +143,7 @@ int main(int argc, char** argv) {
   train_cmd->add_option("--limit", train_opts.limit, "Use only the first N training images (0 = all)")
       ->check(CLI::NonNegativeNumber);
   train_cmd->add_option("--seed", train_opts.seed, "Random seed")->capture_default_str();
-  train_cmd->add_flag("!--no-augment", train_opts.augment, "Train without random flips and shifts");
+  train_cmd->add_flag("!--no-augment", train_opts.augment, "Train without random left-right flips");
 
   std::string cache_dir;
   auto* demo_cmd = app.add_subcommand("demo", "Train or load the reference model and show a defended deployment");

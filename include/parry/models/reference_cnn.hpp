@@ -1,7 +1,7 @@
 // Parry's reference classifier for 28×28 grayscale images (Fashion-MNIST).
 //
-//   features: conv3x3(1→32) ReLU maxpool2 (26→13) → conv3x3(32→64) ReLU
-//             maxpool2 (11→5) → flatten(64·5·5) → linear(1600→128) ReLU
+//   features: conv3x3(1→32) BN ReLU maxpool2 (26→13) → conv3x3(32→64) BN
+//             ReLU maxpool2 (11→5) → flatten(64·5·5) → linear(1600→128) ReLU
 //   head:     dropout(p) → linear(128→10)
 //
 // Dropout sits only in the head, so Monte-Carlo dropout can run features()
@@ -47,7 +47,9 @@ class ReferenceCnnImpl : public torch::nn::Cloneable<ReferenceCnnImpl> {
  private:
   ReferenceCnnOptions options_;
   torch::nn::Conv2d conv1_{nullptr};
+  torch::nn::BatchNorm2d bn1_{nullptr};
   torch::nn::Conv2d conv2_{nullptr};
+  torch::nn::BatchNorm2d bn2_{nullptr};
   torch::nn::Linear fc1_{nullptr};
   torch::nn::Dropout dropout_{nullptr};
   torch::nn::Linear fc2_{nullptr};
