@@ -392,25 +392,46 @@ torch::Tensor Guard::preprocess(const torch::Tensor& batch) const {
   return x;
 }
 
-Response Guard::predict(const torch::Tensor& input, const RequestContext& context) const {
-  bool gate_flagged = false;
-  std::string gate_reason;
+Guard::GateOutcome Guard::run_gates(const RequestContext& context, const torch::Tensor& input) const {
+  GateOutcome outcome;
   for (const auto& gate : gates_) {
     const GateDecision decision = gate->admit(context, input);
     if (decision.action == GateDecision::Action::Reject) {
-      Response rejected;
-      rejected.verdict = Verdict::Rejected;
-      rejected.reason = decision.reason;
-      rejected.retry_after_seconds = decision.retry_after_seconds;
-      return rejected;
+      outcome.rejected = true;
+      outcome.rejection.verdict = Verdict::Rejected;
+      outcome.rejection.reason = decision.reason;
+      outcome.rejection.retry_after_seconds = decision.retry_after_seconds;
+      return outcome;
     }
-    if (decision.action == GateDecision::Action::Flag && !gate_flagged) {
-      gate_flagged = true;
-      gate_reason = decision.reason;
+    if (decision.action == GateDecision::Action::Flag && !outcome.flagged) {
+      outcome.flagged = true;
+      outcome.flag_reason = decision.reason;
     }
   }
+  return outcome;
+}
 
-  const torch::Tensor batch = spec_.validate(input);
+Response Guard::predict(const torch::Tensor& input, const RequestContext& context) const {
+  const GateOutcome gates = run_gates(context, input);
+  if (gates.rejected) return gates.rejection;
+  return predict_valid(spec_.validate(input), gates);
+}
+
+Response Guard::predict_image(const std::string& bytes, const RequestContext& context,
+                              const data::ImageLimits& limits) const {
+  const GateOutcome gates = run_gates(context, torch::Tensor());
+  if (gates.rejected) return gates.rejection;
+  torch::Tensor image;
+  try {
+    image = data::decode_image_for(bytes, spec_, limits);
+  } catch (const InputError& e) {
+    log(LogLevel::Debug, "Guard::predict_image: " + e.detail());
+    throw;
+  }
+  return predict_valid(spec_.validate(image), gates);
+}
+
+Response Guard::predict_valid(const torch::Tensor& batch, const GateOutcome& gates) const {
   try {
     c10::InferenceMode inference;
     const torch::Tensor x = preprocess(batch);
@@ -430,9 +451,9 @@ Response Guard::predict(const torch::Tensor& input, const RequestContext& contex
     if (flagged.any().item<bool>()) {
       response.verdict = Verdict::Flagged;
       response.reason = reason::kFlagged;
-    } else if (gate_flagged) {
+    } else if (gates.flagged) {
       response.verdict = Verdict::Flagged;
-      response.reason = gate_reason;
+      response.reason = gates.flag_reason;
     }
     return response;
   } catch (const InputError& e) {

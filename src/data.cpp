@@ -370,8 +370,8 @@ TrainingSummary fit_classifier(Model& model, const torch::Tensor& images, const 
         static_cast<torch::optim::AdamOptions&>(group.options()).lr(lr);
       }
       const torch::Tensor index = order.slice(0, begin, begin + options.batch_size());
-      const torch::Tensor x = augment_batch(images.index_select(0, index), options.random_flip(),
-                                            options.random_shift(), generator);
+      const torch::Tensor x =
+          augment_batch(images.index_select(0, index), options.random_flip(), options.random_shift(), generator);
       const torch::Tensor y = labels.index_select(0, index);
       optimizer.zero_grad();
       const torch::Tensor loss = torch::nn::functional::cross_entropy(model.logits(x), y);

@@ -9,7 +9,7 @@
 #include "parry/conceal/throttle.hpp"
 #include "parry/detect/softmax_confidence.hpp"
 #include "parry/models/reference_cnn.hpp"
-#include "parry/preprocess/normalize.hpp"
+#include "parry/preprocess.hpp"
 #include "test_support.hpp"
 
 using namespace parry;
@@ -334,4 +334,36 @@ TEST_F(GuardTest, DescribeListsEveryStage) {
   EXPECT_NE(text.find("Normalize(mean=[0.5], std=[0.25], grad=exact)"), std::string::npos) << text;
   EXPECT_NE(text.find("Throttle(rate=10/s"), std::string::npos) << text;
   EXPECT_NE(text.find("LabelOnly"), std::string::npos) << text;
+}
+
+TEST_F(GuardTest, RealTransformsComposeInAnyOrder) {
+  auto net = reference();
+  auto bits = std::make_shared<preprocess::BitDepth>(preprocess::BitDepthOptions(3));
+  auto median = std::make_shared<preprocess::MedianSmoothing>(preprocess::MedianSmoothingOptions(2));
+  auto blur = std::make_shared<preprocess::GaussianBlur>(preprocess::GaussianBlurOptions(3, 0.7));
+  auto jpeg = std::make_shared<preprocess::Jpeg>(preprocess::JpegOptions(80));
+  auto x = torch::rand({3, 1, 28, 28});
+  const std::vector<std::vector<std::shared_ptr<const Preprocessor>>> orders = {
+      {bits, median, blur, jpeg}, {jpeg, blur, median, bits}, {median, jpeg, bits}};
+  std::vector<torch::Tensor> outputs;
+  for (const auto& order : orders) {
+    Guard guard(Model(net), InputSpec(1, 28, 28));
+    guard.set_output_policy(std::make_shared<conceal::Full>());
+    torch::Tensor manual = x;
+    for (const auto& p : order) {
+      guard.add_preprocessor(p);
+      manual = p->apply(manual);
+    }
+    EXPECT_TRUE(torch::allclose(guard.preprocess(x), manual));
+    auto r = guard.predict(x);
+    EXPECT_TRUE(torch::allclose(r.scores, torch::softmax(net->forward(manual), 1), 1e-5, 1e-6));
+    outputs.push_back(manual);
+    // The attack path has the same forward value, and BPDA/exact gradients reach the input.
+    auto xg = x.clone().requires_grad_(true);
+    auto logits = guard.differentiable_logits(xg);
+    EXPECT_TRUE(torch::allclose(logits, net->forward(manual), 1e-4, 1e-5));
+    logits.sum().backward();
+    EXPECT_GT(xg.grad().abs().sum().item<float>(), 0.f);
+  }
+  EXPECT_FALSE(torch::allclose(outputs[0], outputs[1])) << "order should matter";
 }

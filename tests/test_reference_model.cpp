@@ -1,8 +1,8 @@
 // The reference CNN and its trainer, on real Fashion-MNIST.
+#include <set>
 #include "parry/data/idx.hpp"
 #include "parry/models/reference_cnn.hpp"
 #include "parry/train/classifier_trainer.hpp"
-#include <set>
 
 #include "test_support.hpp"
 

@@ -2,3 +2,4 @@
 #pragma once
 
 #include "parry/data/idx.hpp"
+#include "parry/data/image.hpp"

@@ -27,6 +27,7 @@
 #include "parry/core/output_policy.hpp"
 #include "parry/core/preprocessor.hpp"
 #include "parry/core/response.hpp"
+#include "parry/data/image.hpp"
 
 namespace parry {
 
@@ -56,6 +57,14 @@ class Guard {
   ///   was expected); parry::InternalError if the model fails (details logged).
   Response predict(const torch::Tensor& input, const RequestContext& context = {}) const;
 
+  /// The serving path for encoded images (PNG or JPEG bytes, one image).
+  /// Gates run before decoding (a throttled client costs no decoding work);
+  /// the image is decoded and resized to the InputSpec's size
+  /// (data::decode_image_for) and then follows predict().
+  /// @throws parry::InputError for empty, oversized, corrupt or unsupported bytes.
+  Response predict_image(const std::string& bytes, const RequestContext& context = {},
+                         const data::ImageLimits& limits = {}) const;
+
   /// The attack path: preprocessors (each with its gradient policy) then the
   /// model, no gates, detectors or output policy. Returns logits N×K that are
   /// differentiable with respect to `x` as far as the policies allow.
@@ -76,6 +85,15 @@ class Guard {
   std::string describe() const;
 
  private:
+  struct GateOutcome {
+    bool rejected = false;
+    Response rejection;
+    bool flagged = false;
+    std::string flag_reason;
+  };
+  GateOutcome run_gates(const RequestContext& context, const torch::Tensor& input) const;
+  Response predict_valid(const torch::Tensor& batch, const GateOutcome& gates) const;
+
   Model model_;
   InputSpec spec_;
   std::vector<std::shared_ptr<Gate>> gates_;

@@ -1,0 +1,150 @@
+// preprocess::Resize: spatial down-scaling, optionally back up to the input
+// size: the seed article's "compression to a smaller size".
+//
+// Modes:
+//  - Area: each output pixel is the average of the input area it covers, with
+//    fractional weights at the edges (OpenCV's INTER_AREA when shrinking; for
+//    enlargement OpenCV's INTER_AREA is bilinear, and so is this). Computed as
+//    A_h · X · A_wᵀ with exact overlap matrices, so it is differentiable.
+//  - Bilinear: half-pixel bilinear interpolation (OpenCV INTER_LINEAR, torch
+//    align_corners=false), with optional antialiasing when shrinking (torch's
+//    antialiased kernel, as PIL's BILINEAR).
+// With restore(true) (default) the image is brought back to its input size
+// with bilinear interpolation, so the model's input shape is unchanged.
+//
+// Threat model: discards detail finer than the intermediate resolution, so a
+// perturbation that lives in high frequencies loses much of its effect. It is
+// differentiable (Exact policy by default): an attacker who knows the scale
+// attacks through it (Athalye et al. 2018). Useful against unaware attackers
+// and transferred examples, at a cost in clean accuracy.
+#pragma once
+
+#include <torch/torch.h>
+
+#include <algorithm>
+#include <sstream>
+#include <string>
+
+#include "parry/core/preprocessor.hpp"
+
+namespace parry::preprocess {
+
+enum class ResizeMode { Area, Bilinear };
+
+struct ResizeOptions {
+  /// @param height, @param width intermediate size in pixels (>= 1).
+  ResizeOptions(int64_t height, int64_t width) {
+    if (height < 1 || width < 1) {
+      throw OptionError("ResizeOptions: height and width must be at least 1, but got " + std::to_string(height) + "x" +
+                        std::to_string(width));
+    }
+    height_ = height;
+    width_ = width;
+  }
+  ResizeOptions& mode(ResizeMode m) {
+    mode_ = m;
+    return *this;
+  }
+  /// Bilinear mode only: antialias when shrinking (default true).
+  ResizeOptions& antialias(bool on) {
+    antialias_ = on;
+    return *this;
+  }
+  /// Resize back to the input size afterwards (default true).
+  ResizeOptions& restore(bool on) {
+    restore_ = on;
+    return *this;
+  }
+  /// Attack-path gradient: Exact (default), StraightThrough or Blocked.
+  ResizeOptions& gradient_policy(GradientPolicy p) {
+    policy_ = p;
+    return *this;
+  }
+  int64_t height() const { return height_; }
+  int64_t width() const { return width_; }
+  ResizeMode mode() const { return mode_; }
+  bool antialias() const { return antialias_; }
+  bool restore() const { return restore_; }
+  GradientPolicy gradient_policy() const { return policy_; }
+
+ private:
+  int64_t height_ = 1;
+  int64_t width_ = 1;
+  ResizeMode mode_ = ResizeMode::Area;
+  bool antialias_ = true;
+  bool restore_ = true;
+  GradientPolicy policy_ = GradientPolicy::Exact;
+};
+
+}  // namespace parry::preprocess
+
+namespace parry::detail {
+
+/// Row-stochastic (out×in) matrix of INTER_AREA weights for shrinking `in` to `out`.
+inline torch::Tensor area_matrix(int64_t in, int64_t out) {
+  auto m = torch::zeros({out, in}, torch::kFloat64);
+  auto acc = m.accessor<double, 2>();
+  const double scale = static_cast<double>(in) / static_cast<double>(out);
+  for (int64_t o = 0; o < out; ++o) {
+    const double start = static_cast<double>(o) * scale;
+    const double end = start + scale;
+    for (auto i = static_cast<int64_t>(start); i < in && static_cast<double>(i) < end; ++i) {
+      const double overlap = std::min(end, static_cast<double>(i + 1)) - std::max(start, static_cast<double>(i));
+      if (overlap > 0) acc[o][i] = overlap / scale;
+    }
+  }
+  return m;
+}
+
+inline torch::Tensor resize_bilinear(const torch::Tensor& x, int64_t h, int64_t w, bool antialias) {
+  namespace F = torch::nn::functional;
+  const bool shrinking = h < x.size(2) || w < x.size(3);
+  return F::interpolate(x, F::InterpolateFuncOptions()
+                               .size(std::vector<int64_t>{h, w})
+                               .mode(torch::kBilinear)
+                               .align_corners(false)
+                               .antialias(antialias && shrinking));
+}
+
+}  // namespace parry::detail
+
+namespace parry::preprocess {
+
+class Resize final : public Preprocessor {
+ public:
+  explicit Resize(ResizeOptions options) : Preprocessor(options.gradient_policy()), options_(options) {
+    check_policy("Resize");
+  }
+  /// Resizes `x` (N×C×H×W) to the configured size, and back if restore().
+  torch::Tensor apply(const torch::Tensor& x) const override {
+    const int64_t h = x.size(2), w = x.size(3);
+    const int64_t th = options_.height(), tw = options_.width();
+    torch::Tensor y;
+    if (options_.mode() == ResizeMode::Area && th <= h && tw <= w && h % th == 0 && w % tw == 0) {
+      // Integer factors: INTER_AREA is a plain block average.
+      y = torch::avg_pool2d(x, {h / th, w / tw});
+    } else if (options_.mode() == ResizeMode::Area && th <= h && tw <= w) {
+      const auto rows = parry::detail::area_matrix(h, th).to(x.dtype());
+      const auto cols = parry::detail::area_matrix(w, tw).to(x.dtype());
+      y = torch::matmul(torch::matmul(rows, x), cols.t());
+    } else {
+      y = parry::detail::resize_bilinear(x, th, tw, options_.mode() == ResizeMode::Bilinear && options_.antialias());
+    }
+    if (options_.restore() && (th != h || tw != w)) y = parry::detail::resize_bilinear(y, h, w, /*antialias=*/false);
+    return y;
+  }
+  bool is_differentiable() const override { return true; }
+  std::string describe() const override {
+    std::ostringstream out;
+    out << "Resize(" << options_.height() << "x" << options_.width() << ", "
+        << (options_.mode() == ResizeMode::Area ? "area" : (options_.antialias() ? "bilinear+antialias" : "bilinear"))
+        << (options_.restore() ? ", restore" : "") << ", grad=" << to_string(gradient_policy()) << ")";
+    return out.str();
+  }
+  const ResizeOptions& options() const { return options_; }
+
+ private:
+  ResizeOptions options_;
+};
+
+}  // namespace parry::preprocess

@@ -1,0 +1,231 @@
+// OpenCV-backed code: the Jpeg preprocessor and image decoding/encoding.
+#include <ATen/Parallel.h>
+
+#include <opencv2/core.hpp>
+#include <opencv2/imgcodecs.hpp>
+#include <opencv2/imgproc.hpp>
+
+#include "parry/data/image.hpp"
+#include "parry/preprocess/jpeg.hpp"
+
+namespace parry {
+
+namespace {
+
+// N×C×H×W float in [0,1] (C = 1 or RGB 3) -> N×H×W×C uint8 in OpenCV's
+// channel order (BGR), contiguous.
+torch::Tensor to_opencv_bytes(const torch::Tensor& x) {
+  torch::Tensor u8 = (x.detach().to(torch::kFloat32) * 255.0).round_().clamp_(0, 255).to(torch::kUInt8);
+  if (u8.size(1) == 3) u8 = u8.flip({1});
+  return u8.permute({0, 2, 3, 1}).contiguous();
+}
+
+// Inverse of to_opencv_bytes.
+torch::Tensor from_opencv_bytes(const torch::Tensor& nhwc) {
+  torch::Tensor x = nhwc.permute({0, 3, 1, 2}).to(torch::kFloat32).div_(255.0);
+  if (x.size(1) == 3) x = x.flip({1});
+  return x.contiguous();
+}
+
+int opencv_type(int64_t channels) {
+  return channels == 1 ? CV_8UC1 : CV_8UC3;
+}
+
+}  // namespace
+
+namespace preprocess {
+
+torch::Tensor Jpeg::apply(const torch::Tensor& x) const {
+  if (x.dim() != 4 || (x.size(1) != 1 && x.size(1) != 3)) {
+    throw InputError("JPEG compression needs 1 or 3 channels, but the input has shape " + c10::str(x.sizes()));
+  }
+  const int64_t n = x.size(0), c = x.size(1), h = x.size(2), w = x.size(3);
+  const torch::Tensor in = to_opencv_bytes(x);
+  torch::Tensor out = torch::empty_like(in);
+  const std::vector<int> params = {cv::IMWRITE_JPEG_QUALITY, options_.quality()};
+  const int read_flag = c == 1 ? cv::IMREAD_GRAYSCALE : cv::IMREAD_COLOR;
+  const int64_t image_bytes = h * w * c;
+  std::atomic<bool> failed{false};
+  at::parallel_for(0, n, 1, [&](int64_t begin, int64_t end) {
+    std::vector<uchar> encoded;
+    for (int64_t i = begin; i < end; ++i) {
+      const cv::Mat image(static_cast<int>(h), static_cast<int>(w), opencv_type(c),
+                          in.data_ptr<uint8_t>() + i * image_bytes);
+      cv::Mat decoded;
+      if (cv::imencode(".jpg", image, encoded, params)) decoded = cv::imdecode(encoded, read_flag);
+      if (decoded.empty() || decoded.rows != h || decoded.cols != w || !decoded.isContinuous()) {
+        failed = true;
+        continue;
+      }
+      std::memcpy(out.data_ptr<uint8_t>() + i * image_bytes, decoded.data, static_cast<size_t>(image_bytes));
+    }
+  });
+  if (failed) throw InternalError("JPEG encode/decode failed inside the Jpeg preprocessor");
+  return from_opencv_bytes(out).to(x.dtype());
+}
+
+}  // namespace preprocess
+
+namespace data {
+
+namespace {
+
+void require_limit(bool ok, const std::string& name, int64_t v) {
+  if (!ok) throw OptionError("ImageLimits::" + name + ": must be positive, but got " + std::to_string(v));
+}
+
+uint32_t be32(const std::string& b, size_t at) {
+  return (uint32_t(uint8_t(b[at])) << 24) | (uint32_t(uint8_t(b[at + 1])) << 16) | (uint32_t(uint8_t(b[at + 2])) << 8) |
+         uint32_t(uint8_t(b[at + 3]));
+}
+uint32_t be16(const std::string& b, size_t at) {
+  return (uint32_t(uint8_t(b[at])) << 8) | uint32_t(uint8_t(b[at + 1]));
+}
+
+bool is_png(const std::string& b) {
+  return b.size() >= 8 && b.compare(0, 8, "\x89PNG\r\n\x1a\n") == 0;
+}
+bool is_jpeg(const std::string& b) {
+  return b.size() >= 3 && uint8_t(b[0]) == 0xFF && uint8_t(b[1]) == 0xD8;
+}
+
+const char* kUnsupported = "image could not be decoded (PNG or JPEG expected)";
+
+// A truncated JPEG still decodes (libjpeg fills the rest with grey), so the
+// end-of-image marker is required; a PNG must end with its IEND chunk.
+bool is_complete(const std::string& b) {
+  if (is_png(b)) return b.size() >= 12 && b.compare(b.size() - 8, 4, "IEND") == 0;
+  size_t end = b.size();
+  while (end > 2 && b[end - 1] == '\0') --end;  // some encoders pad with zeros
+  return end >= 4 && uint8_t(b[end - 2]) == 0xFF && uint8_t(b[end - 1]) == 0xD9;
+}
+
+}  // namespace
+
+ImageLimits& ImageLimits::max_bytes(int64_t v) {
+  require_limit(v > 0, "max_bytes", v);
+  max_bytes_ = v;
+  return *this;
+}
+ImageLimits& ImageLimits::max_pixels(int64_t v) {
+  require_limit(v > 0, "max_pixels", v);
+  max_pixels_ = v;
+  return *this;
+}
+ImageLimits& ImageLimits::max_side(int64_t v) {
+  require_limit(v > 0, "max_side", v);
+  max_side_ = v;
+  return *this;
+}
+
+ImageSize peek_image_size(const std::string& b) {
+  if (is_png(b)) {
+    if (b.size() < 24 || b.compare(12, 4, "IHDR") != 0) throw InputError(kUnsupported, "PNG without IHDR");
+    return {static_cast<int64_t>(be32(b, 16)), static_cast<int64_t>(be32(b, 20))};
+  }
+  if (is_jpeg(b)) {
+    size_t pos = 2;
+    while (pos + 4 <= b.size()) {
+      if (uint8_t(b[pos]) != 0xFF) throw InputError(kUnsupported, "JPEG marker expected");
+      const uint8_t marker = uint8_t(b[pos + 1]);
+      if (marker == 0xFF) {  // fill byte
+        ++pos;
+        continue;
+      }
+      if (marker == 0x01 || (marker >= 0xD0 && marker <= 0xD7)) {  // no payload
+        pos += 2;
+        continue;
+      }
+      const bool start_of_frame =
+          marker >= 0xC0 && marker <= 0xCF && marker != 0xC4 && marker != 0xC8 && marker != 0xCC;
+      if (start_of_frame) {
+        if (pos + 9 > b.size()) break;
+        return {static_cast<int64_t>(be16(b, pos + 7)), static_cast<int64_t>(be16(b, pos + 5))};
+      }
+      if (marker == 0xDA || marker == 0xD9) break;  // scan data or end before any frame header
+      pos += 2 + be16(b, pos + 2);
+    }
+    throw InputError(kUnsupported, "JPEG without a frame header");
+  }
+  throw InputError(kUnsupported, "neither PNG nor JPEG signature");
+}
+
+torch::Tensor decode_image(const std::string& bytes, int64_t channels, const ImageLimits& limits) {
+  if (channels != 1 && channels != 3) {
+    throw OptionError("decode_image: channels must be 1 or 3, but got " + std::to_string(channels));
+  }
+  if (bytes.empty()) throw InputError("image is empty");
+  if (static_cast<int64_t>(bytes.size()) > limits.max_bytes()) {
+    throw InputError("image exceeds the size limit of " + std::to_string(limits.max_bytes()) + " bytes");
+  }
+  const ImageSize size = peek_image_size(bytes);
+  if (size.width < 1 || size.height < 1) throw InputError(kUnsupported, "zero image dimension");
+  if (size.width > limits.max_side() || size.height > limits.max_side() ||
+      size.width * size.height > limits.max_pixels()) {
+    throw InputError("image dimensions exceed the limit",
+                     "declared " + std::to_string(size.width) + "x" + std::to_string(size.height));
+  }
+  if (!is_complete(bytes)) throw InputError(kUnsupported, "truncated image data");
+  cv::Mat decoded;
+  try {
+    const cv::Mat raw(1, static_cast<int>(bytes.size()), CV_8UC1, const_cast<char*>(bytes.data()));
+    decoded = cv::imdecode(raw, channels == 1 ? cv::IMREAD_GRAYSCALE : cv::IMREAD_COLOR);
+  } catch (const cv::Exception& e) {
+    throw InputError(kUnsupported, std::string("OpenCV: ") + e.what());
+  }
+  if (decoded.empty() || decoded.depth() != CV_8U || decoded.channels() != channels || decoded.cols != size.width ||
+      decoded.rows != size.height) {
+    throw InputError(kUnsupported, "decoder rejected the data");
+  }
+  if (!decoded.isContinuous()) decoded = decoded.clone();
+  auto nhwc = torch::from_blob(decoded.data, {1, decoded.rows, decoded.cols, channels}, torch::kUInt8);
+  return from_opencv_bytes(nhwc)[0];
+}
+
+torch::Tensor decode_image_for(const std::string& bytes, const InputSpec& spec, const ImageLimits& limits) {
+  if (spec.channels() != 1 && spec.channels() != 3) {
+    throw OptionError("decode_image_for: the input spec needs 1 or 3 channels, but has " +
+                      std::to_string(spec.channels()));
+  }
+  torch::Tensor image = decode_image(bytes, spec.channels(), limits);
+  const int64_t h = image.size(1), w = image.size(2);
+  if (h == spec.height() && w == spec.width()) return image;
+  // Resize in OpenCV on float32 H×W×C data.
+  torch::Tensor hwc = image.permute({1, 2, 0}).contiguous();
+  const cv::Mat src(static_cast<int>(h), static_cast<int>(w), CV_32FC(static_cast<int>(spec.channels())),
+                    hwc.data_ptr<float>());
+  cv::Mat dst;
+  const bool shrinking = spec.height() <= h && spec.width() <= w;
+  cv::resize(src, dst, cv::Size(static_cast<int>(spec.width()), static_cast<int>(spec.height())), 0, 0,
+             shrinking ? cv::INTER_AREA : cv::INTER_LINEAR);
+  auto out = torch::from_blob(dst.data, {spec.height(), spec.width(), spec.channels()}, torch::kFloat32);
+  return out.permute({2, 0, 1}).clamp(0, 1).contiguous();
+}
+
+namespace {
+std::string encode(const torch::Tensor& image, const std::string& ext, const std::vector<int>& params) {
+  if (image.dim() != 3 || (image.size(0) != 1 && image.size(0) != 3)) {
+    throw OptionError("encode: need a C×H×W tensor with C = 1 or 3, but got " + c10::str(image.sizes()));
+  }
+  const torch::Tensor hwc = to_opencv_bytes(image.unsqueeze(0))[0].contiguous();
+  const cv::Mat mat(static_cast<int>(hwc.size(0)), static_cast<int>(hwc.size(1)), opencv_type(hwc.size(2)),
+                    hwc.data_ptr<uint8_t>());
+  std::vector<uchar> buffer;
+  if (!cv::imencode(ext, mat, buffer, params)) throw InternalError("OpenCV could not encode " + ext);
+  return std::string(buffer.begin(), buffer.end());
+}
+}  // namespace
+
+std::string encode_png(const torch::Tensor& image) {
+  return encode(image, ".png", {});
+}
+
+std::string encode_jpeg(const torch::Tensor& image, int quality) {
+  if (quality < 1 || quality > 100) {
+    throw OptionError("encode_jpeg: quality must be in 1..100, but got " + std::to_string(quality));
+  }
+  return encode(image, ".jpg", {cv::IMWRITE_JPEG_QUALITY, quality});
+}
+
+}  // namespace data
+}  // namespace parry
