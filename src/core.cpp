@@ -427,6 +427,9 @@ Response Guard::predict_image(const std::string& bytes, const RequestContext& co
   } catch (const InputError& e) {
     log(LogLevel::Debug, "Guard::predict_image: " + e.detail());
     throw;
+  } catch (const std::exception& e) {
+    log(LogLevel::Error, std::string("Guard::predict_image: ") + e.what());
+    throw InternalError(e.what());
   }
   return predict_valid(spec_.validate(image), gates);
 }

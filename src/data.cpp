@@ -6,6 +6,7 @@
 #include <cmath>
 #include <cstdio>
 #include <cstring>
+#include <filesystem>
 #include <memory>
 #include <sstream>
 
@@ -63,7 +64,7 @@ uint32_t big_endian_u32(const unsigned char* b) {
 
 }  // namespace
 
-torch::Tensor read_idx(const std::string& path, int64_t max_elements) {
+torch::Tensor read_idx(const std::string& path, int64_t max_bytes) {
   ByteReader reader(path);
   unsigned char magic[4];
   reader.read(magic, 4, "the magic number");
@@ -105,17 +106,31 @@ torch::Tensor read_idx(const std::string& path, int64_t max_elements) {
   if (rank < 1) throw IoError("data file is not an IDX file", "'" + path + "': rank 0");
   std::vector<int64_t> sizes(static_cast<size_t>(rank));
   int64_t elements = 1;
+  const auto max_elements = max_bytes / static_cast<int64_t>(element_size);
   for (int d = 0; d < rank; ++d) {
     unsigned char b[4];
     reader.read(b, 4, "the header");
-    sizes[static_cast<size_t>(d)] = big_endian_u32(b);
-    if (sizes[static_cast<size_t>(d)] > 0 && elements > max_elements / sizes[static_cast<size_t>(d)]) {
+    const int64_t size = big_endian_u32(b);
+    sizes[static_cast<size_t>(d)] = size;
+    if (size > 0 && elements > max_elements / size) {
       throw IoError("data file is too large",
-                    "'" + path + "': header declares more than " + std::to_string(max_elements) + " elements");
+                    "'" + path + "': header declares more than " + std::to_string(max_bytes) + " bytes of data");
     }
-    elements *= sizes[static_cast<size_t>(d)];
+    elements *= size;
   }
-  torch::Tensor out = torch::empty(sizes, torch::TensorOptions().dtype(type));
+  const auto data_bytes = static_cast<uint64_t>(elements) * element_size;
+  // An uncompressed file must actually hold the data its header declares.
+  std::error_code ignored;
+  const bool compressed = path.size() > 3 && path.compare(path.size() - 3, 3, ".gz") == 0;
+  if (!compressed && std::filesystem::file_size(path, ignored) < 4 + 4 * static_cast<uint64_t>(rank) + data_bytes) {
+    throw IoError("data file is truncated or corrupt", "'" + path + "': shorter than its header declares");
+  }
+  torch::Tensor out;
+  try {
+    out = torch::empty(sizes, torch::TensorOptions().dtype(type));
+  } catch (const std::exception& e) {
+    throw IoError("data file is too large", "'" + path + "': " + e.what());
+  }
   reader.read(out.data_ptr(), static_cast<size_t>(elements) * element_size, "the data");
   if (!reader.at_end()) {
     throw IoError("data file is corrupt", "'" + path + "': data continues past the declared size");
@@ -164,6 +179,9 @@ LabeledImages load_fashion_mnist(const std::string& dir, bool train, int64_t lim
     throw IoError("Fashion-MNIST label file does not match the images",
                   "'" + label_path + "': " + c10::str(labels.sizes()) + " labels for " +
                       std::to_string(images.size(0)) + " images");
+  }
+  if (labels.numel() == 0) {
+    throw IoError("Fashion-MNIST files are empty", "'" + label_path + "' holds no labels");
   }
   if (labels.max().item<int64_t>() > 9) {
     throw IoError("Fashion-MNIST label file is corrupt", "'" + label_path + "': label above 9");

@@ -124,27 +124,46 @@ ImageSize peek_image_size(const std::string& b) {
     return {static_cast<int64_t>(be32(b, 16)), static_cast<int64_t>(be32(b, 20))};
   }
   if (is_jpeg(b)) {
+    // Scan markers the way libjpeg's next_marker() does, so that this parser
+    // and the decoder agree on which frame header is read: bytes other than
+    // 0xFF are skipped, 0xFF fill bytes are skipped, and 0xFF 0x00 is stuffed
+    // data, not a marker. A second SOI or SOF before the scan is refused.
     size_t pos = 2;
-    while (pos + 4 <= b.size()) {
-      if (uint8_t(b[pos]) != 0xFF) throw InputError(kUnsupported, "JPEG marker expected");
-      const uint8_t marker = uint8_t(b[pos + 1]);
-      if (marker == 0xFF) {  // fill byte
+    bool have_frame = false;
+    ImageSize frame;
+    while (pos < b.size()) {
+      if (uint8_t(b[pos]) != 0xFF) {
         ++pos;
         continue;
       }
-      if (marker == 0x01 || (marker >= 0xD0 && marker <= 0xD7)) {  // no payload
-        pos += 2;
+      while (pos < b.size() && uint8_t(b[pos]) == 0xFF) ++pos;
+      if (pos >= b.size()) break;
+      const uint8_t marker = uint8_t(b[pos]);
+      const size_t segment = pos + 1;  // first byte after the marker code
+      if (marker == 0x00) {            // stuffed byte
+        pos = segment;
         continue;
       }
+      if (marker == 0xD8) throw InputError(kUnsupported, "JPEG with a second start-of-image marker");
+      if (marker == 0x01 || (marker >= 0xD0 && marker <= 0xD7)) {  // no payload
+        pos = segment;
+        continue;
+      }
+      if (marker == 0xDA || marker == 0xD9) break;  // start of scan / end of image
+      if (segment + 2 > b.size()) break;
+      const size_t length = be16(b, segment);
+      if (length < 2) throw InputError(kUnsupported, "JPEG segment with a bad length");
       const bool start_of_frame =
           marker >= 0xC0 && marker <= 0xCF && marker != 0xC4 && marker != 0xC8 && marker != 0xCC;
       if (start_of_frame) {
-        if (pos + 9 > b.size()) break;
-        return {static_cast<int64_t>(be16(b, pos + 7)), static_cast<int64_t>(be16(b, pos + 5))};
+        if (have_frame) throw InputError(kUnsupported, "JPEG with two frame headers");
+        if (segment + 7 > b.size()) break;
+        frame = {static_cast<int64_t>(be16(b, segment + 5)), static_cast<int64_t>(be16(b, segment + 3))};
+        have_frame = true;
       }
-      if (marker == 0xDA || marker == 0xD9) break;  // scan data or end before any frame header
-      pos += 2 + be16(b, pos + 2);
+      pos = segment + length;
     }
+    if (have_frame) return frame;
     throw InputError(kUnsupported, "JPEG without a frame header");
   }
   throw InputError(kUnsupported, "neither PNG nor JPEG signature");
@@ -161,7 +180,7 @@ torch::Tensor decode_image(const std::string& bytes, int64_t channels, const Ima
   const ImageSize size = peek_image_size(bytes);
   if (size.width < 1 || size.height < 1) throw InputError(kUnsupported, "zero image dimension");
   if (size.width > limits.max_side() || size.height > limits.max_side() ||
-      size.width * size.height > limits.max_pixels()) {
+      size.width > limits.max_pixels() / size.height) {
     throw InputError("image dimensions exceed the limit",
                      "declared " + std::to_string(size.width) + "x" + std::to_string(size.height));
   }
@@ -172,9 +191,13 @@ torch::Tensor decode_image(const std::string& bytes, int64_t channels, const Ima
     decoded = cv::imdecode(raw, channels == 1 ? cv::IMREAD_GRAYSCALE : cv::IMREAD_COLOR);
   } catch (const cv::Exception& e) {
     throw InputError(kUnsupported, std::string("OpenCV: ") + e.what());
+  } catch (const std::exception& e) {  // e.g. std::bad_alloc
+    throw InputError(kUnsupported, std::string("decoding failed: ") + e.what());
   }
-  if (decoded.empty() || decoded.depth() != CV_8U || decoded.channels() != channels || decoded.cols != size.width ||
-      decoded.rows != size.height) {
+  // The decoder applies EXIF orientation, which may swap width and height.
+  const bool as_declared = decoded.cols == size.width && decoded.rows == size.height;
+  const bool rotated = decoded.cols == size.height && decoded.rows == size.width;
+  if (decoded.empty() || decoded.depth() != CV_8U || decoded.channels() != channels || !(as_declared || rotated)) {
     throw InputError(kUnsupported, "decoder rejected the data");
   }
   if (!decoded.isContinuous()) decoded = decoded.clone();
@@ -188,8 +211,13 @@ torch::Tensor decode_image_for(const std::string& bytes, const InputSpec& spec, 
                       std::to_string(spec.channels()));
   }
   torch::Tensor image = decode_image(bytes, spec.channels(), limits);
+  // Pixel values map linearly from [0, 1] onto the spec's value range.
+  auto to_range = [&](torch::Tensor t) {
+    if (spec.min_value() == 0.0 && spec.max_value() == 1.0) return t;
+    return t * (spec.max_value() - spec.min_value()) + spec.min_value();
+  };
   const int64_t h = image.size(1), w = image.size(2);
-  if (h == spec.height() && w == spec.width()) return image;
+  if (h == spec.height() && w == spec.width()) return to_range(image);
   // Resize in OpenCV on float32 H×W×C data.
   torch::Tensor hwc = image.permute({1, 2, 0}).contiguous();
   const cv::Mat src(static_cast<int>(h), static_cast<int>(w), CV_32FC(static_cast<int>(spec.channels())),
@@ -199,7 +227,7 @@ torch::Tensor decode_image_for(const std::string& bytes, const InputSpec& spec, 
   cv::resize(src, dst, cv::Size(static_cast<int>(spec.width()), static_cast<int>(spec.height())), 0, 0,
              shrinking ? cv::INTER_AREA : cv::INTER_LINEAR);
   auto out = torch::from_blob(dst.data, {spec.height(), spec.width(), spec.channels()}, torch::kFloat32);
-  return out.permute({2, 0, 1}).clamp(0, 1).contiguous();
+  return to_range(out.permute({2, 0, 1}).clamp(0, 1).contiguous());
 }
 
 namespace {

@@ -9,12 +9,19 @@ using preprocess::BitDepthOptions;
 class BitDepthTest : public parry::testing::SeededTest {};
 
 TEST_F(BitDepthTest, ExactAgainstTheFormula) {
-  auto x = torch::rand({4, 3, 9, 7});
+  // Random values plus every quantisation midpoint (k + 0.5) / 255, where
+  // rounding half to even matters.
+  auto x = torch::cat({torch::rand({4 * 3 * 9 * 7}), (torch::arange(255, torch::kFloat32) + 0.5f) / 255.0f})
+               .view({-1, 1, 1, 1});
   for (int bits = 1; bits <= 8; ++bits) {
     auto y = BitDepth(BitDepthOptions(bits)).apply(x);
-    const double levels = (1 << bits) - 1;
-    // Elementwise: y = rint(x * levels) / levels, computed in double here.
-    auto expected = (torch::round(x.to(torch::kFloat64) * levels) / levels).to(torch::kFloat32);
+    const float levels = static_cast<float>((1 << bits) - 1);
+    // Reference, element by element in float32 like numpy's rint on float32:
+    // nearbyint rounds half to even in the default rounding mode.
+    auto expected = torch::empty_like(x);
+    auto in = x.accessor<float, 4>();
+    auto out = expected.accessor<float, 4>();
+    for (int64_t i = 0; i < x.size(0); ++i) out[i][0][0][0] = std::nearbyint(in[i][0][0][0] * levels) / levels;
     EXPECT_TRUE(torch::equal(y, expected)) << bits;
     EXPECT_LE(std::get<0>(torch::_unique(y.flatten())).size(0), levels + 1);
   }
@@ -40,6 +47,7 @@ TEST_F(BitDepthTest, BadOptions) {
   EXPECT_THROW(BitDepthOptions(9), OptionError);
   try {
     BitDepthOptions(12);
+    FAIL() << "accepted 12 bits";
   } catch (const OptionError& e) {
     EXPECT_NE(std::string(e.what()).find("12"), std::string::npos);
   }

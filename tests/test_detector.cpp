@@ -56,12 +56,14 @@ TEST_F(DetectorTest, CalibrationKeepsFalsePositivesAtOrBelowTarget) {
 
 TEST_F(DetectorTest, CalibrationWithTiesReportsTheRateItAchieves) {
   FirstPixel d;
-  // Half the scores tie at 0.5: no threshold can give exactly 10%.
-  std::vector<float> values(10, 0.5f);
-  for (int i = 0; i < 10; ++i) values.push_back(static_cast<float>(i) / 10.0f);
-  auto report = d.calibrate(images_with_first_pixels(values), any_model(), 0.10);
-  EXPECT_LE(report.achieved_fpr, 0.10);
-  EXPECT_NEAR(report.achieved_fpr, 0.10, 1e-9);  // 0.8, 0.9 exceed 0.7
+  // Scores 5 × 0.1, 10 × 0.5, 5 × 0.9. A 30% target would need 6 above the
+  // threshold; the tie at the cut allows only the 5 at 0.9 (25%).
+  std::vector<float> values(5, 0.1f);
+  values.insert(values.end(), 10, 0.5f);
+  values.insert(values.end(), 5, 0.9f);
+  auto report = d.calibrate(images_with_first_pixels(values), any_model(), 0.30);
+  EXPECT_FLOAT_EQ(static_cast<float>(report.threshold), 0.5f);
+  EXPECT_DOUBLE_EQ(report.achieved_fpr, 0.25);
   report = d.calibrate_from_scores(torch::full({20}, 0.5), 0.3);
   EXPECT_DOUBLE_EQ(report.achieved_fpr, 0.0) << "all tied: nothing can be flagged without flagging all";
 }

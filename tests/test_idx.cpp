@@ -86,6 +86,8 @@ TEST(Idx, CorruptFilesAreClearErrors) {
   EXPECT_THROW(read_idx(dir.file("type")), IoError);
   write_plain(dir.file("trailing"), good + "xx");
   EXPECT_THROW(read_idx(dir.file("trailing")), IoError);
+  write_plain(dir.file("lying"), header(0x0E, {4096, 4096}) + std::string(64, '\0'));
+  EXPECT_THROW(read_idx(dir.file("lying")), IoError) << "a plain file shorter than its header declares";
   write_plain(dir.file("huge"), header(0x08, {60000, 60000, 60000}));
   EXPECT_THROW(read_idx(dir.file("huge")), IoError) << "a lying header must not allocate terabytes";
   // A gzip stream that is cut in the middle of its compressed data.
@@ -126,6 +128,10 @@ TEST(FashionMnist, MissingOrMismatchedFiles) {
   EXPECT_THROW(parry::data::load_fashion_mnist(dir.path().string(), false), IoError);
   write_plain(dir.file("t10k-labels-idx1-ubyte"), header(0x08, {2}) + std::string("\1\x0c"));
   EXPECT_THROW(parry::data::load_fashion_mnist(dir.path().string(), false), IoError) << "label 12";
+  write_plain(dir.file("t10k-images-idx3-ubyte"), header(0x08, {0, 28, 28}));
+  write_plain(dir.file("t10k-labels-idx1-ubyte"), header(0x08, {0}));
+  EXPECT_THROW(parry::data::load_fashion_mnist(dir.path().string(), false), IoError) << "empty split";
+  write_plain(dir.file("t10k-images-idx3-ubyte"), images);
   write_plain(dir.file("t10k-labels-idx1-ubyte"), header(0x08, {2}) + std::string("\1\2"));
   EXPECT_EQ(parry::data::load_fashion_mnist(dir.path().string(), false).labels[1].item<int64_t>(), 2);
 }

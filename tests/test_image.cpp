@@ -83,6 +83,52 @@ TEST_F(ImageTest, BadBytesAreInputErrors) {
   EXPECT_THROW(data::ImageLimits().max_bytes(0), OptionError);
 }
 
+TEST_F(ImageTest, JpegSizeIsReadTheWayTheDecoderReadsIt) {
+  // A fake 16×16 frame header hidden in a comment, after a stuffed 0xFF 0x00
+  // that a naive parser takes for a marker; the real frame is 64×64.
+  const auto real = data::encode_jpeg(gradient_image(1, 64, 64), 90);
+  std::string crafted = "\xFF\xD8";
+  crafted += std::string("\xFF\x00\x00\x0A", 4);
+  crafted += std::string("\xFF\xFE\x00\x13\x00\x00\x00\x00", 8);
+  crafted += std::string("\xFF\xC0\x00\x0B\x08\x00\x10\x00\x10\x01\x01\x11\x00", 13);
+  crafted += real.substr(2);
+  const auto size = data::peek_image_size(crafted);
+  EXPECT_EQ(size.width, 64);
+  EXPECT_EQ(size.height, 64);
+  expect_input_error(crafted, data::ImageLimits().max_side(32));
+  // Two frame headers, or a second start-of-image, are refused.
+  const auto sof = real.find("\xFF\xC0");
+  ASSERT_NE(sof, std::string::npos);
+  const auto sof_length = 2 + ((static_cast<uint8_t>(real[sof + 2]) << 8) | static_cast<uint8_t>(real[sof + 3]));
+  expect_input_error("\xFF\xD8" + real.substr(sof, sof_length) + real.substr(2));
+  expect_input_error("\xFF\xD8\xFF\xD8" + real.substr(2));
+}
+
+TEST_F(ImageTest, ExifOrientationIsApplied) {
+  // A 16 wide × 8 high JPEG tagged "rotate 90° clockwise" (orientation 6).
+  auto wide = gradient_image(1, 8, 16);
+  const auto jpeg = data::encode_jpeg(wide, 95);
+  const std::string tiff(
+      "II\x2A\x00\x08\x00\x00\x00\x01\x00\x12\x01\x03\x00\x01\x00\x00\x00\x06\x00\x00\x00\x00\x00\x00\x00", 26);
+  const std::string payload = std::string("Exif\0\0", 6) + tiff;
+  const auto length = static_cast<char>(payload.size() + 2);
+  const std::string app1 = std::string("\xFF\xE1\x00", 3) + length + payload;
+  const auto tagged = jpeg.substr(0, 2) + app1 + jpeg.substr(2);
+  auto decoded = data::decode_image(tagged, 1);
+  EXPECT_EQ(decoded.sizes(), (std::vector<int64_t>{1, 16, 8})) << "rotated to 8 wide × 16 high";
+  EXPECT_LT((decoded[0] - wide[0].t().flip({1})).abs().mean().item<float>(), 0.03) << "clockwise rotation";
+}
+
+TEST_F(ImageTest, DecodedValuesFollowTheSpecRange) {
+  auto img = torch::full({1, 4, 4}, 1.0f);
+  auto x = data::decode_image_for(data::encode_png(img), InputSpec(1, 4, 4).value_range(-1, 1));
+  EXPECT_TRUE(torch::allclose(x, torch::ones_like(x)));
+  auto dark = data::decode_image_for(data::encode_png(torch::zeros({1, 4, 4})), InputSpec(1, 2, 2).value_range(0, 255));
+  EXPECT_TRUE(torch::allclose(dark, torch::zeros_like(dark)));
+  auto bright = data::decode_image_for(data::encode_png(img), InputSpec(1, 2, 2).value_range(0, 255));
+  EXPECT_TRUE(torch::allclose(bright, torch::full_like(bright, 255.0f)));
+}
+
 TEST_F(ImageTest, GuardPredictsFromBytesAndThrottlesBeforeDecoding) {
   auto model = Model::from_callable([](const torch::Tensor& x) {
     auto m = x.flatten(1).mean(1, true);

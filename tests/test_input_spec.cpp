@@ -93,6 +93,7 @@ TEST(InputSpec, OptionsValidated) {
   EXPECT_THROW(InputSpec(1, 28, 28).value_range(0, std::numeric_limits<double>::infinity()), OptionError);
   try {
     InputSpec(1, 28, 28).max_batch(-3);
+    FAIL() << "accepted a negative batch limit";
   } catch (const OptionError& e) {
     EXPECT_NE(std::string(e.what()).find("-3"), std::string::npos) << "message must name the bad value";
   }

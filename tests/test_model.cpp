@@ -170,6 +170,7 @@ TEST_F(ModelTest, LoadRejectsMissingCorruptAndMismatchedFiles) {
   EXPECT_TRUE(torch::equal(model.logits(x), before)) << "a failed load changed the model";
   try {
     model.load(dir.file("junk.pt"));
+    FAIL() << "loaded junk";
   } catch (const parry::IoError& e) {
     parry::testing::expect_public(e.public_message());
     EXPECT_NE(e.detail().find("junk.pt"), std::string::npos) << "the detail should name the file";

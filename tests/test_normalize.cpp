@@ -36,3 +36,11 @@ TEST_F(NormalizeTest, BadOptionsAndChannelMismatch) {
   Normalize n(NormalizeOptions({0.5}, {0.5}));
   EXPECT_THROW(n.apply(torch::rand({1, 3, 2, 2})), OptionError);
 }
+
+TEST_F(NormalizeTest, ServingAndAttackPathsAgreeExactly) {
+  Normalize n(NormalizeOptions({0.485, 0.456, 0.406}, {0.229, 0.224, 0.225}));
+  auto x = torch::rand({4, 3, 16, 16});
+  auto served = n.apply(x);
+  auto attacked = n.apply_differentiable(x.clone().requires_grad_(true));
+  EXPECT_TRUE(torch::equal(served, attacked.detach()));
+}

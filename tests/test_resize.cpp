@@ -28,6 +28,24 @@ TEST_F(ResizeTest, AreaMatchesOpenCvInterArea) {
   }
 }
 
+TEST_F(ResizeTest, AreaShrinksEachShrinkingAxisByArea) {
+  // 28×28 → 7×40: rows are area-averaged (as INTER_AREA), columns interpolated.
+  auto x = torch::rand({1, 1, 28, 28});
+  auto y = Resize(ResizeOptions(7, 40).restore(false)).apply(x);
+  auto rows_averaged = torch::avg_pool2d(x, {4, 1});
+  auto expected = torch::nn::functional::interpolate(rows_averaged, torch::nn::functional::InterpolateFuncOptions()
+                                                                        .size(std::vector<int64_t>{7, 40})
+                                                                        .mode(torch::kBilinear)
+                                                                        .align_corners(false));
+  EXPECT_TRUE(torch::allclose(y, expected, 1e-5, 1e-6));
+  // Fractional shrink of one axis only: 28 → 12 rows matches INTER_AREA on a 1-column image.
+  auto column = torch::rand({1, 1, 28, 1});
+  auto shrunk = Resize(ResizeOptions(12, 1).restore(false)).apply(column);
+  cv::Mat ref;
+  cv::resize(parry::testing::to_mat(column[0][0]), ref, cv::Size(1, 12), 0, 0, cv::INTER_AREA);
+  EXPECT_TRUE(torch::allclose(shrunk[0][0], parry::testing::from_mat(ref), 1e-5, 1e-6));
+}
+
 TEST_F(ResizeTest, BilinearUpscaleMatchesOpenCvInterLinear) {
   auto x = torch::rand({1, 3, 14, 10});
   auto y = Resize(ResizeOptions(28, 25).mode(ResizeMode::Bilinear).restore(false)).apply(x);

@@ -105,6 +105,7 @@ TEST(Throttle, OptionsValidated) {
   EXPECT_THROW(ThrottleOptions().clock({}), OptionError);
   try {
     ThrottleOptions().rate(-2.5);
+    FAIL() << "accepted a negative rate";
   } catch (const OptionError& e) {
     EXPECT_NE(std::string(e.what()).find("-2.5"), std::string::npos);
   }

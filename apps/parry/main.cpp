@@ -77,6 +77,7 @@ int run_demo(const CommonOptions& common, std::string cache_dir) {
     net = models::load_reference_cnn(model_path);
   } else {
     std::printf("no cached reference model yet: training one (first run only)\n");
+    std::fflush(stdout);
     TrainOptions opts;
     opts.out = model_path;
     net = train_reference(common, opts);

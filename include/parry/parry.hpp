@@ -2,6 +2,7 @@
 // Umbrella header: includes every family.
 #pragma once
 
+#include "parry/attack.hpp"
 #include "parry/conceal.hpp"
 #include "parry/core.hpp"
 #include "parry/data.hpp"

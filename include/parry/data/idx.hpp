@@ -14,12 +14,13 @@ namespace parry::data {
 /// TT = element type, RR = rank, then RR big-endian uint32 sizes, then data),
 /// gzip-compressed or not. Element types: uint8, int8, int16, int32, float32,
 /// float64 (multi-byte values are big-endian).
-/// @param max_elements refuse files declaring more elements than this (guards
-///   against a corrupt header asking for gigabytes).
+/// @param max_bytes refuse files declaring more data than this many bytes
+///   (default 1 GiB; guards against a corrupt header asking for gigabytes). An
+///   uncompressed file must also be as long as its header declares.
 /// @return a tensor of the file's shape and type (uint8 for images/labels).
 /// @throws parry::IoError if the file is missing, truncated, has a bad magic
 ///   number, a zero-rank header, trailing data, or too many elements.
-torch::Tensor read_idx(const std::string& path, int64_t max_elements = int64_t{1} << 31);
+torch::Tensor read_idx(const std::string& path, int64_t max_bytes = int64_t{1} << 30);
 
 /// Images and labels of one split.
 struct LabeledImages {

@@ -50,7 +50,9 @@ ImageSize peek_image_size(const std::string& bytes);
 torch::Tensor decode_image(const std::string& bytes, int64_t channels, const ImageLimits& limits = {});
 
 /// Decodes and resizes (OpenCV INTER_AREA when shrinking, bilinear when
-/// enlarging) to the spec's C×H×W, ready for Guard::predict.
+/// enlarging) to the spec's C×H×W, ready for Guard::predict. Pixel values
+/// [0, 1] are mapped linearly onto the spec's value range. EXIF orientation is
+/// applied.
 torch::Tensor decode_image_for(const std::string& bytes, const InputSpec& spec, const ImageLimits& limits = {});
 
 /// Encodes a C×H×W float tensor in [0, 1] (C = 1 or 3, RGB) as PNG bytes.

@@ -55,9 +55,11 @@ class Normalize final : public Preprocessor {
         options_(std::move(options)),
         inv_std_(torch::tensor(options_.std(), torch::kFloat32).reciprocal().view({1, -1, 1, 1})),
         shift_(-torch::tensor(options_.mean(), torch::kFloat32).view({1, -1, 1, 1}) * inv_std_) {
-    for (size_t c = 0; c < options_.mean().size(); ++c) {
-      scale_.push_back(1.0 / options_.std()[c]);
-      offset_.push_back(-options_.mean()[c] / options_.std()[c]);
+    // The serving path uses the same float32 constants as the attack path,
+    // so both compute bit-identical values.
+    for (int64_t c = 0; c < inv_std_.size(1); ++c) {
+      scale_.push_back(inv_std_.flatten()[c].item<float>());
+      offset_.push_back(shift_.flatten()[c].item<float>());
     }
   }
 
@@ -68,9 +70,10 @@ class Normalize final : public Preprocessor {
       throw OptionError("Normalize: configured for " + std::to_string(inv_std_.size(1)) +
                         " channels, but the input has shape " + c10::str(x.sizes()));
     }
-    // x · (1/std) + (−mean/std). With autograd recording: one broadcast op.
-    // Otherwise per-channel scalar ops, which are 2x faster here.
-    if (x.requires_grad()) return torch::addcmul(shift_.to(x.dtype()), x, inv_std_.to(x.dtype()));
+    // x · (1/std) + (−mean/std): a multiply, then an add, on both paths. With
+    // autograd recording, broadcast ops; otherwise per-channel scalar ops,
+    // which are 2x faster here.
+    if (x.requires_grad()) return x * inv_std_.to(x.dtype()) + shift_.to(x.dtype());
     const int64_t channels = inv_std_.size(1);
     if (channels == 1) return x.mul(scale_[0]).add_(offset_[0]);
     torch::Tensor y = torch::empty_like(x);

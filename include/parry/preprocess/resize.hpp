@@ -2,10 +2,11 @@
 // size: the seed article's "compression to a smaller size".
 //
 // Modes:
-//  - Area: each output pixel is the average of the input area it covers, with
-//    fractional weights at the edges (OpenCV's INTER_AREA when shrinking; for
-//    enlargement OpenCV's INTER_AREA is bilinear, and so is this). Computed as
-//    A_h · X · A_wᵀ with exact overlap matrices, so it is differentiable.
+//  - Area: along each shrinking axis, each output pixel is the average of the
+//    input span it covers, with fractional weights at the edges: OpenCV's
+//    INTER_AREA when both axes shrink (A_h · X · A_wᵀ with exact overlap
+//    matrices, differentiable). A growing axis is interpolated bilinearly,
+//    which differs from OpenCV's INTER_AREA (nearest-like) for enlargement.
 //  - Bilinear: half-pixel bilinear interpolation (OpenCV INTER_LINEAR, torch
 //    align_corners=false), with optional antialiasing when shrinking (torch's
 //    antialiased kernel, as PIL's BILINEAR).
@@ -119,16 +120,21 @@ class Resize final : public Preprocessor {
   torch::Tensor apply(const torch::Tensor& x) const override {
     const int64_t h = x.size(2), w = x.size(3);
     const int64_t th = options_.height(), tw = options_.width();
-    torch::Tensor y;
-    if (options_.mode() == ResizeMode::Area && th <= h && tw <= w && h % th == 0 && w % tw == 0) {
-      // Integer factors: INTER_AREA is a plain block average.
-      y = torch::avg_pool2d(x, {h / th, w / tw});
-    } else if (options_.mode() == ResizeMode::Area && th <= h && tw <= w) {
-      const auto rows = parry::detail::area_matrix(h, th).to(x.dtype());
-      const auto cols = parry::detail::area_matrix(w, tw).to(x.dtype());
-      y = torch::matmul(torch::matmul(rows, x), cols.t());
+    torch::Tensor y = x;
+    if (options_.mode() == ResizeMode::Area) {
+      // Each shrinking axis gets INTER_AREA's exact overlap weights (a block
+      // average for integer factors); a growing axis is interpolated below.
+      if (th < h) {
+        y = h % th == 0 && tw >= w ? torch::avg_pool2d(y, {h / th, 1})
+                                   : torch::matmul(parry::detail::area_matrix(h, th).to(x.dtype()), y);
+      }
+      if (tw < w) {
+        y = w % tw == 0 ? torch::avg_pool2d(y, {1, w / tw})
+                        : torch::matmul(y, parry::detail::area_matrix(w, tw).to(x.dtype()).t());
+      }
+      if (th > h || tw > w) y = parry::detail::resize_bilinear(y, th, tw, /*antialias=*/false);
     } else {
-      y = parry::detail::resize_bilinear(x, th, tw, options_.mode() == ResizeMode::Bilinear && options_.antialias());
+      y = parry::detail::resize_bilinear(x, th, tw, options_.antialias());
     }
     if (options_.restore() && (th != h || tw != w)) y = parry::detail::resize_bilinear(y, h, w, /*antialias=*/false);
     return y;

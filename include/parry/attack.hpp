@@ -1,0 +1,7 @@
+// Attacks for training and honest evaluation.
+#pragma once
+
+#include "parry/attack/attack.hpp"
+#include "parry/attack/carlini_wagner.hpp"
+#include "parry/attack/fgsm.hpp"
+#include "parry/attack/pgd.hpp"
