@@ -83,9 +83,14 @@ std::pair<torch::Tensor, torch::Tensor> loss_gradient(const LogitsFn& f, const t
   torch::Tensor logits;
   for (int64_t k = 0; k < s.eot_samples; ++k) {
     logits = f(input);
-    if (k == 0) check_labels("attack", logits, y);
-    const torch::Tensor loss = torch::nn::functional::cross_entropy(
-        logits, y, torch::nn::functional::CrossEntropyFuncOptions().reduction(torch::kSum));
+    torch::Tensor loss;
+    try {
+      loss = torch::nn::functional::cross_entropy(
+          logits, y, torch::nn::functional::CrossEntropyFuncOptions().reduction(torch::kSum));
+    } catch (const c10::Error&) {
+      check_labels("attack", logits, y);  // names the bad labels or shape
+      throw;
+    }
     total = k == 0 ? loss : total + loss;
   }
   if (s.eot_samples > 1) total = total / static_cast<double>(s.eot_samples);
