@@ -5,3 +5,4 @@
 #include "parry/attack/carlini_wagner.hpp"
 #include "parry/attack/fgsm.hpp"
 #include "parry/attack/pgd.hpp"
+#include "parry/attack/square.hpp"

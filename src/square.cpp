@@ -1,0 +1,179 @@
+// The Square Attack (L∞), through Guard::predict.
+#include "parry/attack/square.hpp"
+
+#include <cmath>
+#include <random>
+#include <sstream>
+
+namespace parry::attack {
+
+namespace {
+
+void require(bool ok, const std::string& what, double got) {
+  if (!ok) {
+    std::ostringstream out;
+    out << "SquareOptions: " << what << ", but got " << got;
+    throw OptionError(out.str());
+  }
+}
+
+// Queries the Guard in chunks of its batch limit. Returns log-probabilities
+// (N×K), or an undefined tensor and the reason if a chunk was rejected.
+struct QueryResult {
+  torch::Tensor log_scores;
+  std::string rejected_reason;
+};
+
+QueryResult query(const Guard& guard, const torch::Tensor& x, const RequestContext& context) {
+  std::vector<torch::Tensor> parts;
+  const int64_t chunk = guard.input_spec().max_batch();
+  for (int64_t begin = 0; begin < x.size(0); begin += chunk) {
+    const Response r = guard.predict(x.slice(0, begin, begin + chunk), context);
+    if (r.verdict == Verdict::Rejected) return {torch::Tensor(), r.reason};
+    if (!r.scores.defined() || r.top_classes.defined()) {
+      throw OptionError(
+          "square: the Guard's output policy does not reveal every class score; the Square Attack is "
+          "score-based (use a decision-based attack against label-only answers)");
+    }
+    parts.push_back(r.scores);
+  }
+  return {torch::log(torch::cat(parts).to(torch::kFloat32).clamp_min(1e-12)), ""};
+}
+
+// Margin loss per sample: negative once the attack succeeds.
+torch::Tensor margin_loss(const torch::Tensor& log_scores, const torch::Tensor& y, bool targeted) {
+  const torch::Tensor own = log_scores.gather(1, y.view({-1, 1})).flatten();
+  const torch::Tensor other =
+      std::get<0>(log_scores.scatter(1, y.view({-1, 1}), -std::numeric_limits<float>::infinity()).max(1));
+  return targeted ? other - own : own - other;
+}
+
+}  // namespace
+
+SquareOptions::SquareOptions(double epsilon) {
+  this->epsilon(epsilon);
+}
+SquareOptions& SquareOptions::epsilon(double v) {
+  require(v >= 0 && std::isfinite(v), "epsilon must be non-negative and finite", v);
+  epsilon_ = v;
+  return *this;
+}
+SquareOptions& SquareOptions::max_queries(int64_t v) {
+  require(v >= 1, "max_queries must be at least 1", static_cast<double>(v));
+  max_queries_ = v;
+  return *this;
+}
+SquareOptions& SquareOptions::p_init(double v) {
+  require(v > 0 && v <= 1, "p_init must be in (0, 1]", v);
+  p_init_ = v;
+  return *this;
+}
+SquareOptions& SquareOptions::targeted(bool on) {
+  targeted_ = on;
+  return *this;
+}
+SquareOptions& SquareOptions::seed(uint64_t v) {
+  seed_ = v;
+  return *this;
+}
+SquareOptions& SquareOptions::client_id(std::string id) {
+  client_id_ = std::move(id);
+  return *this;
+}
+
+double square_fraction(double p_init, int64_t iteration, int64_t max_queries) {
+  const int64_t it = static_cast<int64_t>(static_cast<double>(iteration) * 10000.0 / static_cast<double>(max_queries));
+  static constexpr int64_t kSteps[] = {10, 50, 200, 500, 1000, 2000, 4000, 6000, 8000};
+  double p = p_init;
+  for (int64_t step : kSteps) {
+    if (it > step) p /= 2;
+  }
+  return p;
+}
+
+AttackResult square(const Guard& guard, const torch::Tensor& x, const torch::Tensor& y, const SquareOptions& options) {
+  const InputSpec& spec = guard.input_spec();
+  GradientSettings range;
+  range.clip_min = spec.min_value();
+  range.clip_max = spec.max_value();
+  check_batch("square", x, y, range);
+  // The whole batch may exceed one request's limit: check it request by request.
+  for (int64_t begin = 0; begin < x.size(0); begin += spec.max_batch()) {
+    spec.validate(x.detach().slice(0, begin, begin + spec.max_batch()));
+  }
+  const torch::Tensor x0 = x.detach().contiguous();
+  const int64_t n = x0.size(0), c = x0.size(1), h = x0.size(2), w = x0.size(3);
+  const double eps = options.epsilon();
+  const RequestContext context{options.client_id()};
+  std::mt19937_64 rng(options.seed());
+  torch::Generator gen = at::detail::createCPUGenerator(options.seed());
+
+  AttackResult result;
+  result.queries = torch::zeros({n}, torch::kInt64);
+  auto finish = [&](const torch::Tensor& best, const torch::Tensor& loss) {
+    result.adversarial = best;
+    result.success = loss < 0;
+    result.norm = perturbation_norm(best - x0, Norm::Linf);
+    return result;
+  };
+
+  // Vertical stripes of ±ε.
+  const torch::Tensor stripes = (torch::randint(0, 2, {n, c, 1, w}, gen, x0.options()) * 2 - 1) * eps;
+  torch::Tensor best = (x0 + stripes).clamp(range.clip_min, range.clip_max);
+  QueryResult q = query(guard, best, context);
+  if (!q.log_scores.defined()) {
+    result.stopped_by_defense = true;
+    result.stop_reason = q.rejected_reason;
+    return finish(x0.clone(), torch::ones({n}));
+  }
+  if (y.max().item<int64_t>() >= q.log_scores.size(1)) {
+    throw OptionError("square: labels must be below the class count " + std::to_string(q.log_scores.size(1)));
+  }
+  torch::Tensor loss = margin_loss(q.log_scores, y, options.targeted());
+  result.queries += 1;
+
+  for (int64_t iteration = 1; iteration < options.max_queries(); ++iteration) {
+    const torch::Tensor active = (loss >= 0).nonzero().flatten();
+    if (active.numel() == 0) break;
+    const double p = square_fraction(options.p_init(), iteration, options.max_queries());
+    const int64_t side =
+        std::clamp<int64_t>(std::llround(std::sqrt(p * static_cast<double>(h * w))), 1, std::min(h, w) - 1);
+    torch::Tensor candidates = best.index_select(0, active).clone();
+    const auto* rows = active.data_ptr<int64_t>();
+    std::uniform_int_distribution<int64_t> pick_row(0, h - side), pick_col(0, w - side), coin(0, 1);
+    for (int64_t k = 0; k < active.numel(); ++k) {
+      const torch::Tensor original = x0[rows[k]];
+      torch::Tensor candidate = candidates[k];
+      // Resample until the square actually changes the image (as the paper's code).
+      for (int attempt = 0; attempt < 10; ++attempt) {
+        const int64_t r0 = pick_row(rng), c0 = pick_col(rng);
+        torch::Tensor window = candidate.narrow(1, r0, side).narrow(2, c0, side);
+        const torch::Tensor before = window.clone();
+        for (int64_t ch = 0; ch < c; ++ch) {
+          const double sign = coin(rng) ? 1.0 : -1.0;
+          window[ch].copy_((original[ch].narrow(0, r0, side).narrow(1, c0, side) + sign * eps)
+                               .clamp(range.clip_min, range.clip_max));
+        }
+        if (!torch::equal(window, before)) break;
+      }
+    }
+    q = query(guard, candidates, context);
+    if (!q.log_scores.defined()) {
+      result.stopped_by_defense = true;
+      result.stop_reason = q.rejected_reason;
+      break;
+    }
+    result.queries.index_add_(0, active, torch::ones({active.numel()}, torch::kInt64));
+    const torch::Tensor new_loss = margin_loss(q.log_scores, y.index_select(0, active), options.targeted());
+    const torch::Tensor improved = new_loss < loss.index_select(0, active);
+    const torch::Tensor accepted = active.masked_select(improved);
+    if (accepted.numel() > 0) {
+      const torch::Tensor picked = improved.nonzero().flatten();
+      best.index_copy_(0, accepted, candidates.index_select(0, picked));
+      loss.index_copy_(0, accepted, new_loss.index_select(0, picked));
+    }
+  }
+  return finish(best, loss);
+}
+
+}  // namespace parry::attack
