@@ -60,6 +60,15 @@ int main(int argc, char** argv) {
                   q.numel() ? q.median().item<float>() : 0.f);
       return r;
     });
+    Guard label_only(model, InputSpec(1, 28, 28).max_batch(256));
+    row("HopSkipJump L2 (≤5000 queries, labels only)", [&] {
+      const auto r = hop_skip_jump(label_only, test.images, test.labels, HopSkipJumpOptions().max_queries(5000));
+      const auto started = r.start_norm.masked_select(r.success);
+      std::printf("<!-- hop_skip_jump: median L2 at the first adversarial point %.3f, median queries %.0f -->\n",
+                  started.numel() ? started.median().item<float>() : 0.f,
+                  r.queries.to(torch::kFloat32).median().item<float>());
+      return r;
+    });
     row("C&W-L2 κ=0 (5×100 steps)", [&] {
       return carlini_wagner_l2(f, test.images, test.labels,
                                CarliniWagnerOptions().binary_search_steps(5).max_iterations(100).learning_rate(0.05));

@@ -4,5 +4,6 @@
 #include "parry/attack/attack.hpp"
 #include "parry/attack/carlini_wagner.hpp"
 #include "parry/attack/fgsm.hpp"
+#include "parry/attack/hop_skip_jump.hpp"
 #include "parry/attack/pgd.hpp"
 #include "parry/attack/square.hpp"

@@ -43,6 +43,7 @@ struct AttackResult {
   torch::Tensor success;            ///< bool N: misclassified (untargeted) or classified as the target
   torch::Tensor norm;               ///< float N: ||x_adv − x|| in the attack's norm
   torch::Tensor queries;            ///< int64 N: model evaluations spent per sample (forward passes)
+  torch::Tensor start_norm;         ///< decision-based attacks: norm of the first adversarial point (else undefined)
   bool stopped_by_defense = false;  ///< black-box: the Guard rejected a query
   std::string stop_reason;          ///< its public reason code, if so
 
