@@ -114,3 +114,28 @@ TEST_F(PgdTest, BadArguments) {
   EXPECT_THROW(PgdOptions(0.1).step_size(0), OptionError);
   EXPECT_THROW(pgd(lin.fn(), torch::rand({2, 1, 4, 4}), torch::zeros({3}, torch::kInt64)), OptionError);
 }
+
+TEST_F(PgdTest, EotRecoversTheExpectedGradientOfARandomisedDefense) {
+  // Randomised defense: logits = (W + R) x with fresh zero-mean noise R on
+  // every call. Reference E[∇]: the closed-form per-draw gradient
+  // (W + R)ᵀ (softmax((W + R) x) − e_y), averaged over 20,000 draws.
+  auto w = torch::randn({2, 64});
+  auto randomised = [w](const torch::Tensor& x) { return x.flatten(1).mm((w + 3.0 * torch::randn_like(w)).t()); };
+  auto x = torch::full({1, 1, 8, 8}, 0.5f);
+  auto y = torch::zeros({1}, torch::kInt64);
+  auto draws = w.unsqueeze(0) + 3.0 * torch::randn({20000, 2, 64});
+  auto p = torch::softmax(draws.matmul(x.flatten()), 1);                             // M × 2
+  auto residual = p - torch::tensor({1.0f, 0.0f});                                   // p − e_0
+  auto expected = (draws * residual.unsqueeze(2)).sum(1).mean(0).view_as(x).sign();  // E[(W+R)ᵀ(p − e_y)]
+  GradientSettings one, many;
+  many.eot_samples = 2000;
+  auto agreement = [&](const GradientSettings& s) {
+    return loss_gradient(randomised, x, y, s).first.sign().eq(expected).to(torch::kFloat32).mean().item<float>();
+  };
+  const float single = agreement(one);
+  const float averaged = agreement(many);
+  RecordProperty("eot_sign_agreement_1", std::to_string(single));
+  RecordProperty("eot_sign_agreement_2000", std::to_string(averaged));
+  EXPECT_GT(averaged, 0.95f);
+  EXPECT_LT(single, 0.85f) << "one draw of the randomised defense should be a poor gradient";
+}
