@@ -17,8 +17,8 @@ void require(bool ok, const std::string& what, int64_t got) {
 // query budget and the Guard's rejections.
 class Oracle {
  public:
-  Oracle(const Guard& guard, RequestContext context, int64_t label, int64_t budget)
-      : guard_(guard), context_(std::move(context)), label_(label), budget_(budget) {}
+  Oracle(const Guard& guard, RequestContext context, int64_t label, bool targeted, int64_t budget)
+      : guard_(guard), context_(std::move(context)), label_(label), targeted_(targeted), budget_(budget) {}
 
   /// Decisions for a batch (bool N), or nullopt once the budget is spent or a query was rejected.
   std::optional<torch::Tensor> adversarial(const torch::Tensor& batch) {
@@ -37,7 +37,8 @@ class Oracle {
       queries_ += static_cast<int64_t>(r.labels.size());
       labels.insert(labels.end(), r.labels.begin(), r.labels.end());
     }
-    return torch::tensor(labels, torch::kInt64).ne(label_);
+    const torch::Tensor predicted = torch::tensor(labels, torch::kInt64);
+    return targeted_ ? predicted.eq(label_) : predicted.ne(label_);
   }
   std::optional<bool> adversarial_one(const torch::Tensor& image) {
     auto d = adversarial(image.unsqueeze(0));
@@ -52,6 +53,7 @@ class Oracle {
   const Guard& guard_;
   RequestContext context_;
   int64_t label_;
+  bool targeted_;
   int64_t budget_;
   int64_t queries_ = 0;
   bool exhausted_ = false;
@@ -99,6 +101,13 @@ HopSkipJumpOptions& HopSkipJumpOptions::seed(uint64_t v) {
   seed_ = v;
   return *this;
 }
+HopSkipJumpOptions& HopSkipJumpOptions::targeted(torch::Tensor starting_images) {
+  if (!starting_images.defined() || starting_images.dim() != 4) {
+    throw OptionError("HopSkipJumpOptions::targeted: starting images must be an N×C×H×W batch");
+  }
+  starting_images_ = starting_images.detach().contiguous();
+  return *this;
+}
 HopSkipJumpOptions& HopSkipJumpOptions::client_id(std::string id) {
   client_id_ = std::move(id);
   return *this;
@@ -113,6 +122,9 @@ AttackResult hop_skip_jump(const Guard& guard, const torch::Tensor& x, const tor
   check_batch("hop_skip_jump", x, y, range);
   const torch::Tensor x0 = x.detach().contiguous();
   const int64_t n = x0.size(0);
+  if (options.targeted() && options.starting_images().sizes() != x0.sizes()) {
+    throw OptionError("hop_skip_jump: targeted starting images must have the shape of x, " + c10::str(x0.sizes()));
+  }
   const auto d = static_cast<double>(x0[0].numel());
   const double theta = 1.0 / (d * std::sqrt(d));
   const double span = range.clip_max - range.clip_min;
@@ -125,7 +137,8 @@ AttackResult hop_skip_jump(const Guard& guard, const torch::Tensor& x, const tor
   result.start_norm = torch::zeros({n});
   for (int64_t i = 0; i < n && !result.stopped_by_defense; ++i) {
     const torch::Tensor xi = x0[i];
-    Oracle oracle(guard, RequestContext{options.client_id()}, y[i].item<int64_t>(), options.max_queries());
+    Oracle oracle(guard, RequestContext{options.client_id()}, y[i].item<int64_t>(), options.targeted(),
+                  options.max_queries());
     // An image the model already gets wrong is its own adversarial example.
     const auto already = oracle.adversarial_one(xi);
     if (already && *already) {
@@ -133,9 +146,15 @@ AttackResult hop_skip_jump(const Guard& guard, const torch::Tensor& x, const tor
       result.queries[i] = oracle.queries();
       continue;
     }
-    // A misclassified start: uniform noise.
+    // A start on the adversarial side: the given image of the target class,
+    // or uniform noise that the model misclassifies.
     std::optional<torch::Tensor> current;
-    for (int64_t t = 0; t < options.init_tries() && !current; ++t) {
+    if (options.targeted()) {
+      const torch::Tensor start = options.starting_images()[i].clamp(range.clip_min, range.clip_max);
+      const auto ok = oracle.adversarial_one(start);
+      if (ok && *ok) current = start;
+    }
+    for (int64_t t = 0; t < options.init_tries() && !current && !options.targeted(); ++t) {
       const torch::Tensor noise = torch::rand(xi.sizes(), gen) * span + range.clip_min;
       const auto adv = oracle.adversarial_one(noise);
       if (!adv) break;

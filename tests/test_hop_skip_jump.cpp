@@ -26,6 +26,23 @@ TEST_F(HopSkipJumpTest, ShrinksTheDistanceAgainstALabelOnlyGuard) {
   EXPECT_TRUE(torch::allclose(r.norm, perturbation_norm(r.adversarial - data.images, Norm::L2)));
 }
 
+TEST_F(HopSkipJumpTest, TargetedFromAnImageOfTheTargetClass) {
+  auto data = parry::testing::correctly_classified(8);
+  // Targets: the class of the next image; starts: that image.
+  auto targets = data.labels.roll(1);
+  auto starts = data.images.roll(1, 0);
+  auto keep = targets.ne(data.labels).nonzero().flatten().slice(0, 0, 3);
+  Guard guard(parry::testing::reference_model(), InputSpec(1, 28, 28).max_batch(128));
+  auto x = data.images.index_select(0, keep);
+  auto t = targets.index_select(0, keep);
+  auto r = hop_skip_jump(guard, x, t, HopSkipJumpOptions().max_queries(1500).targeted(starts.index_select(0, keep)));
+  ASSERT_TRUE(r.success.all().item<bool>());
+  auto predicted = parry::testing::reference_model().logits(r.adversarial).argmax(1);
+  EXPECT_TRUE(torch::equal(predicted, t)) << "every kept point is classified as its target";
+  EXPECT_TRUE((r.norm < r.start_norm).all().item<bool>()) << r.start_norm << r.norm;
+  EXPECT_THROW(hop_skip_jump(guard, x, t, HopSkipJumpOptions().targeted(starts)), OptionError) << "shape mismatch";
+}
+
 TEST_F(HopSkipJumpTest, AnAlreadyMisclassifiedImageIsItsOwnExample) {
   auto data = parry::testing::correctly_classified(2);
   auto wrong = (data.labels + 1) % 10;  // pretend labels: the model disagrees with them

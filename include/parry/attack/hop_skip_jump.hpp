@@ -2,7 +2,8 @@
 // (Chen, Jordan, Wainwright, "HopSkipJumpAttack: A Query-Efficient
 // Decision-Based Attack", IEEE S&P 2020).
 //
-// It sees only labels, through Guard::predict, so it works against a
+// Untargeted by default; targeted when given starting images of the target
+// classes. It sees only labels, through Guard::predict, so it works against a
 // label-only Guard. Per sample: start from a misclassified point (uniform
 // noise), then repeat
 //   1. binary search between x and the current point to the decision boundary
@@ -32,6 +33,10 @@ struct HopSkipJumpOptions {
   /// Random noise images tried to find a misclassified start (>= 1; default 100).
   HopSkipJumpOptions& init_tries(int64_t v);
   HopSkipJumpOptions& seed(uint64_t v);
+  /// Targeted: y holds target classes; each sample starts from the matching
+  /// image of `starting_images` (N×C×H×W), which the model must classify as
+  /// the target (e.g. a test image of that class).
+  HopSkipJumpOptions& targeted(torch::Tensor starting_images);
   /// Client id used for the queries (throttling is per client).
   HopSkipJumpOptions& client_id(std::string id);
 
@@ -41,8 +46,11 @@ struct HopSkipJumpOptions {
   int64_t init_tries() const { return init_tries_; }
   uint64_t seed() const { return seed_; }
   const std::string& client_id() const { return client_id_; }
+  bool targeted() const { return starting_images_.defined(); }
+  const torch::Tensor& starting_images() const { return starting_images_; }
 
  private:
+  torch::Tensor starting_images_;
   int64_t max_queries_ = 5000;
   int64_t initial_probes_ = 100;
   int64_t max_probes_ = 1000;
@@ -51,8 +59,9 @@ struct HopSkipJumpOptions {
   std::string client_id_ = "hop-skip-jump";
 };
 
-/// Untargeted HopSkipJump (L2) on (x, y) through guard.predict (labels only).
-/// Samples for which no misclassified start is found keep x (success false).
+/// HopSkipJump (L2) on (x, y) through guard.predict (labels only); untargeted
+/// unless options.targeted(). Samples for which no valid start is found keep
+/// x (success false). @throws parry::OptionError on bad arguments.
 AttackResult hop_skip_jump(const Guard& guard, const torch::Tensor& x, const torch::Tensor& y,
                            const HopSkipJumpOptions& options = HopSkipJumpOptions());
 
