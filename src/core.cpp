@@ -230,6 +230,10 @@ torch::Tensor Detector::score(const torch::Tensor& batch, const Model& model) co
   return score(DetectorInput{batch, logits, model});
 }
 
+torch::Tensor Detector::differentiable_score(const torch::Tensor&, const Model&) const {
+  throw StateError("detector has no differentiable form", name() + " does not implement differentiable_score()");
+}
+
 torch::Tensor Detector::flag(const DetectorInput& input) const {
   return score(input) > threshold();
 }

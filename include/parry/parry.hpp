@@ -7,5 +7,6 @@
 #include "parry/core.hpp"
 #include "parry/data.hpp"
 #include "parry/detect.hpp"
+#include "parry/eval.hpp"
 #include "parry/preprocess.hpp"
 #include "parry/train.hpp"

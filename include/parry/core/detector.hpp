@@ -46,6 +46,13 @@ class Detector {
   /// Convenience: scores `batch` (already preprocessed) with `model`.
   torch::Tensor score(const torch::Tensor& batch, const Model& model) const;
 
+  /// The score as a differentiable function of `batch` (already preprocessed),
+  /// for adaptive attacks that optimise against the detector (Carlini & Wagner
+  /// 2017). Equal to score() up to float rounding (a stochastic detector draws
+  /// fresh randomness on every call). Default: unavailable.
+  /// @throws parry::StateError if this detector has no differentiable form.
+  virtual torch::Tensor differentiable_score(const torch::Tensor& batch, const Model& model) const;
+
   /// Per-sample flags (bool, shape N): score > threshold.
   /// @throws parry::StateError if the detector was never calibrated.
   torch::Tensor flag(const DetectorInput& input) const;
@@ -76,6 +83,13 @@ class Detector {
   virtual void save_state(torch::serialize::OutputArchive& archive) const;
   /// Must validate everything it reads before changing the detector.
   virtual void load_state(torch::serialize::InputArchive& archive);
+  /// For detectors built from other detectors: their fitted state, nested.
+  static void save_state_of(const Detector& detector, torch::serialize::OutputArchive& archive) {
+    detector.save_state(archive);
+  }
+  static void load_state_of(Detector& detector, torch::serialize::InputArchive& archive) {
+    detector.load_state(archive);
+  }
 
  private:
   double threshold_ = 0.0;

@@ -1,0 +1,4 @@
+// Evaluation: detector metrics.
+#pragma once
+
+#include "parry/eval/metrics.hpp"
