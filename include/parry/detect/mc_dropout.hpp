@@ -52,14 +52,15 @@ struct McDropoutOptions {
   }
   bool fast_path() const { return fast_path_; }
   /// Rows per batched model call (T·N is split into calls of at most this
-  /// many rows, bounding memory), at least 1 (default 16384).
+  /// many rows, bounding memory: a row is one feature vector on the fast path,
+  /// one image otherwise), at least 1 (default 2048).
   McDropoutOptions& max_rows(int64_t rows);
   int64_t max_rows() const { return max_rows_; }
 
  private:
   int64_t samples_ = 50;
   bool fast_path_ = true;
-  int64_t max_rows_ = 16384;
+  int64_t max_rows_ = 2048;
 };
 
 class McDropout final : public Detector {

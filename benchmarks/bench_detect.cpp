@@ -1,0 +1,100 @@
+// Detector cost on the reference CNN, 2 threads (the cost table in
+// docs/detectors.md):
+//   build/benchmarks/parry_benchmarks --benchmark_filter=Detect
+// PlainForward is one ordinary forward pass of the batch, the yardstick for
+// McDropout (T = 50): features once + a batched head (fast path) against T
+// replicated forward passes. The kernel density holds the features of all
+// 60,000 training images. Differentiable is one forward+backward of the
+// combined detector's differentiable score, the inner step of the adaptive
+// attack.
+#include <benchmark/benchmark.h>
+
+#include "parry/parry.hpp"
+
+namespace {
+
+using namespace parry;
+
+struct DetectSetup {
+  Model model;
+  torch::Tensor x;
+  std::shared_ptr<detect::KernelDensity> density;
+  DetectSetup() : model(models::load_reference_cnn(PARRY_REFERENCE_MODEL)) {
+    configure_runtime(RuntimeOptions().threads(2));
+    x = data::load_fashion_mnist(data::kDebianFashionMnistDir, false, 256).images;
+  }
+  const std::shared_ptr<detect::KernelDensity>& fitted_density() {
+    if (!density) {
+      const auto train = data::load_fashion_mnist(data::kDebianFashionMnistDir, true, 60000);
+      density = std::make_shared<detect::KernelDensity>();
+      density->fit(model, train.images, train.labels);
+    }
+    return density;
+  }
+};
+
+DetectSetup& setup() {
+  static DetectSetup s;
+  return s;
+}
+
+void BM_DetectPlainForward(benchmark::State& state) {
+  auto& s = setup();
+  const auto x = s.x.slice(0, 0, state.range(0));
+  c10::InferenceMode inference;
+  for (auto _ : state) benchmark::DoNotOptimize(s.model.logits(x));
+  state.SetItemsProcessed(state.iterations() * state.range(0));
+}
+
+void BM_DetectMcDropoutFast(benchmark::State& state) {
+  auto& s = setup();
+  const auto x = s.x.slice(0, 0, state.range(0));
+  detect::McDropout detector(s.model);
+  for (auto _ : state) benchmark::DoNotOptimize(detector.score(x, s.model));
+  state.SetItemsProcessed(state.iterations() * state.range(0));
+}
+
+void BM_DetectMcDropoutReplicated(benchmark::State& state) {
+  auto& s = setup();
+  const auto x = s.x.slice(0, 0, state.range(0));
+  detect::McDropout detector(s.model, detect::McDropoutOptions().fast_path(false));
+  for (auto _ : state) benchmark::DoNotOptimize(detector.score(x, s.model));
+  state.SetItemsProcessed(state.iterations() * state.range(0));
+}
+
+void BM_DetectKernelDensity(benchmark::State& state) {
+  auto& s = setup();
+  const auto x = s.x.slice(0, 0, state.range(0));
+  const auto& density = s.fitted_density();
+  for (auto _ : state) benchmark::DoNotOptimize(density->score(x, s.model));
+  state.SetItemsProcessed(state.iterations() * state.range(0));
+}
+
+void BM_DetectFeatureSqueezing(benchmark::State& state) {
+  auto& s = setup();
+  const auto x = s.x.slice(0, 0, state.range(0));
+  const auto detector = detect::FeatureSqueezing::for_grayscale();
+  for (auto _ : state) benchmark::DoNotOptimize(detector.score(x, s.model));
+  state.SetItemsProcessed(state.iterations() * state.range(0));
+}
+
+void BM_DetectCombinedDifferentiable(benchmark::State& state) {
+  auto& s = setup();
+  const auto x = s.x.slice(0, 0, state.range(0));
+  detect::UncertaintyDensity combined(std::make_shared<detect::McDropout>(s.model), s.fitted_density());
+  combined.fit(s.model, x, torch::Tensor(), (x + 0.2 * torch::randn_like(x)).clamp(0, 1));
+  for (auto _ : state) {
+    const auto input = x.clone().requires_grad_(true);
+    benchmark::DoNotOptimize(torch::autograd::grad({combined.differentiable_score(input, s.model).sum()}, {input}));
+  }
+  state.SetItemsProcessed(state.iterations() * state.range(0));
+}
+
+}  // namespace
+
+BENCHMARK(BM_DetectPlainForward)->Arg(256)->Unit(benchmark::kMillisecond);
+BENCHMARK(BM_DetectMcDropoutFast)->Arg(256)->Unit(benchmark::kMillisecond);
+BENCHMARK(BM_DetectMcDropoutReplicated)->Arg(256)->Unit(benchmark::kMillisecond);
+BENCHMARK(BM_DetectKernelDensity)->Arg(256)->Unit(benchmark::kMillisecond);
+BENCHMARK(BM_DetectFeatureSqueezing)->Arg(256)->Unit(benchmark::kMillisecond);
+BENCHMARK(BM_DetectCombinedDifferentiable)->Arg(40)->Unit(benchmark::kMillisecond);
