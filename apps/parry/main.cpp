@@ -1,13 +1,20 @@
 // The parry command line.
-//   parry train  train the reference CNN on Fashion-MNIST and save it
-//   parry demo   the main job: load (or train and cache) the reference model,
-//                report its accuracy and serve defended predictions
+//   parry train      train the reference CNN on Fashion-MNIST and save it
+//   parry eval       evaluate a model under a defense config; write the report
+//   parry calibrate  fit and calibrate a config's detectors; save them beside it
+//   parry predict    defended label-only predictions for image or IDX files
+//   parry demo       the main job: train (first run) or load the reference
+//                    model, evaluate each defense family, write the report
 #include <CLI/CLI.hpp>
 
+#include <cctype>
+#include <chrono>
 #include <cstdio>
 #include <cstdlib>
 #include <filesystem>
+#include <fstream>
 #include <iostream>
+#include <sstream>
 
 #include "parry/parry.hpp"
 
@@ -68,7 +75,174 @@ int run_train(const CommonOptions& common, const TrainOptions& opts) {
   return 0;
 }
 
-int run_demo(const CommonOptions& common, std::string cache_dir) {
+// A saved reference model (parry::Model::save) or a TorchScript file.
+Model load_model(const std::string& path) {
+  if (!fs::is_regular_file(path)) throw IoError("model file not found", "no such file '" + path + "'");
+  try {
+    auto net = models::load_reference_cnn(path);
+    return Model(net);
+  } catch (const IoError&) {
+    return Model::load_torchscript(path);  // IoError if it is neither
+  }
+}
+
+std::string state_dir_for(const std::string& config_path) {
+  return config_path + ".state";
+}
+
+std::string state_file(const std::string& dir, const config::DefenseSpec& d, size_t index) {
+  std::string name = d.name;
+  for (char& c : name) {
+    if (!std::isalnum(static_cast<unsigned char>(c)) && c != '-' && c != '_') c = '_';
+  }
+  return dir + "/" + name + "-" + std::to_string(index) + "-" + d.detectors[index].type + ".pt";
+}
+
+void print_progress(const std::string& line) {
+  std::fprintf(stderr, "%s\n", line.c_str());
+  std::fflush(stderr);
+}
+
+eval::EvaluationData load_data(const CommonOptions& common, int64_t train_limit) {
+  eval::EvaluationData data;
+  data.train = data::load_fashion_mnist(common.data_dir, /*train=*/true, train_limit);
+  data.test = data::load_fashion_mnist(common.data_dir, /*train=*/false);
+  return data;
+}
+
+int64_t train_images_needed(const config::Config& config) {
+  int64_t needed = 1000;
+  for (const auto& d : config.defenses) {
+    for (const auto& det : d.detectors) needed = std::max(needed, det.fit_images + det.combiner_images);
+  }
+  return std::min<int64_t>(needed, 60000);
+}
+
+struct EvalOptions {
+  std::string model, config, out = "parry-report";
+  int64_t images = 0;
+};
+
+int run_eval(const CommonOptions& common, const EvalOptions& opts) {
+  const Model model = load_model(opts.model);
+  auto config = config::load_config(opts.config, model);
+  if (opts.images > 0) config.evaluation.images = opts.images;
+  const auto data = load_data(common, train_images_needed(config));
+  // Detectors saved by `parry calibrate` beside the config are used as they are.
+  const std::string state = state_dir_for(opts.config);
+  bool ready = fs::is_directory(state);
+  if (ready) {
+    for (auto& d : config.defenses) {
+      for (size_t i = 0; i < d.detectors.size(); ++i) d.detectors[i].detector->load(state_file(state, d, i));
+    }
+    print_progress("using calibrated detectors from " + state);
+  }
+  const auto evaluation = eval::evaluate(config, model, data, print_progress, ready);
+  eval::write_report(evaluation, opts.out);
+  std::printf("%s\nreport: %s/report.html (also report.md, metrics.json, *.png)\n",
+              eval::summary_table(evaluation).c_str(), opts.out.c_str());
+  return 0;
+}
+
+int run_calibrate(const CommonOptions& common, const EvalOptions& opts) {
+  const Model model = load_model(opts.model);
+  auto config = config::load_config(opts.config, model);
+  const auto data = load_data(common, train_images_needed(config));
+  const std::string state = state_dir_for(opts.config);
+  fs::create_directories(state);
+  for (auto& d : config.defenses) {
+    print_progress("defense " + d.name);
+    eval::prepare_detectors(d, model, data, config.evaluation, print_progress);
+    for (size_t i = 0; i < d.detectors.size(); ++i) {
+      d.detectors[i].detector->save(state_file(state, d, i));
+      std::printf("saved %s\n", state_file(state, d, i).c_str());
+    }
+  }
+  return 0;
+}
+
+struct PredictOptions {
+  std::string model, config, defense;
+  std::vector<std::string> inputs;
+};
+
+int run_predict(const CommonOptions&, const PredictOptions& opts) {
+  const Model model = load_model(opts.model);
+  std::shared_ptr<Guard> guard;
+  if (!opts.config.empty()) {
+    auto config = config::load_config(opts.config, model);
+    const config::DefenseSpec* chosen = nullptr;
+    for (auto& d : config.defenses) {
+      if (opts.defense.empty() ? !chosen : d.name == opts.defense) chosen = &d;
+    }
+    if (!chosen) throw OptionError("no defense named '" + opts.defense + "' in " + opts.config);
+    auto spec = *chosen;
+    const std::string state = state_dir_for(opts.config);
+    for (size_t i = 0; i < spec.detectors.size(); ++i) {
+      spec.detectors[i].detector->load(state_file(state, spec, i));  // run `parry calibrate` first
+    }
+    guard = spec.build_guard(model);
+  } else {
+    guard = std::make_shared<Guard>(model, InputSpec(1, 28, 28));
+  }
+  const auto& names = data::fashion_mnist_classes();
+  auto print = [&](const std::string& what, const Response& r) {
+    for (size_t i = 0; i < r.labels.size(); ++i) {
+      std::printf("%s%s: %s (%lld)%s\n", what.c_str(),
+                  r.labels.size() > 1 ? ("[" + std::to_string(i) + "]").c_str() : "",
+                  r.labels[i] >= 0 && r.labels[i] < 10 ? names[r.labels[i]] : "?", static_cast<long long>(r.labels[i]),
+                  !r.flagged.empty() && r.flagged[i] ? " [flagged]" : "");
+    }
+    if (r.verdict == Verdict::Rejected) std::printf("%s: rejected (%s)\n", what.c_str(), r.reason.c_str());
+  };
+  int failures = 0;
+  for (const auto& path : opts.inputs) {
+    try {
+      const bool idx = path.find("idx") != std::string::npos || path.find("ubyte") != std::string::npos;
+      if (idx) {
+        auto images = data::read_idx(path);
+        if (images.dim() == 3) images = images.unsqueeze(1);
+        images = images.to(torch::kFloat32) / 255.0;
+        for (int64_t s = 0; s < images.size(0); s += guard->input_spec().max_batch()) {
+          print(path + "#" + std::to_string(s),
+                guard->predict(images.slice(0, s, s + guard->input_spec().max_batch()), RequestContext{"cli"}));
+        }
+      } else {
+        std::ifstream in(path, std::ios::binary);
+        if (!in) throw IoError("input file not found", "cannot read '" + path + "'");
+        std::stringstream bytes;
+        bytes << in.rdbuf();
+        print(path, guard->predict_image(bytes.str(), RequestContext{"cli"}));
+      }
+    } catch (const Error& e) {
+      std::fprintf(stderr, "%s: %s\n", path.c_str(), e.public_message());
+      ++failures;
+    }
+  }
+  return failures ? 1 : 0;
+}
+
+// The demo's configuration: each family alone and combined, sized so that a
+// later run takes about two minutes on 2 cores.
+const char* kDemoConfig = R"({
+  "evaluation": {"images": 200, "epsilons": [0.05, 0.1], "roc_epsilon": 0.1, "calibration_images": 1000,
+                 "latency_repeats": 20, "seed": 0},
+  "attacks": [{"type": "fgsm"}, {"type": "pgd", "steps": 10, "step_ratio": 0.25, "eot_samples": 2}],
+  "defenses": [
+    {"name": "undefended", "output": {"policy": "full"}},
+    {"name": "concealment", "gates": [{"type": "throttle", "rate": 50, "burst": 64}],
+     "output": {"policy": "label_only"}},
+    {"name": "preprocessing", "preprocess": [{"type": "bit_depth", "bits": 4}, {"type": "median_smoothing", "window": 2}]},
+    {"name": "detection", "detectors": [{"type": "uncertainty_density", "fit_images": 5000, "combiner_images": 200}]},
+    {"name": "combined", "gates": [{"type": "throttle", "rate": 50, "burst": 64}],
+     "preprocess": [{"type": "bit_depth", "bits": 4}],
+     "detectors": [{"type": "uncertainty_density", "fit_images": 5000, "combiner_images": 200}],
+     "output": {"policy": "label_only"}}
+  ]
+})";
+
+int run_demo(const CommonOptions& common, std::string cache_dir, const std::string& out) {
+  const auto started = std::chrono::steady_clock::now();
   if (cache_dir.empty()) cache_dir = default_cache_dir();
   const std::string model_path = cache_dir + "/reference_cnn.pt";
   models::ReferenceCnn net{nullptr};
@@ -76,51 +250,46 @@ int run_demo(const CommonOptions& common, std::string cache_dir) {
     std::printf("loading the cached reference model from %s\n", model_path.c_str());
     net = models::load_reference_cnn(model_path);
   } else {
-    std::printf("no cached reference model yet: training one (first run only)\n");
+    std::printf("no cached reference model yet: training one (first run only, about 4 minutes)\n");
     std::fflush(stdout);
     TrainOptions opts;
     opts.out = model_path;
     net = train_reference(common, opts);
     net->eval();
   }
-  Model model(net);
-  const auto test = data::load_fashion_mnist(common.data_dir, /*train=*/false);
+  const Model model(net);
+  auto config = config::parse_config(kDemoConfig, model);
+  const auto data = load_data(common, 5200);
   std::printf("reference model: test accuracy %.2f%% on %lld Fashion-MNIST test images\n",
-              100.0 * train::accuracy(model, test.images, test.labels), static_cast<long long>(test.images.size(0)));
-
-  // A defended deployment: per-client throttle, label-only answers, and a
-  // confidence detector calibrated for a 5% false-positive rate on held-out data.
-  auto detector = std::make_shared<detect::SoftmaxConfidence>();
-  const auto held_out = test.images.slice(0, 0, 5000);
-  const auto report = detector->calibrate(held_out, model, 0.05);
-  Guard guard(model, InputSpec(1, 28, 28).max_batch(64));
-  guard.add_gate(std::make_shared<conceal::Throttle>(conceal::ThrottleOptions().rate(50).burst(16)))
-      .add_detector(detector)
-      .set_output_policy(std::make_shared<conceal::LabelOnly>());
-  std::printf("\n%s", guard.describe().c_str());
+              100.0 * train::accuracy(model, data.test.images, data.test.labels),
+              static_cast<long long>(data.test.images.size(0)));
+  std::printf("evaluating %zu defenses against FGSM and PGD on %lld test images (progress on stderr)\n",
+              config.defenses.size(), static_cast<long long>(config.evaluation.images));
+  std::fflush(stdout);
+  const auto evaluation = eval::evaluate(config, model, data, print_progress);
+  eval::write_report(evaluation, out);
+  std::printf("\n%s\n", eval::summary_table(evaluation).c_str());
   std::printf(
-      "detector calibrated on %lld clean images: threshold %.4f, false-positive rate %.2f%% (target %.0f%%)\n\n",
-      static_cast<long long>(report.samples), report.threshold, 100 * report.achieved_fpr, 100 * report.target_fpr);
+      "Each attack cell: accuracy (right label or flagged) against an attacker who does not know the defense / one "
+      "who attacks it (BPDA, EOT, detector-aware).\n");
 
-  const auto sample = test.images.slice(0, 5000, 5008);
-  const Response response = guard.predict(sample, RequestContext{"demo-client"});
-  std::printf("defended prediction for 8 test images (client 'demo-client'): verdict %s\n",
+  // One defended request, as a service would answer it.
+  auto& combined = config.defenses.back();
+  const auto guard = combined.build_guard(model);
+  const Response response = guard->predict(data.test.images.slice(0, 9000, 9004), RequestContext{"demo-client"});
+  std::printf("\na label-only answer from the combined Guard for 4 images: verdict %s, labels",
               to_string(response.verdict));
   for (size_t i = 0; i < response.labels.size(); ++i) {
-    const auto truth = test.labels[5000 + static_cast<int64_t>(i)].item<int64_t>();
-    std::printf("  image %zu: %-12s (true: %-12s)%s\n", i, data::fashion_mnist_classes()[response.labels[i]],
-                data::fashion_mnist_classes()[truth], response.flagged[i] ? "  [flagged: low confidence]" : "");
+    std::printf(" %s%s", data::fashion_mnist_classes()[response.labels[i]], response.flagged[i] ? "[flagged]" : "");
   }
-  std::printf("scores returned to the caller: %s\n", response.scores.defined() ? "yes" : "none (label-only policy)");
-  const Response throttled = guard.predict(test.images.slice(0, 5008, 5024), RequestContext{"demo-client"});
-  std::printf(
-      "a second burst of 16 images from the same client right away: verdict %s, reason %s, retry after %.2f s\n",
-      to_string(throttled.verdict), throttled.reason.c_str(), throttled.retry_after_seconds);
+  std::printf(", scores %s\n", response.scores.defined() ? "returned" : "withheld");
   try {
-    guard.predict(torch::full({1, 28, 28}, 2.0f), RequestContext{"another-client"});
+    guard->predict(torch::full({1, 28, 28}, 2.0f), RequestContext{"another-client"});
   } catch (const InputError& e) {
-    std::printf("an out-of-range image is refused: \"%s\"\n", e.public_message());
+    std::printf("an out-of-range image is refused with: \"%s\"\n", e.public_message());
   }
+  std::printf("\nreport: %s/report.html (also report.md, metrics.json and PNG plots); demo took %.0f s\n", out.c_str(),
+              std::chrono::duration<double>(std::chrono::steady_clock::now() - started).count());
   return 0;
 }
 
@@ -146,15 +315,43 @@ int main(int argc, char** argv) {
   train_cmd->add_option("--seed", train_opts.seed, "Random seed")->capture_default_str();
   train_cmd->add_flag("!--no-augment", train_opts.augment, "Train without random left-right flips");
 
-  std::string cache_dir;
-  auto* demo_cmd = app.add_subcommand("demo", "Train or load the reference model and show a defended deployment");
+  std::string cache_dir, demo_out = "parry-report";
+  auto* demo_cmd = app.add_subcommand(
+      "demo", "Train (first run) or load the reference model, evaluate each defense family and write the report");
   demo_cmd->add_option("--cache", cache_dir, "Cache directory (default $PARRY_CACHE_DIR or ~/.cache/parry)");
+  demo_cmd->add_option("--out", demo_out, "Report directory")->capture_default_str();
+
+  EvalOptions eval_opts;
+  auto* eval_cmd = app.add_subcommand("eval", "Evaluate a model under the defenses of a config and write the report");
+  eval_cmd->add_option("--model", eval_opts.model, "Saved reference model or TorchScript file")->required();
+  eval_cmd->add_option("--config", eval_opts.config, "Defense configuration (JSON, see docs/configuration.md)")
+      ->required();
+  eval_cmd->add_option("--out", eval_opts.out, "Report directory")->capture_default_str();
+  eval_cmd->add_option("--images", eval_opts.images, "Override evaluation.images")->check(CLI::PositiveNumber);
+
+  EvalOptions calibrate_opts;
+  auto* calibrate_cmd = app.add_subcommand(
+      "calibrate",
+      "Fit detector densities and combiners, set thresholds, save them beside the config (<config>.state/)");
+  calibrate_cmd->add_option("--model", calibrate_opts.model, "Saved reference model or TorchScript file")->required();
+  calibrate_cmd->add_option("--config", calibrate_opts.config, "Defense configuration (JSON)")->required();
+
+  PredictOptions predict_opts;
+  auto* predict_cmd =
+      app.add_subcommand("predict", "Defended label-only predictions for PNG/JPEG files or an IDX image file");
+  predict_cmd->add_option("--model", predict_opts.model, "Saved reference model or TorchScript file")->required();
+  predict_cmd->add_option("--config", predict_opts.config, "Defense configuration (calibrated with parry calibrate)");
+  predict_cmd->add_option("--defense", predict_opts.defense, "Defense name in the config (default: the first)");
+  predict_cmd->add_option("inputs", predict_opts.inputs, "Image files (.png, .jpg) or IDX files")->required();
 
   CLI11_PARSE(app, argc, argv);
   configure_runtime(RuntimeOptions().threads(common.threads));
   try {
     if (*train_cmd) return run_train(common, train_opts);
-    if (*demo_cmd) return run_demo(common, cache_dir);
+    if (*demo_cmd) return run_demo(common, cache_dir, demo_out);
+    if (*eval_cmd) return run_eval(common, eval_opts);
+    if (*calibrate_cmd) return run_calibrate(common, calibrate_opts);
+    if (*predict_cmd) return run_predict(common, predict_opts);
   } catch (const Error& e) {
     std::fprintf(stderr, "parry: %s\n  detail: %s\n", e.public_message(), e.detail().c_str());
     return 1;

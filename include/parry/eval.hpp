@@ -1,4 +1,5 @@
-// Evaluation: detector metrics.
+// Evaluation: detector metrics, the evaluation runner and its report.
 #pragma once
 
 #include "parry/eval/metrics.hpp"
+#include "parry/eval/report.hpp"

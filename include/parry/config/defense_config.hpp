@@ -1,0 +1,89 @@
+// Defense and evaluation configuration from JSON (docs/configuration.md).
+//
+// A config file describes the defenses to build (each becomes a Guard: input
+// spec, gates, preprocessors, detectors, output policy), the attacks to run
+// against them and the evaluation settings. Parsing is strict: an unknown key,
+// a value of the wrong type or out of range is a parry::OptionError whose
+// message starts with the JSON path of the bad key, e.g.
+//   "config: defenses[1].preprocess[0].bits: must be in 1..8, but got 9".
+#pragma once
+
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "parry/core/detector.hpp"
+#include "parry/core/gate.hpp"
+#include "parry/core/guard.hpp"
+#include "parry/core/input_spec.hpp"
+#include "parry/core/output_policy.hpp"
+#include "parry/core/preprocessor.hpp"
+
+namespace parry::config {
+
+/// One detector of a defense and how to prepare it.
+struct DetectorSpec {
+  /// "softmax_confidence", "mc_dropout", "kernel_density", "feature_squeezing" or "uncertainty_density".
+  std::string type;
+  /// False-positive rate on clean data that calibration aims for, in [0, 1).
+  double target_fpr = 0.05;
+  /// Training images whose features the kernel density stores (kernel_density, uncertainty_density).
+  int64_t fit_images = 10000;
+  /// Correctly classified images used to fit the combiner (uncertainty_density):
+  /// adversarial examples are made from them with PGD at fit_epsilon.
+  int64_t combiner_images = 300;
+  double fit_epsilon = 0.1;
+  /// The detector (unfitted and uncalibrated after parsing).
+  std::shared_ptr<Detector> detector;
+  /// True if it needs fit() on training data before calibration.
+  bool needs_fit() const { return type == "kernel_density" || type == "uncertainty_density"; }
+};
+
+/// One defense: everything needed to build its Guard.
+struct DefenseSpec {
+  std::string name;
+  InputSpec input{1, 28, 28};
+  std::vector<std::shared_ptr<Gate>> gates;
+  std::vector<std::shared_ptr<const Preprocessor>> preprocessors;
+  std::vector<DetectorSpec> detectors;
+  std::shared_ptr<const OutputPolicy> output;  ///< null: LabelOnly
+  /// The Guard over `model` with all stages added (calibrate detectors first).
+  std::shared_ptr<Guard> build_guard(const Model& model) const;
+};
+
+/// An attack of the evaluation. Budgets ε come from EvaluationSpec::epsilons.
+struct AttackSpec {
+  std::string type;                 ///< "fgsm", "pgd" or "cw" (C&W-L2, minimum distortion; ε unused)
+  int64_t steps = 40;               ///< pgd
+  double step_ratio = 0.1;          ///< pgd: step size as a fraction of ε
+  int64_t restarts = 1;             ///< pgd
+  int64_t binary_search_steps = 5;  ///< cw
+  int64_t max_iterations = 100;     ///< cw
+  int64_t eot_samples = 4;          ///< adaptive runs against randomised defenses
+};
+
+struct EvaluationSpec {
+  int64_t images = 500;                           ///< test images attacked
+  std::vector<double> epsilons{0.03, 0.05, 0.1};  ///< L∞ budgets in pixel units [0, 1]
+  double roc_epsilon = 0.1;                       ///< ε of the PGD examples for ROC curves
+  int64_t calibration_images = 2000;              ///< clean held-out images for thresholds
+  int64_t latency_repeats = 20;                   ///< predict() calls timed per defense
+  uint64_t seed = 0;
+};
+
+struct Config {
+  EvaluationSpec evaluation;
+  std::vector<AttackSpec> attacks;
+  std::vector<DefenseSpec> defenses;
+};
+
+/// Parses a config from JSON text. `model` is needed by detectors that copy
+/// it (mc_dropout). @throws parry::OptionError with the JSON path of the problem.
+Config parse_config(const std::string& json_text, const Model& model);
+/// Reads and parses a config file. @throws parry::IoError if it cannot be read.
+Config load_config(const std::string& path, const Model& model);
+
+/// A complete example config (every component), as documented.
+std::string example_config();
+
+}  // namespace parry::config
