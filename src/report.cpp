@@ -228,7 +228,8 @@ Evaluation evaluate(config::Config& config, const Model& model, const Evaluation
       AttackOutcome result;
       result.attack = attack_label(spec);
       result.epsilon = t.epsilon;
-      result.accuracy = defended_rate(run_guard(*guard, t.adversarial), y);
+      const Verdicts transferred = run_guard(*guard, t.adversarial);
+      result.accuracy = defended_rate(transferred, y);
       attack::GradientSettings gs;
       gs.seed = settings.seed;
       gs.targeted = targeted;
@@ -236,7 +237,7 @@ Evaluation evaluate(config::Config& config, const Model& model, const Evaluation
       const auto adv = run_attack(spec, adaptive, x, targeted ? wrong_targets : y, t.epsilon, gs).adversarial;
       // Worst case per image: an image counts as defended only if it
       // withstands both the adaptive attack and the transferred one.
-      const Verdicts transferred = run_guard(*guard, t.adversarial), attacked = run_guard(*guard, adv);
+      const Verdicts attacked = run_guard(*guard, adv);
       result.adaptive_accuracy =
           ((transferred.labels.eq(y) | transferred.flagged) & (attacked.labels.eq(y) | attacked.flagged))
               .to(torch::kFloat64)

@@ -1,0 +1,127 @@
+#include "parry/config/defense_config.hpp"
+
+#include <fstream>
+
+#include "attack_support.hpp"
+#include "parry/detect/uncertainty_density.hpp"
+
+using namespace parry;
+using parry::testing::reference_model;
+
+namespace {
+
+// Expects parse_config to fail with a message that starts with the path.
+void expect_rejected(const std::string& json, const std::string& path_and_problem) {
+  try {
+    config::parse_config(json, reference_model());
+    ADD_FAILURE() << "accepted: " << json;
+  } catch (const OptionError& e) {
+    EXPECT_NE(std::string(e.what()).find("config: " + path_and_problem), std::string::npos)
+        << "message: " << e.what() << "\nexpected: " << path_and_problem;
+  }
+}
+
+std::string with_defense(const std::string& defense) {
+  return R"({"defenses": [)" + defense + "]}";
+}
+
+}  // namespace
+
+TEST(DefenseConfig, TheDocumentedExampleBuildsEveryComponent) {
+  const auto config = config::parse_config(config::example_config(), reference_model());
+  EXPECT_EQ(config.evaluation.images, 500);
+  EXPECT_EQ(config.evaluation.epsilons, (std::vector<double>{0.03, 0.05, 0.1}));
+  ASSERT_EQ(config.attacks.size(), 3u);
+  EXPECT_EQ(config.attacks[1].type, "pgd");
+  EXPECT_EQ(config.attacks[1].steps, 40);
+  ASSERT_EQ(config.defenses.size(), 4u);
+  const auto& combined = config.defenses[3];
+  EXPECT_EQ(combined.name, "combined");
+  EXPECT_EQ(combined.gates.size(), 1u);
+  EXPECT_EQ(combined.preprocessors.size(), 1u);
+  ASSERT_EQ(combined.detectors.size(), 1u);
+  EXPECT_TRUE(combined.detectors[0].needs_fit());
+  EXPECT_NE(std::dynamic_pointer_cast<detect::UncertaintyDensity>(combined.detectors[0].detector), nullptr);
+  const auto guard = combined.build_guard(reference_model());
+  const auto text = guard->describe();
+  EXPECT_NE(text.find("Throttle"), std::string::npos) << text;
+  EXPECT_NE(text.find("BitDepth(bits=4"), std::string::npos) << text;
+  EXPECT_NE(text.find("LabelOnly"), std::string::npos) << text;
+  EXPECT_EQ(config.defenses[1].preprocessors[1]->describe().rfind("MedianSmoothing", 0), 0u);
+}
+
+TEST(DefenseConfig, EveryPreprocessorDetectorAndPolicyParses) {
+  const auto config = config::parse_config(with_defense(R"({"name": "all",
+    "preprocess": [{"type": "bit_depth", "bits": 3, "gradient": "blocked"}, {"type": "median_smoothing", "window": 3},
+                   {"type": "gaussian_blur", "kernel_size": 5, "sigma": 0.8}, {"type": "jpeg", "quality": 60},
+                   {"type": "resize", "height": 14, "width": 14, "mode": "bilinear"},
+                   {"type": "normalize", "mean": [0.5], "std": [0.25]}],
+    "detectors": [{"type": "softmax_confidence"}, {"type": "mc_dropout", "samples": 10},
+                  {"type": "kernel_density", "bandwidth": 0.9, "fit_images": 100},
+                  {"type": "feature_squeezing", "squeezers": [{"type": "bit_depth", "bits": 1}]},
+                  {"type": "uncertainty_density", "target_fpr": 0.01}],
+    "output": {"policy": "top_k", "k": 2}})"),
+                                           reference_model());
+  const auto& d = config.defenses[0];
+  EXPECT_EQ(d.preprocessors.size(), 6u);
+  EXPECT_EQ(d.preprocessors[0]->gradient_policy(), GradientPolicy::Blocked);
+  EXPECT_EQ(d.detectors.size(), 5u);
+  EXPECT_DOUBLE_EQ(d.detectors[4].target_fpr, 0.01);
+  EXPECT_EQ(d.detectors[2].fit_images, 100);
+  EXPECT_NE(d.output->describe().find("2"), std::string::npos);
+  for (const char* policy : {"label_only", "rounded_scores", "full"}) {
+    EXPECT_NO_THROW(config::parse_config(
+        with_defense(std::string(R"({"name": "p", "output": {"policy": ")") + policy + R"("}})"), reference_model()));
+  }
+}
+
+TEST(DefenseConfig, RejectsUnknownKeysWithTheirPath) {
+  expect_rejected(R"({"defenses": [{"name": "a"}], "extra": 1})", "extra: unknown key");
+  expect_rejected(with_defense(R"({"name": "a", "preprocess": [{"type": "bit_depth", "bitz": 3}]})"),
+                  "defenses[0].preprocess[0].bitz: unknown key");
+  expect_rejected(with_defense(R"({"name": "a"}, {"name": "b", "detectors": [{"type": "mc_dropout", "T": 5}]})"),
+                  "defenses[1].detectors[0].T: unknown key");
+}
+
+TEST(DefenseConfig, RejectsWrongTypesWithTheirPath) {
+  expect_rejected(with_defense(R"({"name": "a", "preprocess": [{"type": "bit_depth", "bits": "4"}]})"),
+                  "defenses[0].preprocess[0].bits: must be an integer, but is string");
+  expect_rejected(with_defense(R"({"name": "a", "preprocess": {"type": "jpeg"}})"),
+                  "defenses[0].preprocess: must be an array, but is object");
+  expect_rejected(R"({"defenses": [{"name": "a"}], "evaluation": {"epsilons": [0.1, "x"]}})",
+                  "evaluation.epsilons[1]: must be a number");
+  expect_rejected(R"([1, 2])", "(top level): must be an object");
+  expect_rejected(with_defense(R"({"name": "a", "output": {"policy": "full", "k": true}})"),
+                  "defenses[0].output.k: unknown key");
+}
+
+TEST(DefenseConfig, RejectsOutOfRangeValuesWithTheirPath) {
+  expect_rejected(with_defense(R"({"name": "a"}, {"name": "b", "preprocess": [{"type": "bit_depth", "bits": 9}]})"),
+                  "defenses[1].preprocess[0].bits: must be in 1..8, but got 9");
+  expect_rejected(with_defense(R"({"name": "a", "detectors": [{"type": "mc_dropout", "target_fpr": 1.5}]})"),
+                  "defenses[0].detectors[0].target_fpr: must be in [0, 1), but got 1.5");
+  expect_rejected(with_defense(R"({"name": "a", "gates": [{"type": "throttle", "rate": -1}]})"),
+                  "defenses[0].gates[0].rate: must be finite and > 0, but got -1");
+  expect_rejected(with_defense(R"({"name": "a", "preprocess": [{"type": "median_smoothing", "window": 0}]})"),
+                  "defenses[0].preprocess[0].window: must be in 1..15, but got 0");
+  expect_rejected(R"({"defenses": [{"name": "a"}], "evaluation": {"epsilons": [2.0]}})",
+                  "evaluation.epsilons[0]: must be in (0, 1]");
+  expect_rejected(with_defense(R"({"name": "a", "preprocess": [{"type": "sharpen"}]})"),
+                  "defenses[0].preprocess[0].type: must be one of");
+  expect_rejected(with_defense(R"({"name": "a", "preprocess": [{"type": "normalize", "mean": [0.5], "std": [0]}]})"),
+                  "defenses[0].preprocess[0]: NormalizeOptions");
+  expect_rejected(with_defense(R"({"name": "a"}, {"name": "a"})"), "defenses[1].name: duplicate defense name");
+  expect_rejected(with_defense(R"({"preprocess": []})"), "defenses[0].name: is required");
+  expect_rejected(R"({"defenses": []})", "defenses: must hold at least one defense");
+  expect_rejected(R"({"defenses": [)", "not valid JSON");
+}
+
+TEST(DefenseConfig, LoadingAMissingFileIsAnIoError) {
+  EXPECT_THROW(config::load_config("/nonexistent/parry.json", reference_model()), IoError);
+  parry::testing::TempDir dir;
+  {
+    std::ofstream out(dir.file("c.json"));
+    out << config::example_config();
+  }
+  EXPECT_EQ(config::load_config(dir.file("c.json"), reference_model()).defenses.size(), 4u);
+}
