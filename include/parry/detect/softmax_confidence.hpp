@@ -29,6 +29,10 @@ class SoftmaxConfidence final : public Detector {
     return 1.0 - std::get<0>(torch::softmax(input.logits.to(torch::kFloat32), 1).max(1));
   }
   using Detector::score;
+  /// The same score as a differentiable function of the (preprocessed) batch.
+  torch::Tensor differentiable_score(const torch::Tensor& batch, const Model& model) const override {
+    return 1.0 - std::get<0>(torch::softmax(model.logits(batch).to(torch::kFloat32), 1).max(1));
+  }
 };
 
 }  // namespace parry::detect

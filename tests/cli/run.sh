@@ -1,0 +1,94 @@
+#!/usr/bin/env bash
+# Drives every `parry` subcommand on tiny inputs: exit codes, help texts, bad
+# arguments, files written and their consistency.
+# Usage: run.sh <parry binary> <source dir> <work dir>
+set -euo pipefail
+parry="$1"; src="$2"; work="$3"
+model="$src/tests/fixtures/reference_cnn.pt"
+python=/usr/bin/python3
+rm -rf "$work" && mkdir -p "$work" && cd "$work"
+fail() { echo "FAIL: $*" >&2; exit 1; }
+
+# Help for the program and every subcommand.
+"$parry" --help | grep -q "Subcommands" || fail "--help lists no subcommands"
+for cmd in train eval calibrate predict demo; do
+  "$parry" "$cmd" --help >/dev/null || fail "$cmd --help"
+done
+
+# Bad arguments: a clear message and a non-zero exit.
+expect_error() {  # expect_error <text the message must contain> <args...>
+  local want="$1"; shift
+  if "$parry" "$@" >out.txt 2>err.txt; then fail "parry $* succeeded"; fi
+  grep -q -- "$want" err.txt out.txt || { cat err.txt; fail "parry $*: no '$want' in the message"; }
+}
+expect_error "required" eval --config x.json
+expect_error "model file not found" eval --model missing.pt --config x.json
+expect_error "configuration file not found" eval --model "$model" --config missing.json
+printf '{"defenses": [{"name": "a", "preprocess": [{"type": "bit_depth", "bits": 12}]}]}' >bad.json
+expect_error "defenses\[0\].preprocess\[0\].bits: must be in 1..8" eval --model "$model" --config bad.json
+expect_error "not in range" eval --model "$model" --config bad.json --images many
+expect_error "subcommand" frobnicate
+
+# A tiny config: calibrate, evaluate, predict.
+cat >config.json <<'JSON'
+{"evaluation": {"images": 12, "epsilons": [0.1], "calibration_images": 50, "latency_repeats": 2},
+ "attacks": [{"type": "fgsm"}],
+ "defenses": [{"name": "undefended"},
+              {"name": "guarded", "preprocess": [{"type": "bit_depth", "bits": 4}],
+               "detectors": [{"type": "kernel_density", "fit_images": 200}, {"type": "softmax_confidence"}],
+               "output": {"policy": "label_only"}}]}
+JSON
+"$parry" calibrate --model "$model" --config config.json >calibrate.txt
+test -f config.json.state/guarded-0-kernel_density.pt || fail "calibrate saved no kernel density"
+test -f config.json.state/guarded-1-softmax_confidence.pt || fail "calibrate saved no softmax detector"
+
+"$parry" eval --model "$model" --config config.json --out report --images 10 >eval.txt 2>eval.err
+grep -q "using calibrated detectors" eval.err || fail "eval ignored the calibrated detectors"
+for f in report.html report.md metrics.json accuracy_vs_epsilon.png roc.png examples.png latency.png; do
+  test -s "report/$f" || fail "report/$f missing"
+done
+"$python" - report <<'PY'
+import json, sys
+d = sys.argv[1]
+m = json.load(open(f"{d}/metrics.json"))
+md = open(f"{d}/report.md").read()
+assert m["images"] == 10, m["images"]
+assert [x["name"] for x in m["defenses"]] == ["undefended", "guarded"]
+for x in m["defenses"]:
+    cell = f'| {x["name"]} | {100 * x["clean_accuracy"]:.1f}% | {100 * x["clean_flagged"]:.1f}% |'
+    assert cell in md, cell
+    for a in x["attacks"]:
+        assert 0 <= a["adaptive_accuracy"] <= a["accuracy"] + 1e-9 or x["detectors"], a
+for p in ["accuracy_vs_epsilon.png", "roc.png", "examples.png", "latency.png"]:
+    assert open(f"{d}/{p}", "rb").read(8) == b"\x89PNG\r\n\x1a\n", p
+print("report consistent")
+PY
+
+# predict: a PNG and an IDX file made from test images.
+"$python" - <<'PY'
+import gzip, struct, zlib
+raw = gzip.open("/usr/share/datasets/fashion-mnist/t10k-images-idx3-ubyte.gz").read()
+images = [raw[16 + i * 784: 16 + (i + 1) * 784] for i in range(3)]
+with gzip.open("three-idx3-ubyte.gz", "wb") as f:
+    f.write(struct.pack(">IIII", 0x803, 3, 28, 28) + b"".join(images))
+def chunk(kind, data):
+    return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+rows = b"".join(b"\x00" + images[0][r * 28:(r + 1) * 28] for r in range(28))
+png = b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", 28, 28, 8, 0, 0, 0, 0)) \
+    + chunk(b"IDAT", zlib.compress(rows)) + chunk(b"IEND", b"")
+open("boot.png", "wb").write(png)
+open("broken.png", "wb").write(png[:40])
+PY
+"$parry" predict --model "$model" --config config.json --defense guarded boot.png three-idx3-ubyte.gz >predict.txt
+grep -q "boot.png: Ankle boot (9)" predict.txt || { cat predict.txt; fail "predict: the boot was not recognised"; }
+test "$(grep -c 'three-idx3-ubyte.gz' predict.txt)" -eq 3 || { cat predict.txt; fail "predict: not 3 IDX answers"; }
+if grep -q "score\|0\.[0-9]" predict.txt; then fail "predict revealed scores under label_only"; fi
+if "$parry" predict --model "$model" broken.png >out.txt 2>err.txt; then fail "a broken PNG was accepted"; fi
+grep -q "broken.png: " err.txt || fail "no message for the broken PNG"
+if grep -q "/" <(sed 's/^broken.png: //' err.txt); then fail "the public message leaks a path"; fi
+
+# train: a few steps on a small subset.
+"$parry" train --out tiny.pt --epochs 1 --limit 256 >train.txt 2>&1
+test -s tiny.pt || fail "train saved nothing"
+grep -q "test accuracy" train.txt || fail "train printed no accuracy"
+echo "cli: all subcommands passed"
