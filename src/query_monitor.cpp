@@ -9,6 +9,7 @@
 #include <xxhash.h>
 
 #include <algorithm>
+#include <array>
 #include <cmath>
 #include <limits>
 #include <sstream>
@@ -169,13 +170,23 @@ QueryMonitorOptions& QueryMonitorOptions::on_detection(DetectionCallback callbac
 // each of its keys: the key's cell goes when that posting is also its newest,
 // and the older end of a list needs no unlinking, because a walk stops as soon
 // as the image ids stop decreasing (a slot reused by a newer image, or a cycle
-// back into it). Memory per stored image: P × 12 bytes of postings, about
-// P × 12 / load bytes of table cells, and 12 bytes of slot data.
+// back into it). Memory per stored image and index: N postings of 16 bytes
+// (key, next, insertion order), table cells of 12 bytes at a load between
+// 0.53 and 0.8 (the table never grows beyond what a full store needs), a
+// 64-byte Bloom filter of the image's keys, and 12 bytes of slot data.
 struct QueryMonitor::Store {
   static constexpr uint32_t kNone = std::numeric_limits<uint32_t>::max();
-  static constexpr double kMaxLoad = 0.75;
+  static constexpr double kMaxLoad = 0.8;
+  static constexpr size_t kBloomWords = 8;  // 512 bits per image and index
 
-  Store(int64_t capacity, int64_t per_slot) : capacity(capacity), per_slot(per_slot) {}
+  Store(int64_t capacity, int64_t per_slot, int64_t kept)
+      : capacity(capacity),
+        per_slot(per_slot),
+        kept(kept),
+        // The table never needs more cells than this: there are at most
+        // capacity × per_slot distinct keys at once.
+        max_cells(static_cast<size_t>(std::ceil(static_cast<double>(capacity * per_slot) / kMaxLoad)) + 1),
+        slot_divisor(~uint64_t{0} / static_cast<uint64_t>(per_slot) + 1) {}
 
   // Table ------------------------------------------------------------------
   // Fingerprint hashes are the numerically largest of each image, so they
@@ -201,7 +212,7 @@ struct QueryMonitor::Store {
   }
 
   void grow() {
-    const size_t cells = std::max<size_t>(64, keys.size() + keys.size() / 2);
+    const size_t cells = std::min(max_cells, std::max<size_t>(64, keys.size() + keys.size() / 2));
     std::vector<uint64_t> old_keys(cells, 0);
     std::vector<uint32_t> old_heads(cells, kNone);
     old_keys.swap(keys);
@@ -236,15 +247,25 @@ struct QueryMonitor::Store {
     posting_key[posting] = key;
     size_t cell = find(key);
     if (cell == keys.size()) {
-      if (static_cast<double>(entries + 1) > kMaxLoad * static_cast<double>(keys.size())) grow();
+      if (keys.size() < max_cells && static_cast<double>(entries + 1) > kMaxLoad * static_cast<double>(keys.size())) {
+        grow();
+      }
       cell = home(key);
       while (keys[cell] != 0) cell = next_cell(cell);
       keys[cell] = key;
       heads[cell] = kNone;
       ++entries;
     }
-    posting_next[posting] = heads[cell];
+    const uint32_t previous = heads[cell];
+    posting_next[posting] = previous;
+    posting_order[posting] =
+        previous == kNone ? 1 : std::max(posting_order[previous], posting_order[previous] + 1);  // saturates
+    posting_id[posting] = static_cast<uint32_t>(slot_id[slot_of(posting)]);
     heads[cell] = posting;
+    const uint32_t slot = posting / static_cast<uint32_t>(per_slot);
+    const uint32_t index = (posting % static_cast<uint32_t>(per_slot)) / static_cast<uint32_t>(kept);
+    uint64_t* filter = &bloom[(slot * static_cast<size_t>(per_slot / kept) + index) * kBloomWords];
+    for (const uint32_t bit : bloom_bits(key)) filter[bit >> 6] |= uint64_t{1} << (bit & 63);
     ++postings;
   }
 
@@ -257,6 +278,12 @@ struct QueryMonitor::Store {
   }
 
   // Slots ------------------------------------------------------------------
+  // posting / per_slot by multiplication (Lemire, Kaser, Kurz 2019), exact
+  // for every 32-bit posting index.
+  uint32_t slot_of(uint32_t posting) const {
+    return static_cast<uint32_t>((static_cast<unsigned __int128>(posting) * slot_divisor) >> 64);
+  }
+
   // A slot for a new image with `id`, evicting the oldest image if full.
   uint32_t acquire_slot(uint64_t id) {
     uint32_t slot;
@@ -268,6 +295,9 @@ struct QueryMonitor::Store {
       counts.push_back(0);
       posting_key.resize(posting_key.size() + per_slot, 0);
       posting_next.resize(posting_next.size() + per_slot, kNone);
+      posting_order.resize(posting_order.size() + per_slot, 0);
+      posting_id.resize(posting_id.size() + per_slot, 0);
+      bloom.resize(bloom.size() + static_cast<size_t>(per_slot / kept) * kBloomWords, 0);
     } else {
       slot = static_cast<uint32_t>(oldest);
       oldest = (oldest + 1) % slot_id.size();
@@ -280,6 +310,8 @@ struct QueryMonitor::Store {
       }
       slot_id[slot] = id;
       slot_size[slot] = 0;
+      const size_t words = static_cast<size_t>(per_slot / kept) * kBloomWords;
+      std::fill_n(bloom.begin() + static_cast<int64_t>(slot * words), words, 0);
       --stored;
       ++evictions;
     }
@@ -296,53 +328,129 @@ struct QueryMonitor::Store {
     counts.reserve(target);
     posting_key.reserve(target * per_slot);
     posting_next.reserve(target * per_slot);
+    posting_order.reserve(target * per_slot);
+    posting_id.reserve(target * per_slot);
+    bloom.reserve(target * static_cast<size_t>(per_slot / kept) * kBloomWords);
   }
 
-  // Largest number of `keys_` shared with one stored image, and that slot.
-  std::pair<int64_t, uint32_t> best_match(const std::vector<uint64_t>& query_keys, int64_t max_scan) {
-    int64_t best = 0;
-    uint32_t best_slot = kNone;
+  // The stored image sharing the most of `query_keys` (distinct keys), and
+  // how many; ties go to the newest image. `offset` locates the scope's keys
+  // inside a slot's postings (kept sorted, largest first).
+  //
+  // Pruning (the T-occurrence bound): an image sharing at least `threshold`
+  // of the n keys appears in at least one of any n − threshold + 1 of their
+  // posting lists. So only the shortest n − threshold + 1 lists are walked;
+  // each image found there is then checked against the other keys in its own
+  // sorted key block. Keys shared by very many stored images (blank
+  // backgrounds) are thus mostly looked up in the candidates' blocks, not
+  // walked. The count is exact when it reaches the threshold; below it, it
+  // is a lower bound. List lengths are estimated from the insertion order of
+  // the newest posting (an upper bound: evictions are not subtracted), which
+  // only affects which lists are walked, not the result.
+  std::pair<int64_t, uint32_t> best_match(const std::vector<uint64_t>& query_keys, int64_t offset, int64_t threshold,
+                                          int64_t max_scan) {
+    lists.clear();
     for (const uint64_t key : query_keys) {
       const size_t cell = find(key);
-      if (cell == keys.size()) continue;
-      uint64_t previous = std::numeric_limits<uint64_t>::max();
+      if (cell == keys.size()) continue;  // no stored image has it
+      lists.push_back(List{posting_order[heads[cell]], heads[cell], key});
+    }
+    const size_t n = query_keys.size();
+    const size_t absent = n - lists.size();
+    // Lists to walk: n − threshold + 1 in all; absent ones count as walked.
+    const size_t walk_total = static_cast<int64_t>(n) >= threshold ? n - static_cast<size_t>(threshold) + 1 : n;
+    size_t walk = walk_total > absent ? std::min(walk_total - absent, lists.size()) : 0;
+    std::sort(lists.begin(), lists.end(), [](const List& a, const List& b) { return a.length < b.length; });
+    // A few more short lists are cheaper to walk than the candidates they rule
+    // out (each list walked raises the count an image needs from the walk).
+    for (int extra = 0; extra < 3 && walk < lists.size() && lists[walk].length <= 64; ++extra) ++walk;
+    // Ages (newest id − posting id, modulo 2^32: live images span fewer than
+    // 2^32 ids) grow strictly along a live list; a posting of a reused slot is
+    // younger than its predecessor, which ends the walk.
+    const uint32_t now = static_cast<uint32_t>(next_id);
+    for (size_t l = 0; l < walk; ++l) {
+      int64_t previous_age = -1;
       int64_t scanned = 0;
-      for (uint32_t p = heads[cell]; p != kNone && scanned < max_scan; p = posting_next[p], ++scanned) {
-        const uint32_t slot = p / static_cast<uint32_t>(per_slot);
-        const uint64_t id = slot_id[slot];
-        if (id >= previous) break;  // reached a reused slot: the rest of the list is evicted
-        previous = id;
+      for (uint32_t p = lists[l].head; p != kNone && scanned < max_scan; p = posting_next[p], ++scanned) {
+        const int64_t age = static_cast<uint32_t>(now - posting_id[p]);
+        if (age <= previous_age) break;  // reached a reused slot: the rest of the list is evicted
+        previous_age = age;
+        const uint32_t slot = slot_of(p);
         if (counts[slot]++ == 0) touched.push_back(slot);
-        if (counts[slot] > best || (counts[slot] == best && slot_id[slot] > slot_id[best_slot])) {
-          best = counts[slot];
-          best_slot = slot;
-        }
       }
     }
-    for (const uint32_t slot : touched) counts[slot] = 0;
+    int64_t best = 0;
+    uint32_t best_slot = kNone;
+    for (const uint32_t slot : touched) {
+      int64_t count = counts[slot];
+      counts[slot] = 0;
+      // Each unwalked list adds at most one: skip images that cannot reach
+      // the threshold without touching their memory.
+      if (walk < lists.size() && count + static_cast<int64_t>(lists.size() - walk) >= threshold) {
+        // Bloom filter first (one cache line): an upper bound on the count.
+        const uint64_t* filter = &bloom[(slot * static_cast<size_t>(per_slot / kept) + offset / kept) * kBloomWords];
+        int64_t upper = count;
+        for (size_t l = walk; l < lists.size(); ++l) {
+          bool hit = true;
+          for (const uint32_t bit : bloom_bits(lists[l].key)) hit = hit && (filter[bit >> 6] >> (bit & 63) & 1);
+          upper += hit;
+        }
+        if (upper >= threshold) {  // exact count from the image's sorted keys
+          const auto begin = posting_key.begin() + static_cast<int64_t>(slot) * per_slot + offset;
+          const auto end = begin + slot_size[slot];
+          for (size_t l = walk; l < lists.size(); ++l) {
+            count += std::binary_search(begin, end, lists[l].key, std::greater<uint64_t>());
+          }
+        }
+      }
+      if (count > best || (count == best && best_slot != kNone && slot_id[slot] > slot_id[best_slot])) {
+        best = count;
+        best_slot = slot;
+      }
+    }
     touched.clear();
     return {best, best_slot};
+  }
+
+  // Two bit positions of a key in a 512-bit filter (the low bits of the hash
+  // are uniform even for the numerically largest hashes).
+  static std::array<uint32_t, 2> bloom_bits(uint64_t key) {
+    return {static_cast<uint32_t>(key & 511), static_cast<uint32_t>((key >> 9) & 511)};
   }
 
   size_t memory_bytes() const {
     return keys.capacity() * sizeof(uint64_t) + heads.capacity() * sizeof(uint32_t) +
            posting_key.capacity() * sizeof(uint64_t) + posting_next.capacity() * sizeof(uint32_t) +
+           posting_order.capacity() * sizeof(uint32_t) + posting_id.capacity() * sizeof(uint32_t) +
+           lists.capacity() * sizeof(List) + bloom.capacity() * sizeof(uint64_t) +
            slot_id.capacity() * sizeof(uint64_t) + slot_size.capacity() * sizeof(uint16_t) +
            counts.capacity() * sizeof(uint16_t) + touched.capacity() * sizeof(uint32_t);
   }
 
   const int64_t capacity;
   const int64_t per_slot;
+  const int64_t kept;  // hashes_kept: postings per image and index
+  const size_t max_cells;
+  const uint64_t slot_divisor;  // ceil(2^64 / per_slot)
   std::vector<uint64_t> keys;   // table cells: key, 0 = empty
   std::vector<uint32_t> heads;  // table cells: newest posting of the key
   size_t entries = 0;
   std::vector<uint64_t> posting_key;
   std::vector<uint32_t> posting_next;
-  std::vector<uint64_t> slot_id;    // id of the image in each slot
-  std::vector<uint16_t> slot_size;  // hashes kept for it (<= hashes_kept)
-  std::vector<uint16_t> counts;     // scratch for best_match, all zero between calls
-  std::vector<uint32_t> touched;    // scratch: slots with a non-zero count
-  size_t oldest = 0;                // once full: the slot evicted next
+  std::vector<uint64_t> bloom;          // per slot and index: a 512-bit Bloom filter of its keys (2 bits per key)
+  std::vector<uint32_t> posting_order;  // 1 + the number of older postings of the key when it was added
+  std::vector<uint32_t> posting_id;     // low 32 bits of the id of the posting's image
+  std::vector<uint64_t> slot_id;        // id of the image in each slot
+  std::vector<uint16_t> slot_size;      // hashes kept for it (<= hashes_kept)
+  std::vector<uint16_t> counts;         // scratch for best_match, all zero between calls
+  std::vector<uint32_t> touched;        // scratch: slots with a non-zero count
+  struct List {
+    uint32_t length;  // estimated posting-list length
+    uint32_t head;
+    uint64_t key;
+  };
+  std::vector<List> lists;  // scratch for best_match
+  size_t oldest = 0;        // once full: the slot evicted next
   uint64_t postings = 0;
   uint64_t stored = 0;
   uint64_t next_id = 1;
@@ -366,7 +474,7 @@ QueryMonitor::QueryMonitor(QueryMonitorOptions options) : options_(std::move(opt
                       std::to_string(options_.max_stored_queries()) + " × " + std::to_string(options_.hashes_kept()) +
                       " × " + std::to_string(scope_count(options_.scope())));
   }
-  store_ = std::make_unique<Store>(options_.max_stored_queries(), per_slot);
+  store_ = std::make_unique<Store>(options_.max_stored_queries(), per_slot, options_.hashes_kept());
 }
 
 QueryMonitor::~QueryMonitor() = default;
@@ -485,14 +593,15 @@ std::vector<QueryObservation> QueryMonitor::record(const RequestContext& context
       if (client) {
         client_keys.clear();
         for (const uint64_t h : print) client_keys.push_back(nonzero(XXH3_64bits_withSeed(&h, sizeof h, client_seed)));
+        std::sort(client_keys.begin(), client_keys.end(), std::greater<uint64_t>());  // slots keep keys sorted
       }
       if (global) {
-        const auto [matches, slot] = s.best_match(print, options_.max_scan_per_hash());
+        const auto [matches, slot] = s.best_match(print, 0, threshold, options_.max_scan_per_hash());
         obs.global_matches = matches;
         obs.global_match_id = slot == Store::kNone ? 0 : s.slot_id[slot];
       }
       if (client) {
-        const auto [matches, slot] = s.best_match(client_keys, options_.max_scan_per_hash());
+        const auto [matches, slot] = s.best_match(client_keys, client_offset, threshold, options_.max_scan_per_hash());
         obs.client_matches = matches;
         obs.client_match_id = slot == Store::kNone ? 0 : s.slot_id[slot];
       }
@@ -602,7 +711,7 @@ QueryMonitorStats QueryMonitor::stats() const {
 
 void QueryMonitor::clear() {
   std::lock_guard<std::mutex> lock(mutex_);
-  store_ = std::make_unique<Store>(options_.max_stored_queries(), store_->per_slot);
+  store_ = std::make_unique<Store>(options_.max_stored_queries(), store_->per_slot, store_->kept);
 }
 
 }  // namespace parry::conceal

@@ -1,5 +1,6 @@
 #include "parry/conceal/query_monitor.hpp"
 
+#include <array>
 #include <atomic>
 #include <cmath>
 #include <map>
@@ -128,6 +129,34 @@ TEST_F(QueryMonitorTest, UnrelatedImagesDoNotMatch) {
   EXPECT_EQ(monitor.stats().detections, 0u);
   EXPECT_LT(most, monitor.options().threshold());
   EXPECT_TRUE(logged().empty());
+}
+
+TEST_F(QueryMonitorTest, PrunedSearchIsExactAtTheThreshold) {
+  // threshold(1) walks every posting list (exhaustive counts); the default
+  // walks only the shortest n − 24. They must agree on every detection.
+  QueryMonitor pruned(QueryMonitorOptions().threshold(25));
+  QueryMonitor exhaustive(QueryMonitorOptions().threshold(1));
+  int64_t at_threshold = 0;
+  for (int64_t i = 0; i < 300; ++i) {
+    // Test images, each followed by noisy copies of growing strength.
+    const torch::Tensor x = image(i / 3);
+    const double noise = std::array<double, 3>{0.0, 0.01, 0.03}[i % 3];
+    const torch::Tensor q = (x + (torch::rand(x.sizes()) * 2 - 1) * noise).clamp(0, 1).to(torch::kFloat32);
+    const auto p = observe_one(pruned, q);
+    const auto e = observe_one(exhaustive, q);
+    if (e.global_matches >= 25) {
+      ++at_threshold;
+      EXPECT_TRUE(p.detected) << i;
+      EXPECT_EQ(p.global_matches, e.global_matches) << i;
+      EXPECT_EQ(p.global_match_id, e.global_match_id) << i;
+    } else {
+      EXPECT_FALSE(p.detected) << i;
+      EXPECT_LE(p.global_matches, e.global_matches) << i;
+    }
+  }
+  std::cout << at_threshold << " of 300 images at the threshold\n";
+  EXPECT_GT(at_threshold, 40) << "the stream must exercise detections";
+  EXPECT_LT(at_threshold, 200) << "and non-detections";
 }
 
 TEST_F(QueryMonitorTest, EvictionBoundsMemoryAndEmptiesTheIndex) {

@@ -13,7 +13,10 @@
 //   3. keep the N numerically largest distinct hashes (paper: N = 50) as the
 //      image's fingerprint;
 //   4. count, through an inverted index hash → stored queries, the largest
-//      number of hashes the fingerprint shares with any single stored query;
+//      number of hashes the fingerprint shares with any single stored query
+//      (only the n − threshold + 1 shortest posting lists are walked: any
+//      image at the threshold is in one of them; candidates found there are
+//      checked against the remaining hashes in their own sorted key block);
 //      the image is a detection when that count reaches the threshold
 //      (paper: 25 of 50 for MNIST);
 //   5. store the fingerprint (every fingerprinted image is stored, detected
@@ -38,8 +41,8 @@
 // happen to resemble stored ones is refused (false positives are measured in
 // docs/concealment.md).
 //
-// Costs: per image, one hash per window position and a sort; lookups in an
-// open-addressing table; memory bounded by max_stored_queries (the oldest
+// Costs: per image, one hash per window position and a partial sort; lookups
+// in an open-addressing table; memory bounded by max_stored_queries (the oldest
 // image is evicted first and its postings leave the index). Thread-safe: one
 // mutex guards the store, so admit() may be called from any number of threads.
 #pragma once
@@ -122,10 +125,10 @@ struct QueryMonitorOptions {
   /// Most images stored at once (>= 1, and max_stored_queries × hashes_kept ×
   /// indexes < 2^32). Beyond it the oldest is evicted. Default 100,000.
   QueryMonitorOptions& max_stored_queries(int64_t images);
-  /// Most stored images visited per hash when counting matches (>= 1),
-  /// newest first. Bounds the work for a hash shared by very many stored
-  /// images (e.g. a blank-background window); matches with images older than
-  /// the newest `n` sharing that hash are not counted. Default 1024.
+  /// Most stored images visited per walked posting list when counting
+  /// matches (>= 1), newest first. Bounds the work when even the shortest
+  /// lists of a query are long (hashes shared by very many stored images);
+  /// images older than the newest `n` of such a list may be missed. Default 1024.
   QueryMonitorOptions& max_scan_per_hash(int64_t n);
   /// Called for each detected image (default none).
   QueryMonitorOptions& on_detection(DetectionCallback callback);
@@ -163,7 +166,10 @@ struct QueryMonitorOptions {
   DetectionCallback on_detection_;
 };
 
-/// What the monitor found for one image.
+/// What the monitor found for one image. Match counts are exact when they
+/// reach the threshold; below it they are lower bounds (the search only
+/// walks the posting lists that can contain an image at the threshold), so
+/// build the monitor with threshold(1) to measure exact counts.
 struct QueryObservation {
   uint64_t query_id = 0;  ///< id given to the image (ids count from 1)
   /// Largest number of hashes shared with one stored image of the global
