@@ -7,6 +7,9 @@
 #include "parry/conceal/query_monitor.hpp"
 
 #include <xxhash.h>
+#if defined(__linux__)
+#include <sys/mman.h>
+#endif
 
 #include <algorithm>
 #include <array>
@@ -44,6 +47,22 @@ std::string printable(const std::string& id) {
   for (const char c : id.substr(0, 64)) out += (c >= 0x20 && c < 0x7f) ? c : '?';
   if (id.size() > 64) out += "...";
   return out;
+}
+
+// Asks the kernel for transparent huge pages over a large array's storage:
+// the index is read at random, and with 4 KiB pages nearly every access of a
+// large store also misses the TLB. Pages touched before the call keep their size.
+template <class T>
+void advise_huge_pages(const std::vector<T>& v) {
+#if defined(__linux__) && defined(MADV_HUGEPAGE)
+  constexpr uintptr_t kHuge = uintptr_t{2} << 20;
+  const uintptr_t start = reinterpret_cast<uintptr_t>(v.data());
+  const uintptr_t begin = (start + kHuge - 1) & ~(kHuge - 1);
+  const uintptr_t end = (start + v.capacity() * sizeof(T)) & ~(kHuge - 1);
+  if (end > begin) ::madvise(reinterpret_cast<void*>(begin), end - begin, MADV_HUGEPAGE);  // advice only
+#else
+  (void)v;
+#endif
 }
 
 // 0 marks an empty table cell; a window hash of 0 becomes 1.
@@ -213,8 +232,14 @@ struct QueryMonitor::Store {
 
   void grow() {
     const size_t cells = std::min(max_cells, std::max<size_t>(64, keys.size() + keys.size() / 2));
-    std::vector<uint64_t> old_keys(cells, 0);
-    std::vector<uint32_t> old_heads(cells, kNone);
+    std::vector<uint64_t> old_keys;
+    std::vector<uint32_t> old_heads;
+    old_keys.reserve(cells);
+    old_heads.reserve(cells);
+    advise_huge_pages(old_keys);
+    advise_huge_pages(old_heads);
+    old_keys.assign(cells, 0);
+    old_heads.assign(cells, kNone);
     old_keys.swap(keys);
     old_heads.swap(heads);
     for (size_t i = 0; i < old_keys.size(); ++i) {
@@ -257,10 +282,10 @@ struct QueryMonitor::Store {
       ++entries;
     }
     const uint32_t previous = heads[cell];
-    posting_next[posting] = previous;
+    links[posting].next = previous;
     posting_order[posting] =
         previous == kNone ? 1 : std::max(posting_order[previous], posting_order[previous] + 1);  // saturates
-    posting_id[posting] = static_cast<uint32_t>(slot_id[slot_of(posting)]);
+    links[posting].id = static_cast<uint32_t>(slot_id[slot_of(posting)]);
     heads[cell] = posting;
     const uint32_t slot = posting / static_cast<uint32_t>(per_slot);
     const uint32_t index = (posting % static_cast<uint32_t>(per_slot)) / static_cast<uint32_t>(kept);
@@ -294,9 +319,8 @@ struct QueryMonitor::Store {
       slot_size.push_back(0);
       counts.push_back(0);
       posting_key.resize(posting_key.size() + per_slot, 0);
-      posting_next.resize(posting_next.size() + per_slot, kNone);
+      links.resize(links.size() + per_slot, Link{kNone, 0});
       posting_order.resize(posting_order.size() + per_slot, 0);
-      posting_id.resize(posting_id.size() + per_slot, 0);
       bloom.resize(bloom.size() + static_cast<size_t>(per_slot / kept) * kBloomWords, 0);
     } else {
       slot = static_cast<uint32_t>(oldest);
@@ -306,7 +330,7 @@ struct QueryMonitor::Store {
         if (posting_key[base + j] == 0) continue;  // position unused by this image (keys are never 0)
         remove_posting(base + static_cast<uint32_t>(j));
         posting_key[base + j] = 0;
-        posting_next[base + j] = kNone;
+        links[base + j] = Link{kNone, 0};
       }
       slot_id[slot] = id;
       slot_size[slot] = 0;
@@ -327,10 +351,13 @@ struct QueryMonitor::Store {
     slot_size.reserve(target);
     counts.reserve(target);
     posting_key.reserve(target * per_slot);
-    posting_next.reserve(target * per_slot);
+    links.reserve(target * per_slot);
     posting_order.reserve(target * per_slot);
-    posting_id.reserve(target * per_slot);
     bloom.reserve(target * static_cast<size_t>(per_slot / kept) * kBloomWords);
+    advise_huge_pages(posting_key);
+    advise_huge_pages(links);
+    advise_huge_pages(posting_order);
+    advise_huge_pages(bloom);
   }
 
   // The stored image sharing the most of `query_keys` (distinct keys), and
@@ -371,8 +398,8 @@ struct QueryMonitor::Store {
     for (size_t l = 0; l < walk; ++l) {
       int64_t previous_age = -1;
       int64_t scanned = 0;
-      for (uint32_t p = lists[l].head; p != kNone && scanned < max_scan; p = posting_next[p], ++scanned) {
-        const int64_t age = static_cast<uint32_t>(now - posting_id[p]);
+      for (uint32_t p = lists[l].head; p != kNone && scanned < max_scan; p = links[p].next, ++scanned) {
+        const int64_t age = static_cast<uint32_t>(now - links[p].id);
         if (age <= previous_age) break;  // reached a reused slot: the rest of the list is evicted
         previous_age = age;
         const uint32_t slot = slot_of(p);
@@ -420,11 +447,11 @@ struct QueryMonitor::Store {
 
   size_t memory_bytes() const {
     return keys.capacity() * sizeof(uint64_t) + heads.capacity() * sizeof(uint32_t) +
-           posting_key.capacity() * sizeof(uint64_t) + posting_next.capacity() * sizeof(uint32_t) +
-           posting_order.capacity() * sizeof(uint32_t) + posting_id.capacity() * sizeof(uint32_t) +
-           lists.capacity() * sizeof(List) + bloom.capacity() * sizeof(uint64_t) +
-           slot_id.capacity() * sizeof(uint64_t) + slot_size.capacity() * sizeof(uint16_t) +
-           counts.capacity() * sizeof(uint16_t) + touched.capacity() * sizeof(uint32_t);
+           posting_key.capacity() * sizeof(uint64_t) + links.capacity() * sizeof(Link) +
+           posting_order.capacity() * sizeof(uint32_t) + lists.capacity() * sizeof(List) +
+           bloom.capacity() * sizeof(uint64_t) + slot_id.capacity() * sizeof(uint64_t) +
+           slot_size.capacity() * sizeof(uint16_t) + counts.capacity() * sizeof(uint16_t) +
+           touched.capacity() * sizeof(uint32_t);
   }
 
   const int64_t capacity;
@@ -436,10 +463,15 @@ struct QueryMonitor::Store {
   std::vector<uint32_t> heads;  // table cells: newest posting of the key
   size_t entries = 0;
   std::vector<uint64_t> posting_key;
-  std::vector<uint32_t> posting_next;
+  // Per posting, what a walk reads: the next older posting of the key and the
+  // low 32 bits of the image id (one cache line access per step).
+  struct Link {
+    uint32_t next;
+    uint32_t id;
+  };
+  std::vector<Link> links;
   std::vector<uint64_t> bloom;          // per slot and index: a 512-bit Bloom filter of its keys (2 bits per key)
   std::vector<uint32_t> posting_order;  // 1 + the number of older postings of the key when it was added
-  std::vector<uint32_t> posting_id;     // low 32 bits of the id of the posting's image
   std::vector<uint64_t> slot_id;        // id of the image in each slot
   std::vector<uint16_t> slot_size;      // hashes kept for it (<= hashes_kept)
   std::vector<uint16_t> counts;         // scratch for best_match, all zero between calls
