@@ -327,10 +327,13 @@ struct QueryMonitor::Store {
       oldest = (oldest + 1) % slot_id.size();
       const uint32_t base = slot * static_cast<uint32_t>(per_slot);
       for (int64_t j = 0; j < per_slot; ++j) {
-        if (posting_key[base + j] == 0) continue;  // position unused by this image (keys are never 0)
-        remove_posting(base + static_cast<uint32_t>(j));
-        posting_key[base + j] = 0;
-        links[base + j] = Link{kNone, 0};
+        if (posting_key[base + j] != 0) {  // 0: position unused by this image (keys are never 0)
+          remove_posting(base + static_cast<uint32_t>(j));
+          posting_key[base + j] = 0;
+        }
+        // Every position, used by the new image or not, carries its id: an
+        // older posting's link into this slot then always ends a walk.
+        links[base + j] = Link{kNone, static_cast<uint32_t>(id)};
       }
       slot_id[slot] = id;
       slot_size[slot] = 0;

@@ -3,7 +3,9 @@
 #include <array>
 #include <atomic>
 #include <cmath>
+#include <deque>
 #include <map>
+#include <random>
 #include <set>
 #include <thread>
 
@@ -214,6 +216,48 @@ TEST_F(QueryMonitorTest, EvictionKeepsMatchingCorrectWhenSlotsAreReused) {
   const auto stats = monitor.stats();
   EXPECT_EQ(stats.stored, 3u);
   EXPECT_LE(stats.postings, 150u);
+}
+
+TEST_F(QueryMonitorTest, MatchesAgreeWithBruteForceUnderEviction) {
+  // A small store receiving repeats, noisy copies and sparse images (few
+  // distinct windows, so short fingerprints leave slot positions unused):
+  // every count and match id must equal a brute-force search over the
+  // fingerprints of the images currently stored.
+  constexpr size_t kCapacity = 5;
+  QueryMonitor monitor(QueryMonitorOptions().threshold(1).max_stored_queries(kCapacity));
+  std::deque<std::pair<uint64_t, std::set<uint64_t>>> stored;  // id, fingerprint; oldest first
+  std::mt19937 rng(7);
+  for (int step = 0; step < 400; ++step) {
+    torch::Tensor x;
+    switch (rng() % 3) {
+      case 0:
+        x = image(rng() % 8);
+        break;
+      case 1:
+        x = (image(rng() % 8) + (torch::rand({1, 28, 28}) * 2 - 1) * 0.02).clamp(0, 1).to(torch::kFloat32);
+        break;
+      default:  // a sparse image: a few bright pixels on black
+        x = torch::zeros({1, 28, 28});
+        for (int k = 0; k < 1 + static_cast<int>(rng() % 6); ++k) x[0][rng() % 28][rng() % 28] = 1.0f;
+    }
+    const auto print = monitor.fingerprint(x);
+    const std::set<uint64_t> keys(print.begin(), print.end());
+    int64_t best = 0;
+    uint64_t best_id = 0;
+    for (const auto& [id, other] : stored) {  // oldest first: ties go to the newest
+      int64_t shared = 0;
+      for (const uint64_t k : keys) shared += other.count(k);
+      if (shared > 0 && shared >= best) {
+        best = shared;
+        best_id = id;
+      }
+    }
+    const auto o = observe_one(monitor, x);
+    ASSERT_EQ(o.global_matches, best) << "step " << step;
+    ASSERT_EQ(o.global_match_id, best_id) << "step " << step;
+    stored.emplace_back(o.query_id, keys);
+    if (stored.size() > kCapacity) stored.pop_front();
+  }
 }
 
 TEST_F(QueryMonitorTest, PerClientAndGlobalScopes) {
