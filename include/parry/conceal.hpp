@@ -2,4 +2,5 @@
 #pragma once
 
 #include "parry/conceal/output_policies.hpp"
+#include "parry/conceal/query_monitor.hpp"
 #include "parry/conceal/throttle.hpp"

@@ -4,6 +4,8 @@
 #                            then build and run the consumer with find_package
 #   run.sh add_subdirectory  SOURCE BUILD WORK: build the consumer with Parry
 #                            added from SOURCE by add_subdirectory
+#   run.sh examples          SOURCE BUILD WORK: install BUILD into WORK/prefix,
+#                            build every program in examples/ against it, run each
 set -euo pipefail
 mode=$1 source_dir=$2 build_dir=$3 work=$4
 rm -rf "$work"
@@ -29,6 +31,22 @@ case "$mode" in
       echo "Parry's tests were configured inside a consumer project" >&2
       exit 1
     fi
+    ;;
+  examples)
+    # Every example program, built against the install tree and run on tiny inputs.
+    cmake --install "$build_dir" --prefix "$work/prefix" >/dev/null
+    cmake -S "$source_dir/examples" -B "$work/build" "${generator[@]}" "${launcher[@]}" \
+      -DCMAKE_BUILD_TYPE=Release -DCMAKE_PREFIX_PATH="$work/prefix"
+    cmake --build "$work/build" -j 2
+    model="$source_dir/tests/fixtures/reference_cnn.pt"
+    "$work/build/preprocessing/parry_example_preprocessing" "$model" 40
+    "$work/build/detection/parry_example_detection" "$model" 30
+    "$work/build/concealment/parry_example_concealment" "$model"
+    if [ -x "$work/build/training/parry_example_training" ]; then
+      "$work/build/training/parry_example_training" "$model" 256
+    fi
+    "$work/build/defended_server/defended_server" --help >/dev/null
+    exit 0
     ;;
   *) echo "unknown mode $mode" >&2; exit 2 ;;
 esac

@@ -1,0 +1,253 @@
+// conceal::QueryMonitor: detection of query streams made of highly similar
+// images, with the probabilistic fingerprints of Blacklight (Huiying Li, Shawn
+// Shan, Emily Wenger, Jiayun Zhang, Haitao Zheng, Ben Y. Zhao, "Blacklight:
+// Scalable Defense for Neural Networks against Query-Based Black-Box
+// Attacks", USENIX Security 2022).
+//
+// Method (as in the paper). For every image of a query:
+//   1. quantise: map the value range [lo, hi] onto [0, 255] and replace each
+//      value v by floor(v / step) (paper: step 50, so 6 levels);
+//   2. flatten (C×H×W memory order) and slide a window of w values with a
+//      stride s over it (paper: w = 20 for MNIST-sized images, 50 for larger
+//      ones; s = 1); hash each window's quantised bytes with XXH3-64 (xxHash);
+//   3. keep the N numerically largest distinct hashes (paper: N = 50) as the
+//      image's fingerprint;
+//   4. count, through an inverted index hash → stored queries, the largest
+//      number of hashes the fingerprint shares with any single stored query
+//      (only the n − threshold + 1 shortest posting lists are walked: any
+//      image at the threshold is in one of them; candidates found there are
+//      checked against the remaining hashes in their own sorted key block);
+//      the image is a detection when that count reaches the threshold
+//      (paper: 25 of 50 for MNIST);
+//   5. store the fingerprint (every fingerprinted image is stored, detected
+//      or not, so a persistent attacker keeps matching its own history).
+// A small perturbation changes only the windows that contain a pixel that
+// crossed a quantisation boundary; since the kept hashes are a
+// content-defined sample of the windows, two near-identical images keep many
+// of the same hashes while unrelated images share almost none.
+//
+// Threat model. It stops query-based black-box attacks (score-based such as
+// Square, decision-based such as HopSkipJump) whose successive queries are
+// small perturbations of each other or of the source image, including
+// attackers who spread their queries over many client ids (the global scope).
+// It does not stop: white-box or transfer attacks (no query stream); an
+// attacker who waits until its earlier queries are evicted (the store is a
+// FIFO of max_stored_queries images, so spacing queries beyond that many
+// other queries defeats it); queries with large random transforms (shifts,
+// rotations, strong noise) that change most quantised windows — at the price
+// of a weaker attack; or an attacker who can tell a detection from the
+// answers (use MonitorAction::Silent so it cannot). Detections are a signal
+// for the operator: with MonitorAction::Reject, a benign user whose queries
+// happen to resemble stored ones is refused (false positives are measured in
+// docs/concealment.md).
+//
+// Costs: per image, one hash per window position and a partial sort; lookups
+// in an open-addressing table; memory bounded by max_stored_queries (the oldest
+// image is evicted first and its postings leave the index). Thread-safe: one
+// mutex guards the store, so admit() may be called from any number of threads.
+#pragma once
+
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <vector>
+
+#include "parry/core/gate.hpp"
+#include "parry/core/input_spec.hpp"
+
+namespace parry::conceal {
+
+/// Which stored queries a new query is compared with.
+enum class MonitorScope {
+  Global,     ///< every stored query, whoever sent it (catches attackers with many client ids)
+  PerClient,  ///< only the same client's stored queries
+  Both,       ///< both indexes: a detection in either counts (costs twice the index memory)
+};
+
+/// What the gate does with a request that contains a detected image.
+enum class MonitorAction {
+  Flag,    ///< answer, with verdict Flagged and reason "flagged"
+  Reject,  ///< refuse, with verdict Rejected and reason "flagged"
+  Silent,  ///< answer normally (Accepted); the detection is only counted, logged and reported to the callback
+};
+
+/// "global", "per_client", "both".
+const char* to_string(MonitorScope scope);
+/// "flag", "reject", "silent".
+const char* to_string(MonitorAction action);
+
+/// One detected image, as reported to the detection callback and the log.
+struct QueryMonitorDetection {
+  std::string client_id;                      ///< who sent the detected image
+  uint64_t query_id = 0;                      ///< id given to the detected image (ids count from 1)
+  uint64_t matched_query_id = 0;              ///< the stored image it matched best
+  int64_t matches = 0;                        ///< hashes shared with that image
+  MonitorScope scope = MonitorScope::Global;  ///< the index that matched (Global or PerClient)
+};
+
+/// Called once per detected image, after the monitor's lock is released, on
+/// the thread that called admit(); it must be thread-safe.
+using DetectionCallback = std::function<void(const QueryMonitorDetection&)>;
+
+struct QueryMonitorOptions {
+  /// Quantisation step in 8-bit units (the value range is mapped onto
+  /// [0, 255]), in (0, 255]. Default 50 (the paper's). Larger steps make
+  /// fingerprints more tolerant of perturbations and of unrelated images alike.
+  QueryMonitorOptions& quantization_step(double step);
+  /// Sliding-window length in values of the flattened image (>= 1). Default 20
+  /// (the paper's for 28×28 images). An image with fewer values is one window.
+  QueryMonitorOptions& window(int64_t values);
+  /// Stride of the sliding window in values (>= 1). Default 1.
+  QueryMonitorOptions& window_step(int64_t values);
+  /// Hashes kept per image, N, in [1, 1024]. Default 50.
+  QueryMonitorOptions& hashes_kept(int64_t n);
+  /// Shared hashes with one stored image at which an image is a detection, in
+  /// [1, hashes_kept] (checked when the QueryMonitor is built). Default 25;
+  /// docs/concealment.md has the measurements behind it.
+  QueryMonitorOptions& threshold(int64_t matches);
+  /// Value range mapped onto the 256 quantisation levels; lo < hi, finite.
+  /// Default [0, 1]. Images with a value outside it are not fingerprinted.
+  QueryMonitorOptions& value_range(double lo, double hi);
+  /// Expected image shape C×H×W (all > 0); other shapes are not
+  /// fingerprinted. Unset (any shape) by default.
+  QueryMonitorOptions& image_shape(int64_t channels, int64_t height, int64_t width);
+  /// Largest batch fingerprinted (>= 1, default 256); larger ones are not.
+  QueryMonitorOptions& max_batch(int64_t images);
+  /// Copies value range, image shape and batch limit from the Guard's spec, so
+  /// exactly the inputs the Guard would answer are fingerprinted.
+  QueryMonitorOptions& match_spec(const InputSpec& spec);
+  /// Global, per client, or both. Default Global.
+  QueryMonitorOptions& scope(MonitorScope scope);
+  /// Flag, Reject or Silent. Default Flag.
+  QueryMonitorOptions& action(MonitorAction action);
+  /// Most images stored at once (>= 1, and max_stored_queries × hashes_kept ×
+  /// indexes < 2^32). Beyond it the oldest is evicted. Default 100,000.
+  QueryMonitorOptions& max_stored_queries(int64_t images);
+  /// Most stored images visited per walked posting list when counting
+  /// matches (>= 1), newest first. Bounds the work when even the shortest
+  /// lists of a query are long (hashes shared by very many stored images);
+  /// images older than the newest `n` of such a list may be missed. Default 1024.
+  QueryMonitorOptions& max_scan_per_hash(int64_t n);
+  /// Called for each detected image (default none).
+  QueryMonitorOptions& on_detection(DetectionCallback callback);
+
+  double quantization_step() const { return quantization_step_; }
+  int64_t window() const { return window_; }
+  int64_t window_step() const { return window_step_; }
+  int64_t hashes_kept() const { return hashes_kept_; }
+  int64_t threshold() const { return threshold_; }
+  double min_value() const { return min_value_; }
+  double max_value() const { return max_value_; }
+  /// {C, H, W}, or empty when any shape is accepted.
+  const std::vector<int64_t>& image_shape() const { return image_shape_; }
+  int64_t max_batch() const { return max_batch_; }
+  MonitorScope scope() const { return scope_; }
+  MonitorAction action() const { return action_; }
+  int64_t max_stored_queries() const { return max_stored_queries_; }
+  int64_t max_scan_per_hash() const { return max_scan_per_hash_; }
+  const DetectionCallback& on_detection() const { return on_detection_; }
+
+ private:
+  double quantization_step_ = 50.0;
+  int64_t window_ = 20;
+  int64_t window_step_ = 1;
+  int64_t hashes_kept_ = 50;
+  int64_t threshold_ = 25;
+  double min_value_ = 0.0;
+  double max_value_ = 1.0;
+  std::vector<int64_t> image_shape_;
+  int64_t max_batch_ = 256;
+  MonitorScope scope_ = MonitorScope::Global;
+  MonitorAction action_ = MonitorAction::Flag;
+  int64_t max_stored_queries_ = 100000;
+  int64_t max_scan_per_hash_ = 1024;
+  DetectionCallback on_detection_;
+};
+
+/// What the monitor found for one image. Match counts are exact when they
+/// reach the threshold; below it they are lower bounds (the search only
+/// walks the posting lists that can contain an image at the threshold), so
+/// build the monitor with threshold(1) to measure exact counts.
+struct QueryObservation {
+  uint64_t query_id = 0;  ///< id given to the image (ids count from 1)
+  /// Largest number of hashes shared with one stored image of the global
+  /// index, and that image's id (0 if none); stays 0 in PerClient scope.
+  int64_t global_matches = 0;
+  uint64_t global_match_id = 0;
+  /// The same over the client's own stored images; stays 0 in Global scope.
+  int64_t client_matches = 0;
+  uint64_t client_match_id = 0;
+  /// The threshold was reached in a scope the monitor watches.
+  bool detected = false;
+};
+
+/// Counters since construction (or clear()).
+struct QueryMonitorStats {
+  uint64_t images = 0;             ///< images fingerprinted and stored
+  uint64_t detections = 0;         ///< of them, images detected
+  uint64_t requests_detected = 0;  ///< requests with at least one detected image
+  uint64_t skipped = 0;            ///< requests not fingerprinted (malformed input; the Guard rejects them)
+  uint64_t evictions = 0;          ///< images evicted to respect max_stored_queries
+  uint64_t stored = 0;             ///< images currently stored (<= max_stored_queries)
+  uint64_t index_entries = 0;      ///< distinct keys currently in the inverted index (all scopes)
+  uint64_t postings = 0;           ///< (key, image) pairs currently in the index
+  uint64_t memory_bytes = 0;       ///< bytes held by the store and index (allocated capacity)
+};
+
+class QueryMonitor final : public Gate {
+ public:
+  /// @throws parry::OptionError if threshold > hashes_kept or the store would
+  ///   need more than 2^32 postings.
+  explicit QueryMonitor(QueryMonitorOptions options = {});
+  ~QueryMonitor() override;
+  QueryMonitor(const QueryMonitor&) = delete;
+  QueryMonitor& operator=(const QueryMonitor&) = delete;
+
+  /// Gate interface. Fingerprints, matches and stores every image of `input`
+  /// (C×H×W or N×C×H×W) in order, so later images of a batch are compared with
+  /// earlier ones. If any image is a detection: Flag or Reject with reason
+  /// "flagged", or Admit for MonitorAction::Silent. Inputs the Guard would
+  /// reject (undefined, not float32, not CPU/dense, wrong rank, empty or too
+  /// large a batch, wrong shape when one is set, NaN/Inf, values outside the
+  /// range) are admitted without being fingerprinted and counted as skipped:
+  /// the Guard's validation refuses them right after, so no answer leaks.
+  /// Never throws for a bad input.
+  GateDecision admit(const RequestContext& context, const torch::Tensor& input) override;
+  std::string describe() const override;
+
+  /// Fingerprints, matches and stores each image of a valid input and returns
+  /// what was found per image (admit() is this plus the decision). Detections
+  /// are counted, logged and reported to the callback as in admit().
+  /// @throws parry::InputError for an input admit() would skip.
+  std::vector<QueryObservation> observe(const RequestContext& context, const torch::Tensor& input);
+
+  /// The fingerprint of one image C×H×W (or a flat tensor): its up to
+  /// hashes_kept distinct window hashes, largest first. Stores nothing.
+  /// @throws parry::InputError for a non-finite or empty image, or values
+  ///   outside the value range.
+  std::vector<uint64_t> fingerprint(const torch::Tensor& image) const;
+
+  /// Counters and current sizes.
+  QueryMonitorStats stats() const;
+  /// Forgets every stored image and resets the counters.
+  void clear();
+
+  const QueryMonitorOptions& options() const { return options_; }
+
+ private:
+  struct Store;
+  /// Checks what admit() would skip; returns an empty string if the input is
+  /// fingerprintable, else the (operator-only) reason.
+  std::string check_input(const torch::Tensor& input) const;
+  /// Fingerprints of each image of a checked N×C×H×W (or C×H×W) float32 input.
+  std::vector<std::vector<uint64_t>> fingerprints(const torch::Tensor& input) const;
+  std::vector<QueryObservation> record(const RequestContext& context, const torch::Tensor& input);
+
+  QueryMonitorOptions options_;
+  mutable std::mutex mutex_;
+  std::unique_ptr<Store> store_;
+};
+
+}  // namespace parry::conceal

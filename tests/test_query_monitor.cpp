@@ -1,0 +1,529 @@
+#include "parry/conceal/query_monitor.hpp"
+
+#include <array>
+#include <atomic>
+#include <cmath>
+#include <deque>
+#include <map>
+#include <random>
+#include <set>
+#include <thread>
+
+#include "attack_support.hpp"
+#include "parry/conceal/output_policies.hpp"
+#include "parry/conceal/throttle.hpp"
+#include "parry/core/log.hpp"
+
+using namespace parry;
+using conceal::MonitorAction;
+using conceal::MonitorScope;
+using conceal::QueryMonitor;
+using conceal::QueryMonitorOptions;
+
+namespace {
+
+// Fashion-MNIST test images (N×1×28×28 in [0, 1]).
+const torch::Tensor& test_images() {
+  static const torch::Tensor images =
+      data::load_fashion_mnist(PARRY_FASHION_MNIST_DIR, false, 1000).images.contiguous();
+  return images;
+}
+
+torch::Tensor image(int64_t i) {
+  return test_images()[i];
+}
+
+// Captures Parry's log for the test and silences it afterwards.
+class QueryMonitorTest : public parry::testing::SeededTest {
+ protected:
+  void SetUp() override {
+    SeededTest::SetUp();
+    set_log_sink([this](LogLevel level, const std::string& message) {
+      std::lock_guard<std::mutex> lock(log_mutex_);
+      if (level >= LogLevel::Warning) logged_.push_back(message);
+    });
+  }
+  void TearDown() override { set_log_sink({}); }
+  std::vector<std::string> logged() {
+    std::lock_guard<std::mutex> lock(log_mutex_);
+    return logged_;
+  }
+
+ private:
+  std::mutex log_mutex_;
+  std::vector<std::string> logged_;
+};
+
+conceal::QueryObservation observe_one(QueryMonitor& monitor, const torch::Tensor& x,
+                                      const std::string& client = "client") {
+  auto observations = monitor.observe(RequestContext{client}, x);
+  EXPECT_EQ(observations.size(), 1u);
+  return observations.at(0);
+}
+
+Guard reference_guard(std::shared_ptr<QueryMonitor> monitor) {
+  Guard guard(parry::testing::reference_model(), InputSpec(1, 28, 28));
+  guard.add_gate(std::move(monitor));
+  return guard;
+}
+
+}  // namespace
+
+TEST_F(QueryMonitorTest, FingerprintIsTheLargestDistinctWindowHashes) {
+  QueryMonitor monitor;
+  const auto print = monitor.fingerprint(image(0));
+  ASSERT_EQ(print.size(), 50u);
+  EXPECT_TRUE(std::is_sorted(print.rbegin(), print.rend())) << "largest first";
+  EXPECT_EQ(std::set<uint64_t>(print.begin(), print.end()).size(), print.size()) << "distinct";
+  EXPECT_EQ(monitor.fingerprint(image(0)), print) << "deterministic";
+  EXPECT_NE(monitor.fingerprint(image(1)), print);
+  // A blank image has a single distinct window; a tiny image is one window.
+  EXPECT_EQ(monitor.fingerprint(torch::zeros({1, 28, 28})).size(), 1u);
+  EXPECT_EQ(monitor.fingerprint(torch::full({1, 2, 2}, 0.5f)).size(), 1u);
+  // Quantisation: values inside one level give the same fingerprint; the
+  // level boundaries sit at multiples of step/255 of the range.
+  EXPECT_EQ(monitor.fingerprint(torch::full({1, 4, 8}, 0.0f)), monitor.fingerprint(torch::full({1, 4, 8}, 49 / 255.f)));
+  EXPECT_NE(monitor.fingerprint(torch::full({1, 4, 8}, 0.0f)), monitor.fingerprint(torch::full({1, 4, 8}, 50 / 255.f)));
+  // The value range is mapped onto [0, 255] before quantising.
+  QueryMonitor shifted(QueryMonitorOptions().value_range(-1, 1));
+  EXPECT_EQ(shifted.fingerprint(image(0) * 2 - 1), print);
+  EXPECT_THROW(monitor.fingerprint(torch::Tensor()), InputError);
+  EXPECT_THROW(monitor.fingerprint(torch::full({1, 2, 2}, NAN)), InputError);
+  EXPECT_THROW(monitor.fingerprint(torch::full({1, 2, 2}, 2.0f)), InputError);
+}
+
+TEST_F(QueryMonitorTest, IdenticalAndLightlyPerturbedQueriesMatch) {
+  QueryMonitor monitor(QueryMonitorOptions().max_stored_queries(10000));
+  int64_t worst_one_level = 50, worst_linf = 50;
+  for (int64_t i = 0; i < 20; ++i) {
+    const torch::Tensor x = image(i);
+    const auto first = observe_one(monitor, x);
+    EXPECT_FALSE(first.detected) << "image " << i;
+    const auto again = observe_one(monitor, x);
+    EXPECT_TRUE(again.detected);
+    EXPECT_EQ(again.global_matches, static_cast<int64_t>(monitor.fingerprint(x).size()));
+    EXPECT_EQ(again.global_match_id, first.query_id);
+    // ±1/255 on every pixel (8-bit rounding noise).
+    const torch::Tensor one_level = (x + (torch::randint(0, 2, x.sizes()) * 2 - 1) / 255.0).clamp(0, 1);
+    const auto o1 = observe_one(monitor, one_level.to(torch::kFloat32));
+    EXPECT_TRUE(o1.detected) << "image " << i << ": " << o1.global_matches << " shared hashes";
+    worst_one_level = std::min(worst_one_level, o1.global_matches);
+    // Uniform noise with L∞ 0.01.
+    const torch::Tensor linf = (x + (torch::rand(x.sizes()) * 2 - 1) * 0.01).clamp(0, 1);
+    const auto o2 = observe_one(monitor, linf.to(torch::kFloat32));
+    EXPECT_TRUE(o2.detected) << "image " << i << ": " << o2.global_matches << " shared hashes";
+    worst_linf = std::min(worst_linf, o2.global_matches);
+  }
+  std::cout << "fewest shared hashes: ±1/255 noise " << worst_one_level << ", L-inf 0.01 noise " << worst_linf
+            << " (threshold 25)\n";
+  EXPECT_EQ(monitor.stats().images, 80u);
+  EXPECT_EQ(monitor.stats().detections, 60u);
+}
+
+TEST_F(QueryMonitorTest, UnrelatedImagesDoNotMatch) {
+  QueryMonitor monitor(QueryMonitorOptions().max_stored_queries(10000));
+  int64_t most = 0;
+  for (int64_t i = 0; i < 1000; ++i) {
+    const auto o = observe_one(monitor, image(i));
+    most = std::max(most, o.global_matches);
+  }
+  std::cout << "most hashes shared by an image with any earlier one of 1000: " << most << "\n";
+  EXPECT_EQ(monitor.stats().detections, 0u);
+  EXPECT_LT(most, monitor.options().threshold());
+  EXPECT_TRUE(logged().empty());
+}
+
+TEST_F(QueryMonitorTest, PrunedSearchIsExactAtTheThreshold) {
+  // threshold(1) walks every posting list (exhaustive counts); the default
+  // walks only the shortest n − 24. They must agree on every detection.
+  QueryMonitor pruned(QueryMonitorOptions().threshold(25));
+  QueryMonitor exhaustive(QueryMonitorOptions().threshold(1));
+  int64_t at_threshold = 0;
+  for (int64_t i = 0; i < 300; ++i) {
+    // Test images, each followed by noisy copies of growing strength.
+    const torch::Tensor x = image(i / 3);
+    const double noise = std::array<double, 3>{0.0, 0.01, 0.03}[i % 3];
+    const torch::Tensor q = (x + (torch::rand(x.sizes()) * 2 - 1) * noise).clamp(0, 1).to(torch::kFloat32);
+    const auto p = observe_one(pruned, q);
+    const auto e = observe_one(exhaustive, q);
+    if (e.global_matches >= 25) {
+      ++at_threshold;
+      EXPECT_TRUE(p.detected) << i;
+      EXPECT_EQ(p.global_matches, e.global_matches) << i;
+      EXPECT_EQ(p.global_match_id, e.global_match_id) << i;
+    } else {
+      EXPECT_FALSE(p.detected) << i;
+      EXPECT_LE(p.global_matches, e.global_matches) << i;
+    }
+  }
+  std::cout << at_threshold << " of 300 images at the threshold\n";
+  EXPECT_GT(at_threshold, 40) << "the stream must exercise detections";
+  EXPECT_LT(at_threshold, 200) << "and non-detections";
+}
+
+TEST_F(QueryMonitorTest, EvictionBoundsMemoryAndEmptiesTheIndex) {
+  constexpr int64_t kMax = 10;
+  QueryMonitor monitor(QueryMonitorOptions().max_stored_queries(kMax));
+  for (int64_t i = 0; i < 100; ++i) observe_one(monitor, image(i));
+  auto stats = monitor.stats();
+  EXPECT_EQ(stats.stored, static_cast<uint64_t>(kMax));
+  EXPECT_EQ(stats.evictions, 90u);
+  // The index holds exactly the postings and keys of the 10 newest images.
+  uint64_t postings = 0;
+  std::set<uint64_t> keys;
+  for (int64_t i = 90; i < 100; ++i) {
+    const auto print = monitor.fingerprint(image(i));
+    postings += print.size();
+    keys.insert(print.begin(), print.end());
+  }
+  EXPECT_EQ(stats.postings, postings);
+  EXPECT_EQ(stats.index_entries, keys.size());
+  const uint64_t memory = stats.memory_bytes;
+  // An evicted image no longer matches; a stored one does.
+  EXPECT_FALSE(observe_one(monitor, image(0)).detected);
+  EXPECT_TRUE(observe_one(monitor, image(99)).detected);
+  // Memory stops growing once the store is full.
+  for (int64_t i = 100; i < 1000; ++i) observe_one(monitor, image(i));
+  stats = monitor.stats();
+  EXPECT_EQ(stats.stored, static_cast<uint64_t>(kMax));
+  EXPECT_LE(stats.postings, static_cast<uint64_t>(kMax * 50));
+  EXPECT_LE(stats.memory_bytes, 2 * memory);
+  monitor.clear();
+  stats = monitor.stats();
+  EXPECT_EQ(stats.stored, 0u);
+  EXPECT_EQ(stats.index_entries, 0u);
+  EXPECT_EQ(stats.postings, 0u);
+  EXPECT_EQ(stats.images, 0u);
+}
+
+TEST_F(QueryMonitorTest, EvictionKeepsMatchingCorrectWhenSlotsAreReused) {
+  // A store of 3 receiving the same few images over and over: every slot is
+  // reused many times and every key's posting list is cut at its old end.
+  QueryMonitor monitor(QueryMonitorOptions().max_stored_queries(3));
+  for (int round = 0; round < 20; ++round) {
+    for (int64_t i = 0; i < 4; ++i) {
+      const auto o = observe_one(monitor, image(i));
+      // With 4 images cycling through 3 slots, image i was evicted just before.
+      if (round > 0) {
+        EXPECT_FALSE(o.detected) << "round " << round << " image " << i << ": " << o.global_matches;
+      }
+    }
+    const auto o = observe_one(monitor, image(3));
+    EXPECT_TRUE(o.detected);
+    EXPECT_EQ(o.global_match_id, o.query_id - 1);
+    observe_one(monitor, image(100 + round));  // push image 3 duplicates apart
+  }
+  const auto stats = monitor.stats();
+  EXPECT_EQ(stats.stored, 3u);
+  EXPECT_LE(stats.postings, 150u);
+}
+
+TEST_F(QueryMonitorTest, MatchesAgreeWithBruteForceUnderEviction) {
+  // A small store receiving repeats, noisy copies and sparse images (few
+  // distinct windows, so short fingerprints leave slot positions unused):
+  // every count and match id must equal a brute-force search over the
+  // fingerprints of the images currently stored.
+  constexpr size_t kCapacity = 5;
+  QueryMonitor monitor(QueryMonitorOptions().threshold(1).max_stored_queries(kCapacity));
+  std::deque<std::pair<uint64_t, std::set<uint64_t>>> stored;  // id, fingerprint; oldest first
+  std::mt19937 rng(7);
+  for (int step = 0; step < 400; ++step) {
+    torch::Tensor x;
+    switch (rng() % 3) {
+      case 0:
+        x = image(rng() % 8);
+        break;
+      case 1:
+        x = (image(rng() % 8) + (torch::rand({1, 28, 28}) * 2 - 1) * 0.02).clamp(0, 1).to(torch::kFloat32);
+        break;
+      default:  // a sparse image: a few bright pixels on black
+        x = torch::zeros({1, 28, 28});
+        for (int k = 0; k < 1 + static_cast<int>(rng() % 6); ++k) x[0][rng() % 28][rng() % 28] = 1.0f;
+    }
+    const auto print = monitor.fingerprint(x);
+    const std::set<uint64_t> keys(print.begin(), print.end());
+    int64_t best = 0;
+    uint64_t best_id = 0;
+    for (const auto& [id, other] : stored) {  // oldest first: ties go to the newest
+      int64_t shared = 0;
+      for (const uint64_t k : keys) shared += other.count(k);
+      if (shared > 0 && shared >= best) {
+        best = shared;
+        best_id = id;
+      }
+    }
+    const auto o = observe_one(monitor, x);
+    ASSERT_EQ(o.global_matches, best) << "step " << step;
+    ASSERT_EQ(o.global_match_id, best_id) << "step " << step;
+    stored.emplace_back(o.query_id, keys);
+    if (stored.size() > kCapacity) stored.pop_front();
+  }
+}
+
+TEST_F(QueryMonitorTest, PerClientAndGlobalScopes) {
+  const torch::Tensor x = image(5);
+  {
+    QueryMonitor global(QueryMonitorOptions().scope(MonitorScope::Global));
+    EXPECT_FALSE(observe_one(global, x, "alice").detected);
+    const auto o = observe_one(global, x, "bob");
+    EXPECT_TRUE(o.detected) << "a second account does not hide a duplicate";
+    EXPECT_EQ(o.client_matches, 0) << "per-client index not kept";
+  }
+  {
+    QueryMonitor per_client(QueryMonitorOptions().scope(MonitorScope::PerClient));
+    EXPECT_FALSE(observe_one(per_client, x, "alice").detected);
+    const auto bob = observe_one(per_client, x, "bob");
+    EXPECT_FALSE(bob.detected) << "bob has not sent it before";
+    EXPECT_EQ(bob.global_matches, 0);
+    const auto alice = observe_one(per_client, x, "alice");
+    EXPECT_TRUE(alice.detected);
+    EXPECT_EQ(alice.client_match_id, 1u);
+  }
+  {
+    QueryMonitor both(QueryMonitorOptions().scope(MonitorScope::Both));
+    EXPECT_FALSE(observe_one(both, x, "alice").detected);
+    const auto bob = observe_one(both, x, "bob");
+    EXPECT_TRUE(bob.detected);
+    EXPECT_EQ(bob.client_matches, 0);
+    const auto alice = observe_one(both, x, "alice");
+    EXPECT_EQ(alice.client_matches, static_cast<int64_t>(both.fingerprint(x).size()));
+    EXPECT_EQ(alice.client_match_id, 1u);
+    EXPECT_EQ(alice.global_match_id, 2u) << "the newest of equally good matches";
+    EXPECT_EQ(both.stats().postings, 2 * 3 * both.fingerprint(x).size());
+  }
+}
+
+TEST_F(QueryMonitorTest, BatchImagesAreComparedWithEachOther) {
+  QueryMonitor monitor;
+  const torch::Tensor batch = torch::stack({image(0), image(1), image(0)});
+  const auto observations = monitor.observe(RequestContext{"c"}, batch);
+  ASSERT_EQ(observations.size(), 3u);
+  EXPECT_FALSE(observations[0].detected);
+  EXPECT_FALSE(observations[1].detected);
+  EXPECT_TRUE(observations[2].detected);
+  EXPECT_EQ(observations[2].global_match_id, observations[0].query_id);
+  EXPECT_EQ(monitor.admit(RequestContext{"c"}, batch).action, GateDecision::Action::Flag);
+  EXPECT_EQ(monitor.stats().requests_detected, 2u);
+}
+
+TEST_F(QueryMonitorTest, FlagActionThroughGuard) {
+  auto monitor = std::make_shared<QueryMonitor>(QueryMonitorOptions().action(MonitorAction::Flag));
+  Guard guard = reference_guard(monitor);
+  const Response first = guard.predict(image(0), RequestContext{"mallory"});
+  EXPECT_EQ(first.verdict, Verdict::Accepted);
+  const Response second = guard.predict(image(0), RequestContext{"mallory"});
+  EXPECT_EQ(second.verdict, Verdict::Flagged);
+  EXPECT_EQ(second.reason, "flagged");
+  EXPECT_EQ(second.labels, first.labels) << "flagged requests are still answered";
+  EXPECT_FALSE(second.scores.defined());
+  EXPECT_EQ(monitor->stats().detections, 1u);
+}
+
+TEST_F(QueryMonitorTest, RejectActionThroughGuard) {
+  auto monitor = std::make_shared<QueryMonitor>(QueryMonitorOptions().action(MonitorAction::Reject));
+  Guard guard = reference_guard(monitor);
+  EXPECT_EQ(guard.predict(image(0), RequestContext{"mallory"}).verdict, Verdict::Accepted);
+  const Response second = guard.predict(image(0), RequestContext{"mallory"});
+  EXPECT_EQ(second.verdict, Verdict::Rejected);
+  EXPECT_EQ(second.reason, "flagged");
+  EXPECT_TRUE(second.labels.empty());
+  EXPECT_EQ(guard.predict(image(1), RequestContext{"mallory"}).verdict, Verdict::Accepted);
+}
+
+TEST_F(QueryMonitorTest, SilentActionAnswersNormallyButRecords) {
+  std::vector<conceal::QueryMonitorDetection> seen;
+  auto monitor = std::make_shared<QueryMonitor>(
+      QueryMonitorOptions().action(MonitorAction::Silent).on_detection([&](const conceal::QueryMonitorDetection& d) {
+        seen.push_back(d);
+      }));
+  Guard guard = reference_guard(monitor);
+  const Response first = guard.predict(image(0), RequestContext{"mallory"});
+  const Response second = guard.predict(image(0), RequestContext{"mallory"});
+  EXPECT_EQ(second.verdict, Verdict::Accepted);
+  EXPECT_EQ(second.reason, "ok");
+  EXPECT_EQ(second.labels, first.labels);
+  EXPECT_EQ(monitor->stats().detections, 1u);
+  ASSERT_EQ(seen.size(), 1u);
+  EXPECT_EQ(seen[0].client_id, "mallory");
+  EXPECT_EQ(seen[0].query_id, 2u);
+  EXPECT_EQ(seen[0].matched_query_id, 1u);
+  EXPECT_EQ(seen[0].scope, MonitorScope::Global);
+  const auto log = logged();
+  ASSERT_EQ(log.size(), 1u);
+  EXPECT_NE(log[0].find("mallory"), std::string::npos);
+  EXPECT_NE(log[0].find("silent"), std::string::npos);
+}
+
+TEST_F(QueryMonitorTest, OptionsValidated) {
+  EXPECT_THROW(QueryMonitorOptions().quantization_step(0), OptionError);
+  EXPECT_THROW(QueryMonitorOptions().quantization_step(256), OptionError);
+  EXPECT_THROW(QueryMonitorOptions().quantization_step(NAN), OptionError);
+  EXPECT_THROW(QueryMonitorOptions().window(0), OptionError);
+  EXPECT_THROW(QueryMonitorOptions().window_step(0), OptionError);
+  EXPECT_THROW(QueryMonitorOptions().hashes_kept(0), OptionError);
+  EXPECT_THROW(QueryMonitorOptions().hashes_kept(1025), OptionError);
+  EXPECT_THROW(QueryMonitorOptions().threshold(0), OptionError);
+  EXPECT_THROW(QueryMonitorOptions().value_range(1, 1), OptionError);
+  EXPECT_THROW(QueryMonitorOptions().value_range(0, INFINITY), OptionError);
+  EXPECT_THROW(QueryMonitorOptions().image_shape(1, 0, 28), OptionError);
+  EXPECT_THROW(QueryMonitorOptions().max_batch(0), OptionError);
+  EXPECT_THROW(QueryMonitorOptions().max_stored_queries(0), OptionError);
+  EXPECT_THROW(QueryMonitorOptions().max_scan_per_hash(0), OptionError);
+  EXPECT_THROW(QueryMonitorOptions().scope(static_cast<MonitorScope>(7)), OptionError);
+  EXPECT_THROW(QueryMonitorOptions().action(static_cast<MonitorAction>(7)), OptionError);
+  EXPECT_THROW(QueryMonitor(QueryMonitorOptions().hashes_kept(20).threshold(21)), OptionError);
+  EXPECT_THROW(QueryMonitor(QueryMonitorOptions().max_stored_queries(int64_t{1} << 30)), OptionError);
+  try {
+    QueryMonitorOptions().window(-3);
+    FAIL() << "accepted a negative window";
+  } catch (const OptionError& e) {
+    EXPECT_NE(std::string(e.what()).find("window"), std::string::npos);
+    EXPECT_NE(std::string(e.what()).find("-3"), std::string::npos);
+  }
+  try {
+    QueryMonitor(QueryMonitorOptions().hashes_kept(20).threshold(30));
+    FAIL();
+  } catch (const OptionError& e) {
+    EXPECT_NE(std::string(e.what()).find("30"), std::string::npos);
+  }
+}
+
+TEST_F(QueryMonitorTest, MalformedInputIsAdmittedUnrecordedAndTheGuardRejectsIt) {
+  const InputSpec spec = InputSpec(1, 28, 28).max_batch(4);
+  auto monitor = std::make_shared<QueryMonitor>(QueryMonitorOptions().match_spec(spec));
+  const std::vector<torch::Tensor> bad = {
+      torch::Tensor(),
+      torch::zeros({1, 28, 28}, torch::kInt64),
+      torch::zeros({1, 28, 28}, torch::kFloat64),
+      torch::zeros({28, 28}),
+      torch::zeros({1, 1, 1, 28, 28}),
+      torch::zeros({0, 1, 28, 28}),
+      torch::zeros({5, 1, 28, 28}),
+      torch::zeros({1, 0, 28}),
+      torch::zeros({3, 28, 28}),
+      torch::full({1, 28, 28}, NAN),
+      torch::full({1, 28, 28}, INFINITY),
+      torch::full({1, 28, 28}, 1.5f),
+      torch::full({1, 28, 28}, -0.1f),
+      torch::zeros({1, 28, 28}).to_sparse(),
+  };
+  for (size_t i = 0; i < bad.size(); ++i) {
+    EXPECT_EQ(monitor->admit(RequestContext{"x"}, bad[i]).action, GateDecision::Action::Admit) << i;
+    EXPECT_THROW(monitor->observe(RequestContext{"x"}, bad[i]), InputError) << i;
+  }
+  auto stats = monitor->stats();
+  EXPECT_EQ(stats.skipped, bad.size());
+  EXPECT_EQ(stats.stored, 0u);
+  Guard guard(parry::testing::reference_model(), spec);
+  guard.add_gate(monitor);
+  for (size_t i = 0; i < bad.size(); ++i) EXPECT_THROW(guard.predict(bad[i], RequestContext{"x"}), InputError) << i;
+  // A valid but non-contiguous view is fingerprinted like its contiguous copy.
+  const torch::Tensor transposed = image(3).transpose(1, 2).contiguous().transpose(1, 2);
+  ASSERT_FALSE(transposed.is_contiguous());
+  EXPECT_FALSE(observe_one(*monitor, image(3)).detected);
+  EXPECT_TRUE(observe_one(*monitor, transposed).detected);
+}
+
+TEST_F(QueryMonitorTest, ExactCountsUnderConcurrency) {
+  for (const MonitorScope scope : {MonitorScope::Global, MonitorScope::PerClient, MonitorScope::Both}) {
+    QueryMonitor monitor(QueryMonitorOptions().scope(scope).max_stored_queries(10000));
+    constexpr int kThreads = 8;
+    constexpr int kImages = 40;
+    test_images();  // load before the threads start
+    std::atomic<int> flagged{0};
+    std::vector<std::thread> threads;
+    for (int t = 0; t < kThreads; ++t) {
+      threads.emplace_back([&, t] {
+        const RequestContext context{"client-" + std::to_string(t)};
+        for (int i = 0; i < kImages; ++i) {
+          const torch::Tensor x = image(t * kImages + i);
+          // Each image twice: the second is a duplicate whatever the interleaving.
+          flagged += monitor.admit(context, x).action == GateDecision::Action::Flag;
+          flagged += monitor.admit(context, x).action == GateDecision::Action::Flag;
+        }
+      });
+    }
+    for (auto& th : threads) th.join();
+    const auto stats = monitor.stats();
+    EXPECT_EQ(flagged.load(), kThreads * kImages) << conceal::to_string(scope);
+    EXPECT_EQ(stats.images, static_cast<uint64_t>(2 * kThreads * kImages));
+    EXPECT_EQ(stats.detections, static_cast<uint64_t>(kThreads * kImages));
+    EXPECT_EQ(stats.requests_detected, static_cast<uint64_t>(kThreads * kImages));
+    EXPECT_EQ(stats.stored, static_cast<uint64_t>(2 * kThreads * kImages));
+  }
+}
+
+// End to end: black-box attacks through Guard::predict against the reference
+// model are flagged within a few queries (counted from the run's first query,
+// by image id); benign traffic is not.
+
+TEST_F(QueryMonitorTest, SquareAttackIsFlagged) {
+  std::mutex mutex;
+  std::map<std::string, uint64_t> first_detection;
+  auto monitor = std::make_shared<QueryMonitor>(
+      QueryMonitorOptions().match_spec(InputSpec(1, 28, 28)).on_detection([&](const conceal::QueryMonitorDetection& d) {
+        std::lock_guard<std::mutex> lock(mutex);
+        first_detection.emplace(d.client_id, d.query_id);
+      }));
+  Guard guard = reference_guard(monitor);
+  guard.set_output_policy(std::make_shared<conceal::Full>());
+  const auto data = parry::testing::correctly_classified(4);
+  for (int64_t i = 0; i < 4; ++i) {
+    const std::string client = "square-" + std::to_string(i);
+    const uint64_t before = monitor->stats().images;
+    const auto result = attack::square(guard, data.images.slice(0, i, i + 1), data.labels.slice(0, i, i + 1),
+                                       attack::SquareOptions(0.1).max_queries(60).seed(i).client_id(client));
+    ASSERT_TRUE(first_detection.count(client)) << "run " << i << " was never flagged";
+    const uint64_t queries = first_detection[client] - before;
+    EXPECT_LE(queries, 20u) << "run " << i;
+    std::cout << "Square run " << i << ": flagged at query " << queries << " of " << result.queries[0].item<int64_t>()
+              << "\n";
+  }
+}
+
+TEST_F(QueryMonitorTest, RejectingMonitorStopsSquare) {
+  auto monitor = std::make_shared<QueryMonitor>(
+      QueryMonitorOptions().match_spec(InputSpec(1, 28, 28)).action(MonitorAction::Reject));
+  Guard guard = reference_guard(monitor);
+  guard.set_output_policy(std::make_shared<conceal::Full>());
+  const auto data = parry::testing::correctly_classified(2);
+  const auto result = attack::square(guard, data.images, data.labels, attack::SquareOptions(0.1).max_queries(200));
+  EXPECT_TRUE(result.stopped_by_defense);
+  EXPECT_EQ(result.stop_reason, "flagged");
+  EXPECT_LE(result.queries.max().item<int64_t>(), 20);
+}
+
+TEST_F(QueryMonitorTest, HopSkipJumpIsFlagged) {
+  std::mutex mutex;
+  std::map<std::string, uint64_t> first_detection;
+  auto monitor = std::make_shared<QueryMonitor>(
+      QueryMonitorOptions().match_spec(InputSpec(1, 28, 28)).on_detection([&](const conceal::QueryMonitorDetection& d) {
+        std::lock_guard<std::mutex> lock(mutex);
+        first_detection.emplace(d.client_id, d.query_id);
+      }));
+  Guard guard = reference_guard(monitor);  // label-only
+  const auto data = parry::testing::correctly_classified(3);
+  for (int64_t i = 0; i < 3; ++i) {
+    const std::string client = "hsj-" + std::to_string(i);
+    const uint64_t before = monitor->stats().images;
+    attack::hop_skip_jump(guard, data.images.slice(0, i, i + 1), data.labels.slice(0, i, i + 1),
+                          attack::HopSkipJumpOptions().max_queries(150).initial_probes(20).seed(i).client_id(client));
+    ASSERT_TRUE(first_detection.count(client)) << "run " << i << " was never flagged";
+    const uint64_t queries = first_detection[client] - before;
+    EXPECT_LE(queries, 20u) << "run " << i;
+    std::cout << "HopSkipJump run " << i << ": flagged at query " << queries << "\n";
+  }
+}
+
+TEST_F(QueryMonitorTest, BenignTestImagesAreNotFlagged) {
+  auto monitor = std::make_shared<QueryMonitor>(QueryMonitorOptions().match_spec(InputSpec(1, 28, 28)));
+  Guard guard = reference_guard(monitor);
+  int64_t flagged = 0;
+  for (int64_t begin = 0; begin < 1000; begin += 50) {
+    const Response r = guard.predict(test_images().slice(0, begin, begin + 50), RequestContext{"benign"});
+    flagged += r.verdict != Verdict::Accepted;
+  }
+  EXPECT_EQ(flagged, 0);
+  EXPECT_EQ(monitor->stats().images, 1000u);
+  EXPECT_EQ(monitor->stats().detections, 0u);
+}
