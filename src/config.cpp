@@ -8,6 +8,7 @@
 #include <sstream>
 
 #include "parry/conceal/output_policies.hpp"
+#include "parry/conceal/query_monitor.hpp"
 #include "parry/conceal/throttle.hpp"
 #include "parry/config/defense_config.hpp"
 #include "parry/detect/feature_squeezing.hpp"
@@ -259,9 +260,41 @@ DetectorSpec parse_detector(const json& value, const std::string& path, const Mo
   return spec;
 }
 
-std::shared_ptr<Gate> parse_gate(const json& value, const std::string& path) {
+std::shared_ptr<Gate> parse_query_monitor(Object& o, const std::string& path, const InputSpec& input) {
+  conceal::QueryMonitorOptions defaults;
+  const double step = o.number(
+      "quantization_step", defaults.quantization_step(), [](double v) { return v > 0 && v <= 255; },
+      "must be in (0, 255]");
+  const auto window = o.integer("window", defaults.window(), 1, 1 << 24);
+  const auto window_step = o.integer("window_step", defaults.window_step(), 1, 1 << 24);
+  const auto hashes_kept = o.integer("hashes_kept", defaults.hashes_kept(), 1, 100000);
+  const auto threshold = o.integer("threshold", defaults.threshold(), 1, 100000);
+  const auto max_stored = o.integer("max_stored_queries", defaults.max_stored_queries(), 1, int64_t{1} << 32);
+  const std::string scope = o.text("scope", "global", {"global", "per_client", "both"});
+  const std::string action = o.text("action", "flag", {"flag", "reject", "silent"});
+  o.finish();
+  return at_path(path, [&] {
+    return std::make_shared<conceal::QueryMonitor>(conceal::QueryMonitorOptions()
+                                                       .quantization_step(step)
+                                                       .window(window)
+                                                       .window_step(window_step)
+                                                       .hashes_kept(hashes_kept)
+                                                       .threshold(threshold)
+                                                       .max_stored_queries(max_stored)
+                                                       .match_spec(input)
+                                                       .scope(scope == "global"       ? conceal::MonitorScope::Global
+                                                              : scope == "per_client" ? conceal::MonitorScope::PerClient
+                                                                                      : conceal::MonitorScope::Both)
+                                                       .action(action == "flag"     ? conceal::MonitorAction::Flag
+                                                               : action == "reject" ? conceal::MonitorAction::Reject
+                                                                                    : conceal::MonitorAction::Silent));
+  });
+}
+
+std::shared_ptr<Gate> parse_gate(const json& value, const std::string& path, const InputSpec& input) {
   Object o(value, path);
-  const std::string type = o.text("type", "", {"throttle"});
+  const std::string type = o.text("type", "", {"throttle", "query_monitor"});
+  if (type == "query_monitor") return parse_query_monitor(o, path, input);
   conceal::ThrottleOptions options;
   const double rate = o.number("rate", options.rate(), positive, "must be finite and > 0");
   const double burst = o.number(
@@ -321,7 +354,7 @@ DefenseSpec parse_defense(const json& value, const std::string& path, const Mode
   if (o.has("input")) spec.input = parse_input(o.get("input"), o.child("input"));
   const json& gates = o.array("gates");
   for (size_t i = 0; i < gates.size(); ++i)
-    spec.gates.push_back(parse_gate(gates[i], o.child("gates") + "[" + std::to_string(i) + "]"));
+    spec.gates.push_back(parse_gate(gates[i], o.child("gates") + "[" + std::to_string(i) + "]", spec.input));
   const json& pre = o.array("preprocess");
   for (size_t i = 0; i < pre.size(); ++i) {
     spec.preprocessors.push_back(parse_preprocessor(pre[i], o.child("preprocess") + "[" + std::to_string(i) + "]"));
@@ -434,7 +467,9 @@ std::string example_config() {
                    {"type": "feature_squeezing", "target_fpr": 0.05}]},
     {"name": "combined",
      "input": {"channels": 1, "height": 28, "width": 28, "min": 0, "max": 1, "max_batch": 256},
-     "gates": [{"type": "throttle", "rate": 100, "burst": 1000}],
+     "gates": [{"type": "throttle", "rate": 100, "burst": 1000},
+               {"type": "query_monitor", "quantization_step": 50, "window": 20, "hashes_kept": 50,
+                "threshold": 25, "max_stored_queries": 100000, "scope": "global", "action": "reject"}],
      "preprocess": [{"type": "bit_depth", "bits": 4, "gradient": "straight_through"}],
      "detectors": [{"type": "uncertainty_density"}],
      "output": {"policy": "label_only"}}

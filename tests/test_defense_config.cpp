@@ -37,7 +37,7 @@ TEST(DefenseConfig, TheDocumentedExampleBuildsEveryComponent) {
   ASSERT_EQ(config.defenses.size(), 4u);
   const auto& combined = config.defenses[3];
   EXPECT_EQ(combined.name, "combined");
-  EXPECT_EQ(combined.gates.size(), 1u);
+  EXPECT_EQ(combined.gates.size(), 2u);
   EXPECT_EQ(combined.preprocessors.size(), 1u);
   ASSERT_EQ(combined.detectors.size(), 1u);
   EXPECT_TRUE(combined.detectors[0].needs_fit());
@@ -45,6 +45,7 @@ TEST(DefenseConfig, TheDocumentedExampleBuildsEveryComponent) {
   const auto guard = combined.build_guard(reference_model());
   const auto text = guard->describe();
   EXPECT_NE(text.find("Throttle"), std::string::npos) << text;
+  EXPECT_NE(text.find("QueryMonitor"), std::string::npos) << text;
   EXPECT_NE(text.find("BitDepth(bits=4"), std::string::npos) << text;
   EXPECT_NE(text.find("LabelOnly"), std::string::npos) << text;
   EXPECT_EQ(config.defenses[1].preprocessors[1]->describe().rfind("MedianSmoothing", 0), 0u);
@@ -102,6 +103,8 @@ TEST(DefenseConfig, RejectsOutOfRangeValuesWithTheirPath) {
                   "defenses[0].detectors[0].target_fpr: must be in [0, 1), but got 1.5");
   expect_rejected(with_defense(R"({"name": "a", "gates": [{"type": "throttle", "rate": -1}]})"),
                   "defenses[0].gates[0].rate: must be finite and > 0, but got -1");
+  expect_rejected(with_defense(R"({"name": "a", "gates": [{"type": "query_monitor", "action": "ban"}]})"),
+                  "defenses[0].gates[0].action: must be one of flag, reject, silent");
   expect_rejected(with_defense(R"({"name": "a", "preprocess": [{"type": "median_smoothing", "window": 0}]})"),
                   "defenses[0].preprocess[0].window: must be in 1..15, but got 0");
   expect_rejected(R"({"defenses": [{"name": "a"}], "evaluation": {"epsilons": [2.0]}})",

@@ -225,7 +225,7 @@ int run_predict(const CommonOptions&, const PredictOptions& opts) {
 // The demo's configuration: each family alone and combined, sized so that a
 // later run takes about two minutes on 2 cores.
 const char* kDemoConfig = R"({
-  "evaluation": {"images": 200, "epsilons": [0.05, 0.1], "roc_epsilon": 0.1, "calibration_images": 1000,
+  "evaluation": {"images": 150, "epsilons": [0.05, 0.1], "roc_epsilon": 0.1, "calibration_images": 500,
                  "latency_repeats": 20, "seed": 0},
   "attacks": [{"type": "fgsm"}, {"type": "pgd", "steps": 10, "step_ratio": 0.25, "eot_samples": 2}],
   "defenses": [
@@ -233,10 +233,11 @@ const char* kDemoConfig = R"({
     {"name": "concealment", "gates": [{"type": "throttle", "rate": 50, "burst": 64}],
      "output": {"policy": "label_only"}},
     {"name": "preprocessing", "preprocess": [{"type": "bit_depth", "bits": 4}, {"type": "median_smoothing", "window": 2}]},
-    {"name": "detection", "detectors": [{"type": "uncertainty_density", "fit_images": 5000, "combiner_images": 200}]},
+    {"name": "detection", "detectors": [{"type": "uncertainty_density", "samples": 30, "fit_images": 5000,
+                                         "combiner_images": 200}]},
     {"name": "combined", "gates": [{"type": "throttle", "rate": 50, "burst": 64}],
      "preprocess": [{"type": "bit_depth", "bits": 4}],
-     "detectors": [{"type": "uncertainty_density", "fit_images": 5000, "combiner_images": 200}],
+     "detectors": [{"type": "uncertainty_density", "samples": 30, "fit_images": 5000, "combiner_images": 200}],
      "output": {"policy": "label_only"}}
   ]
 })";
