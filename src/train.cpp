@@ -10,6 +10,7 @@
 #include <fstream>
 #include <iterator>
 #include <limits>
+#include <memory>
 #include <mutex>
 #include <sstream>
 
@@ -700,10 +701,17 @@ void save_checkpoint(const std::string& path, const std::string& signature, int6
   });
 }
 
-/// Reads and validates a checkpoint, then restores model, optimizer and
-/// generators. Nothing is changed if validation fails.
+using OptimizerFactory =
+    std::function<std::unique_ptr<torch::optim::Optimizer>(const std::vector<torch::Tensor>& parameters)>;
+
+/// Reads and validates a checkpoint, then restores the model, the generators
+/// and `optimizer` (made anew by `make_optimizer` over the model's parameters
+/// after the load: a TorchScript model's load replaces its parameter
+/// tensors). Nothing is changed if validation fails.
 CheckpointContents restore_checkpoint(const std::string& path, const std::string& signature, int64_t max_epoch,
-                                      Model& model, torch::optim::Optimizer& optimizer, torch::Generator& generator) {
+                                      Model& model, const OptimizerFactory& make_optimizer,
+                                      std::unique_ptr<torch::optim::Optimizer>& optimizer,
+                                      torch::Generator& generator) {
   const std::string corrupt = "training checkpoint is corrupt";
   const std::string where = "checkpoint '" + path + "'";
   torch::serialize::InputArchive archive;
@@ -741,14 +749,28 @@ CheckpointContents restore_checkpoint(const std::string& path, const std::string
   } catch (const c10::Error& e) {
     throw IoError(corrupt, where + ": bad generator state: " + e.what_without_backtrace());
   }
+  torch::serialize::InputArchive optimizer_archive;
+  auto load_optimizer = [&](torch::optim::Optimizer& target) {
+    try {
+      target.load(optimizer_archive);
+    } catch (const c10::Error& e) {
+      throw IoError(corrupt, where + ": bad optimizer state: " + e.what_without_backtrace());
+    }
+  };
   try {
-    torch::serialize::InputArchive optimizer_archive;
     archive.read("optimizer", optimizer_archive);
-    optimizer.load(optimizer_archive);
   } catch (const c10::Error& e) {
-    throw IoError(corrupt, where + ": bad optimizer state: " + e.what_without_backtrace());
+    throw IoError(corrupt, where + ": no optimizer state: " + e.what_without_backtrace());
+  }
+  {
+    // Validate the optimizer state on scratch copies of the parameters first.
+    std::vector<torch::Tensor> scratch;
+    for (const auto& p : model.parameters()) scratch.push_back(p.detach().clone().requires_grad_(true));
+    load_optimizer(*make_optimizer(scratch));
   }
   load_model_state_tensor(model, model_state, corrupt, where);
+  optimizer = make_optimizer(model.parameters());
+  load_optimizer(*optimizer);
   generator.set_state(generator_state);
   set_default_generator_state(default_state);
   CheckpointContents contents;
@@ -772,15 +794,16 @@ AdversarialTrainingSummary AdversarialTrainer::fit(Model& model, const data::Lab
     eval_n = std::min(o.eval_samples(), held_out.images.size(0));
   }
   const auto start = std::chrono::steady_clock::now();
-  auto parameters = model.parameters();
-  std::unique_ptr<torch::optim::Optimizer> optimizer;
-  if (o.optimizer() == OptimizerKind::Adam) {
-    optimizer = std::make_unique<torch::optim::Adam>(
-        parameters, torch::optim::AdamOptions(o.learning_rate()).weight_decay(o.weight_decay()));
-  } else {
-    optimizer = std::make_unique<torch::optim::SGD>(
+  const OptimizerFactory make_optimizer =
+      [&o](const std::vector<torch::Tensor>& parameters) -> std::unique_ptr<torch::optim::Optimizer> {
+    if (o.optimizer() == OptimizerKind::Adam) {
+      return std::make_unique<torch::optim::Adam>(
+          parameters, torch::optim::AdamOptions(o.learning_rate()).weight_decay(o.weight_decay()));
+    }
+    return std::make_unique<torch::optim::SGD>(
         parameters, torch::optim::SGDOptions(o.learning_rate()).momentum(o.momentum()).weight_decay(o.weight_decay()));
-  }
+  };
+  std::unique_ptr<torch::optim::Optimizer> optimizer = make_optimizer(model.parameters());
   generator_ = at::detail::createCPUGenerator(o.seed());
   torch::manual_seed(o.seed());  // dropout masks draw from the default generator
 
@@ -799,7 +822,7 @@ AdversarialTrainingSummary AdversarialTrainer::fit(Model& model, const data::Lab
     signature = training_signature(o, train);
     if (o.resume() && detail::file_exists(checkpoint)) {
       const CheckpointContents restored =
-          restore_checkpoint(checkpoint, signature, o.epochs(), model, *optimizer, generator_);
+          restore_checkpoint(checkpoint, signature, o.epochs(), model, make_optimizer, optimizer, generator_);
       history = restored.history;
       previous_seconds = restored.seconds;
       summary.resumed_from_epoch = restored.epoch;
