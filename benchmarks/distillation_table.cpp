@@ -1,10 +1,10 @@
 // Defensive distillation at several temperatures against plain-gradient and
 // logit-based attacks (the distillation table in docs/training.md).
 //
-//   build/benchmarks/parry_distillation_table [EPOCHS=4] [N=500] [LR=3e-3] [T...=1 20 100]
+//   build/benchmarks/parry_distillation_table [EPOCHS=4] [N=500] [LR=3e-3] [TRAIN=60000] [T...=1 20 100]
 //
 // For each T: a fresh reference CNN teacher (seed 0) and student (seed 1)
-// are distilled on the 60,000 training images, EPOCHS epochs each (Adam at
+// are distilled on the first TRAIN training images, EPOCHS epochs each (Adam at
 // LR, batch 128: training at T shrinks the effective step by about T, hence
 // a larger rate than plain training's 1e-3). The
 // deployed student (T = 1) is measured on the 10,000 test images (clean
@@ -64,11 +64,12 @@ int main(int argc, char** argv) {
   const int64_t epochs = argc > 1 ? std::stoll(argv[1]) : 4;
   const int64_t n = argc > 2 ? std::stoll(argv[2]) : 500;
   const double lr = argc > 3 ? std::stod(argv[3]) : 3e-3;
+  const int64_t train_limit = argc > 4 ? std::stoll(argv[4]) : 60000;
   std::vector<double> temperatures;
-  for (int i = 4; i < argc; ++i) temperatures.push_back(std::stod(argv[i]));
+  for (int i = 5; i < argc; ++i) temperatures.push_back(std::stod(argv[i]));
   if (temperatures.empty()) temperatures = {1, 20, 100};
   try {
-    const auto train = data::load_fashion_mnist(data::kDebianFashionMnistDir, true);
+    const auto train = data::load_fashion_mnist(data::kDebianFashionMnistDir, true, train_limit);
     const auto test = data::load_fashion_mnist(data::kDebianFashionMnistDir, false);
     std::printf(
         "| T | clean accuracy | median ‖∇ₓ CE‖₁ at T=1 | FGSM success | PGD-40 success | C&W-L2 success (median L2) "

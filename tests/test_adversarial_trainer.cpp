@@ -167,6 +167,32 @@ TEST_F(AdversarialTrainerTest, ResumeContinuesBitForBit) {
   EXPECT_TRUE(same_state(state_of(resumed), state_of(straight)));
 }
 
+TEST_F(AdversarialTrainerTest, ResumeWorksForTorchScriptModelsToo) {
+  // Loading a TorchScript model replaces its parameter tensors: the resumed
+  // optimizer must follow them, or training would continue on stale tensors.
+  const auto train = data::load_fashion_mnist(PARRY_FASHION_MNIST_DIR, true, 128);
+  const std::string fixture = std::string(PARRY_TEST_FIXTURES) + "/tiny_cnn.pt";
+  auto options = [](const std::string& dir) {
+    return AdversarialTrainerOptions().steps(1).epochs(2).batch_size(64).eval_samples(0).seed(3).checkpoint_dir(dir);
+  };
+  auto parameters_of = [](const Model& m) {
+    std::vector<torch::Tensor> out;
+    for (const auto& p : m.parameters()) out.push_back(p.detach().clone());
+    return out;
+  };
+  parry::testing::TempDir straight_dir, resumed_dir;
+  Model straight = Model::load_torchscript(fixture);
+  AdversarialTrainer(options(straight_dir.path().string())).fit(straight, train, {});
+  Model resumed = Model::load_torchscript(fixture);
+  auto interrupting = options(resumed_dir.path().string()).on_progress([](const train::StepProgress& p) {
+    if (p.epoch == 2) throw Interrupted();
+  });
+  EXPECT_THROW(AdversarialTrainer(interrupting).fit(resumed, train, {}), Interrupted);
+  const auto summary = AdversarialTrainer(options(resumed_dir.path().string())).fit(resumed, train, {});
+  EXPECT_EQ(summary.resumed_from_epoch, 1);
+  EXPECT_TRUE(same_state(parameters_of(resumed), parameters_of(straight)));
+}
+
 TEST_F(AdversarialTrainerTest, CorruptOrForeignCheckpointIsAClearError) {
   const auto train = data::load_fashion_mnist(PARRY_FASHION_MNIST_DIR, true, 64);
   parry::testing::TempDir dir;
