@@ -200,3 +200,28 @@ TEST_F(ModelTest, OptionsValidated) {
   EXPECT_THROW(parry::models::ReferenceCnnOptions().dropout(-0.1), parry::OptionError);
   EXPECT_THROW(parry::models::ReferenceCnnOptions().classes(1), parry::OptionError);
 }
+
+// The reference CNN draws its dropout mask itself (uniform < keep): it must
+// be torch::nn::Dropout's distribution. With constant features f = 1 the
+// head's output k is Σ_j W_kj m_j / keep + b_k, m_j ~ Bernoulli(keep):
+// mean W_k·1 + b_k (the eval output) and variance Σ_j W_kj² · p / keep.
+TEST_F(ModelTest, ReferenceHeadDropoutHasTheBernoulliMoments) {
+  torch::manual_seed(3);
+  const double p = 0.3, keep = 1.0 - p;
+  ReferenceCnn net(parry::models::ReferenceCnnOptions().dropout(p));
+  torch::NoGradGuard no_grad;
+  const auto f = torch::ones({20000, 128});
+  net->eval();
+  const auto eval_out = net->head(f.slice(0, 0, 1)).squeeze(0).to(torch::kFloat64);
+  net->train();
+  const auto out = net->head(f).to(torch::kFloat64);
+  net->eval();
+  const auto weight = net->named_parameters()["fc2.weight"].to(torch::kFloat64);
+  const auto expected_var = weight.pow(2).sum(1) * (p / keep);
+  const auto mean = out.mean(0), var = out.var(0);
+  // Standard error of the mean: sqrt(var / 20000); allow 5 of them.
+  EXPECT_TRUE(((mean - eval_out).abs() <= 5 * (expected_var / 20000).sqrt()).all().item<bool>()) << mean << eval_out;
+  EXPECT_TRUE(((var / expected_var - 1).abs() < 0.05).all().item<bool>()) << var / expected_var;
+  // Each row keeps a fraction of about `keep` of the units: not all, not none.
+  EXPECT_FALSE(torch::allclose(out[0], out[1]));
+}

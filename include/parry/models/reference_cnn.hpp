@@ -6,7 +6,9 @@
 //
 // Dropout sits only in the head, so Monte-Carlo dropout can run features()
 // once and head() many times (Feinman et al. 2017's uncertainty) with exactly
-// the same distribution as full stochastic forward passes. Convolutions are
+// the same distribution as full stochastic forward passes. The dropout mask
+// is drawn as uniform < 1 - p (the same distribution as torch::nn::Dropout,
+// cheaper on CPU); the registered Dropout module still holds the mode. Convolutions are
 // unpadded: on this LibTorch build the padded 1→32 layer is 5× slower. The 128-d features
 // are the "last hidden layer" used by kernel density detection.
 #pragma once
