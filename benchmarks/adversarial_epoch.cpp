@@ -16,8 +16,8 @@
 int main(int argc, char** argv) {
   using namespace parry;
   configure_runtime(RuntimeOptions().threads(2));
-  const int64_t n = argc > 1 ? std::stoll(argv[1]) : 60000;
   try {
+    const int64_t n = argc > 1 ? std::stoll(argv[1]) : 60000;
     const auto train = data::load_fashion_mnist(data::kDebianFashionMnistDir, true, n);
     torch::manual_seed(0);
     Model model(models::ReferenceCnn{});
@@ -39,5 +39,8 @@ int main(int argc, char** argv) {
   } catch (const parry::Error& e) {
     std::fprintf(stderr, "error: %s (%s)\n", e.what(), e.detail().c_str());
     return 1;
+  } catch (const std::exception& e) {  // bad arguments (std::stoll) or a LibTorch error
+    std::fprintf(stderr, "error: %s\n", e.what());
+    return 2;
   }
 }

@@ -116,5 +116,8 @@ int main(int argc, char** argv) {
   } catch (const parry::Error& e) {
     std::fprintf(stderr, "error: %s (%s)\n", e.what(), e.detail().c_str());
     return 1;
+  } catch (const std::exception& e) {  // bad arguments (std::stoll) or a LibTorch error
+    std::fprintf(stderr, "error: %s\n", e.what());
+    return 2;
   }
 }

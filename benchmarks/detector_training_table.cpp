@@ -44,9 +44,9 @@ struct TestAttack {
 int main(int argc, char** argv) {
   using namespace parry::attack;
   configure_runtime(RuntimeOptions().threads(2));
-  const int64_t train_n = argc > 1 ? std::stoll(argv[1]) : 10000;
-  const int64_t n = argc > 2 ? std::stoll(argv[2]) : 500;
   try {
+    const int64_t train_n = argc > 1 ? std::stoll(argv[1]) : 10000;
+    const int64_t n = argc > 2 ? std::stoll(argv[2]) : 500;
     torch::manual_seed(0);
     const Model target(models::load_reference_cnn(PARRY_REFERENCE_MODEL));
     const auto f = differentiable(target);
@@ -147,5 +147,8 @@ int main(int argc, char** argv) {
   } catch (const parry::Error& e) {
     std::fprintf(stderr, "error: %s (%s)\n", e.what(), e.detail().c_str());
     return 1;
+  } catch (const std::exception& e) {  // bad arguments (std::stoll) or a LibTorch error
+    std::fprintf(stderr, "error: %s\n", e.what());
+    return 2;
   }
 }

@@ -61,14 +61,14 @@ double median_gradient_l1(const Model& model, const torch::Tensor& x, const torc
 
 int main(int argc, char** argv) {
   configure_runtime(RuntimeOptions().threads(2));
-  const int64_t epochs = argc > 1 ? std::stoll(argv[1]) : 4;
-  const int64_t n = argc > 2 ? std::stoll(argv[2]) : 500;
-  const double lr = argc > 3 ? std::stod(argv[3]) : 3e-3;
-  const int64_t train_limit = argc > 4 ? std::stoll(argv[4]) : 60000;
-  std::vector<double> temperatures;
-  for (int i = 5; i < argc; ++i) temperatures.push_back(std::stod(argv[i]));
-  if (temperatures.empty()) temperatures = {1, 20, 100};
   try {
+    const int64_t epochs = argc > 1 ? std::stoll(argv[1]) : 4;
+    const int64_t n = argc > 2 ? std::stoll(argv[2]) : 500;
+    const double lr = argc > 3 ? std::stod(argv[3]) : 3e-3;
+    const int64_t train_limit = argc > 4 ? std::stoll(argv[4]) : 60000;
+    std::vector<double> temperatures;
+    for (int i = 5; i < argc; ++i) temperatures.push_back(std::stod(argv[i]));
+    if (temperatures.empty()) temperatures = {1, 20, 100};
     const auto train = data::load_fashion_mnist(data::kDebianFashionMnistDir, true, train_limit);
     const auto test = data::load_fashion_mnist(data::kDebianFashionMnistDir, false);
     std::printf(
@@ -117,5 +117,8 @@ int main(int argc, char** argv) {
   } catch (const parry::Error& e) {
     std::fprintf(stderr, "error: %s (%s)\n", e.what(), e.detail().c_str());
     return 1;
+  } catch (const std::exception& e) {  // bad arguments (std::stoll) or a LibTorch error
+    std::fprintf(stderr, "error: %s\n", e.what());
+    return 2;
   }
 }

@@ -53,6 +53,47 @@ void check_trainable(const std::string& where, const Model& model) {
   }
 }
 
+/// The model in eval mode without touching the caller's: itself when it is
+/// already in eval mode (a shared handle), else a deep copy.
+Model eval_view(const Model& model) {
+  if (!model.is_training()) return model;
+  Model copy = model.clone();
+  copy.set_training(false);
+  return copy;
+}
+
+/// Number of classes the model outputs, from one row in eval mode.
+int64_t class_count(const Model& model, const torch::Tensor& images) {
+  c10::InferenceMode inference;
+  return eval_view(model).logits(images.slice(0, 0, 1)).size(1);
+}
+
+void check_labels_below(const std::string& where, const torch::Tensor& labels, int64_t classes) {
+  require(labels.max().item<int64_t>() < classes, where,
+          "labels must be below the model's class count " + std::to_string(classes), labels.max().item<int64_t>());
+}
+
+void check_pixel_range(const std::string& where, const torch::Tensor& x, double lo_allowed, double hi_allowed) {
+  const auto [lo, hi] = torch::aminmax(x.detach());
+  if (!(lo.item<double>() >= lo_allowed && hi.item<double>() <= hi_allowed)) {
+    throw OptionError(where + ": images must lie in the pixel range [" + std::to_string(lo_allowed) + ", " +
+                      std::to_string(hi_allowed) + "] and be finite, but got values in [" +
+                      std::to_string(lo.item<double>()) + ", " + std::to_string(hi.item<double>()) + "]");
+  }
+}
+
+/// Leaves the model in eval mode when the scope ends, also on an exception.
+class EvalOnExit {
+ public:
+  explicit EvalOnExit(Model& model) : model_(model) {}
+  ~EvalOnExit() { model_.set_training(false); }
+  EvalOnExit(const EvalOnExit&) = delete;
+  EvalOnExit& operator=(const EvalOnExit&) = delete;
+
+ private:
+  Model& model_;
+};
+
 /// Restores a model's train/eval mode when it goes out of scope.
 class ModeGuard {
  public:
@@ -153,6 +194,7 @@ double run_training(Model& model, int64_t n, const LoopSettings& s,
   const int64_t total_steps = steps_per_epoch * s.epochs;
   int64_t step = 0;
   double last_loss = 0;
+  EvalOnExit leave_in_eval_mode(model);
   model.set_training(true);
   for (int64_t epoch = 1; epoch <= s.epochs; ++epoch) {
     const torch::Tensor order = torch::randperm(n, generator, torch::kInt64);
@@ -225,12 +267,12 @@ torch::Tensor soft_labels(const Model& teacher, const torch::Tensor& images, dou
   check_images("soft_labels", images);
   require(std::isfinite(temperature) && temperature > 0, "soft_labels", "temperature must be positive", temperature);
   require(batch_size >= 1, "soft_labels", "batch_size must be at least 1", batch_size);
-  Model eval_copy = teacher;  // shares the module; the mode is restored below
-  ModeGuard mode(eval_copy, false);
+  // A teacher in train mode is copied, not switched: it may be serving.
+  const Model eval_teacher = eval_view(teacher);
   c10::InferenceMode inference;
   std::vector<torch::Tensor> parts;
   for (int64_t begin = 0; begin < images.size(0); begin += batch_size) {
-    parts.push_back(torch::softmax(teacher.logits(images.slice(0, begin, begin + batch_size)) / temperature, 1));
+    parts.push_back(torch::softmax(eval_teacher.logits(images.slice(0, begin, begin + batch_size)) / temperature, 1));
   }
   return torch::cat(parts).to(torch::kFloat32);
 }
@@ -283,6 +325,7 @@ DistillationSummary Distillation::fit(Model& teacher, Model& student, const torc
   if (share_parameters(teacher, student)) {
     throw OptionError("Distillation: teacher and student must be different modules");
   }
+  check_labels_below("Distillation::fit", labels, class_count(teacher, images));
   const auto start = std::chrono::steady_clock::now();
   const double t = options_.temperature();
   DistillationSummary summary;
@@ -560,15 +603,9 @@ torch::Tensor AdversarialTrainer::attack(Model& model, const torch::Tensor& x, c
 
 TrainingBatch AdversarialTrainer::adversarial_batch(Model& model, const torch::Tensor& x, const torch::Tensor& y) {
   check_data("AdversarialTrainer::adversarial_batch", x, y);
-  {
-    const auto [lo, hi] = torch::aminmax(x.detach());
-    if (!(lo.item<double>() >= options_.clip_min() && hi.item<double>() <= options_.clip_max())) {
-      throw OptionError("AdversarialTrainer::adversarial_batch: x must lie in the pixel range [" +
-                        std::to_string(options_.clip_min()) + ", " + std::to_string(options_.clip_max()) +
-                        "] and be finite, but got values in [" + std::to_string(lo.item<double>()) + ", " +
-                        std::to_string(hi.item<double>()) + "]");
-    }
-  }
+  check_pixel_range("AdversarialTrainer::adversarial_batch", x, options_.clip_min(), options_.clip_max());
+  ModeGuard eval_mode(model, /*training=*/false);
+  check_labels_below("AdversarialTrainer::adversarial_batch", y, class_count(model, x));  // eval mode: no copy
   const int64_t n = x.size(0);
   const auto k = static_cast<int64_t>(std::llround(options_.adversarial_fraction() * static_cast<double>(n)));
   TrainingBatch batch;
@@ -578,7 +615,6 @@ TrainingBatch AdversarialTrainer::adversarial_batch(Model& model, const torch::T
     batch.adversarial = torch::zeros({n}, torch::kBool);
     return batch;
   }
-  ModeGuard eval_mode(model, /*training=*/false);
   if (k == n) {
     batch.images = attack(model, x, y);
     batch.adversarial = torch::ones({n}, torch::kBool);
@@ -625,9 +661,13 @@ std::string training_signature(const AdversarialTrainerOptions& o, const data::L
   for (const int64_t m : o.step_epochs()) out << m << ",";
   out << " seed=" << o.seed() << " eval=" << o.eval_samples() << "/" << o.eval_steps();
   torch::NoGradGuard no_grad;
-  out << " n=" << train.images.size(0) << " shape=" << c10::str(train.images.sizes())
-      << " pixels=" << train.images.to(torch::kFloat64).sum().item<double>()
-      << " labels=" << train.labels.sum().item<int64_t>();
+  // Sums weighted by position, so reordered data is a different data set.
+  const int64_t n = train.images.size(0);
+  const torch::Tensor position = torch::arange(1, n + 1, torch::kFloat64);
+  const torch::Tensor row_sums = train.images.reshape({n, -1}).sum(1, /*keepdim=*/false, torch::kFloat64);
+  out << " n=" << n << " shape=" << c10::str(train.images.sizes())
+      << " pixels=" << (row_sums * position).sum().item<double>()
+      << " labels=" << (train.labels.to(torch::kFloat64) * position).sum().item<double>();
   return out.str();
 }
 
@@ -788,11 +828,17 @@ AdversarialTrainingSummary AdversarialTrainer::fit(Model& model, const data::Lab
   const auto& o = options_;
   check_data("AdversarialTrainer::fit", train.images, train.labels);
   check_trainable("AdversarialTrainer::fit", model);
+  check_pixel_range("AdversarialTrainer::fit", train.images, o.clip_min(), o.clip_max());
+  const int64_t classes = class_count(model, train.images);
+  check_labels_below("AdversarialTrainer::fit", train.labels, classes);
   int64_t eval_n = 0;
   if (o.eval_samples() > 0) {
     check_data("AdversarialTrainer::fit (held-out data)", held_out.images, held_out.labels);
+    check_pixel_range("AdversarialTrainer::fit (held-out data)", held_out.images, o.clip_min(), o.clip_max());
+    check_labels_below("AdversarialTrainer::fit (held-out data)", held_out.labels, classes);
     eval_n = std::min(o.eval_samples(), held_out.images.size(0));
   }
+  EvalOnExit leave_in_eval_mode(model);
   const auto start = std::chrono::steady_clock::now();
   const OptimizerFactory make_optimizer =
       [&o](const std::vector<torch::Tensor>& parameters) -> std::unique_ptr<torch::optim::Optimizer> {
@@ -1034,25 +1080,23 @@ DetectorTrainer::DetectorTrainer(DetectorTrainerOptions options) : options_(std:
 
 data::LabeledImages DetectorTrainer::make_training_set(const Model& target, const data::LabeledImages& clean) const {
   check_data("DetectorTrainer", clean.images, clean.labels);
-  int64_t classes = 0;
-  {
-    c10::InferenceMode inference;
-    classes = target.logits(clean.images.slice(0, 0, 1)).size(1);
-  }
-  require(clean.labels.max().item<int64_t>() < classes, "DetectorTrainer",
-          "labels must be below the target's class count " + std::to_string(classes),
-          clean.labels.max().item<int64_t>());
+  // The attacks see the deployed function: BatchNorm running statistics,
+  // no dropout, and the caller's model is never written to.
+  const Model attacked = eval_view(target);
+  const int64_t classes = class_count(attacked, clean.images);
+  check_labels_below("DetectorTrainer", clean.labels, classes);
   const int64_t adversarial_label = options_.kind() == DetectorKind::ExtraClass ? classes : 1;
   std::vector<torch::Tensor> images{clean.images};
   std::vector<torch::Tensor> labels{options_.kind() == DetectorKind::ExtraClass ? clean.labels
                                                                                 : torch::zeros_like(clean.labels)};
-  const auto f = attack::differentiable(target);
+  const auto f = attack::differentiable(attacked);
   for (const auto& a : options_.attacks()) {
     for (int64_t begin = 0; begin < clean.images.size(0); begin += options_.attack_batch_size()) {
       const torch::Tensor x = clean.images.slice(0, begin, begin + options_.attack_batch_size());
       const torch::Tensor y = clean.labels.slice(0, begin, begin + options_.attack_batch_size());
       const attack::AttackResult r = a.run(f, x, y);
-      if (!r.adversarial.defined() || r.adversarial.sizes() != x.sizes()) {
+      if (!r.adversarial.defined() || r.adversarial.sizes() != x.sizes() || !r.success.defined() ||
+          r.success.dim() != 1 || r.success.size(0) != x.size(0)) {
         throw OptionError("DetectorTrainer: the attack '" + a.name + "' returned a batch of another shape");
       }
       const torch::Tensor keep =
@@ -1073,18 +1117,15 @@ data::LabeledImages DetectorTrainer::make_training_set(const Model& target, cons
 std::shared_ptr<LearnedDetector> DetectorTrainer::fit(const Model& target, Model& network,
                                                       const data::LabeledImages& clean) const {
   check_trainable("DetectorTrainer::fit", network);
-  const data::LabeledImages set = make_training_set(target, clean);
-  const int64_t expected = options_.kind() == DetectorKind::ExtraClass ? set.labels.max().item<int64_t>() + 1 : 2;
-  {
-    Model probe = network;
-    ModeGuard eval_mode(probe, false);
-    c10::InferenceMode inference;
-    const int64_t outputs = network.logits(set.images.slice(0, 0, 1)).size(1);
-    if (outputs != expected) {
-      throw OptionError(std::string("DetectorTrainer: a ") + to_string(options_.kind()) + " detector network needs " +
-                        std::to_string(expected) + " outputs, but got " + std::to_string(outputs));
-    }
+  check_data("DetectorTrainer::fit", clean.images, clean.labels);
+  // Checked before the (possibly long) attacks run.
+  const int64_t expected = options_.kind() == DetectorKind::ExtraClass ? class_count(target, clean.images) + 1 : 2;
+  const int64_t outputs = class_count(network, clean.images);
+  if (outputs != expected) {
+    throw OptionError(std::string("DetectorTrainer: a ") + to_string(options_.kind()) + " detector network needs " +
+                      std::to_string(expected) + " outputs, but got " + std::to_string(outputs));
   }
+  const data::LabeledImages set = make_training_set(target, clean);
   const LoopSettings settings{options_.epochs(), options_.batch_size(),  options_.learning_rate(), 0.05, 0.0,
                               options_.seed(),   &options_.on_progress()};
   run_training(network, set.images.size(0), settings, [&](const torch::Tensor& index) {

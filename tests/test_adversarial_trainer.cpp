@@ -114,6 +114,27 @@ TEST_F(AdversarialTrainerTest, TradesLossAddsANonNegativeKlTerm) {
   EXPECT_GT(loss.item<double>(), ce + 0.05);
 }
 
+// Zhang et al. 2019, eq. (5): CE(f(x), y) + β · KL(f(x) ‖ f(x')), computed by
+// hand on the x' that a trainer with the same seed produces.
+TEST_F(AdversarialTrainerTest, TradesLossIsCrossEntropyPlusBetaTimesKlFromCleanToAdversarial) {
+  const auto test = data::load_fashion_mnist(PARRY_FASHION_MNIST_DIR, false, 32);
+  Model model = parry::testing::reference_model().clone();
+  model.set_training(false);
+  const auto options = AdversarialTrainerOptions().method(AdversarialMethod::Trades).steps(5).trades_beta(6).seed(7);
+  AdversarialTrainer for_batch(options), for_loss(options);
+  const auto adversarial = for_batch.adversarial_batch(model, test.images, test.labels).images;
+  const double loss = for_loss.loss(model, test.images, test.labels).item<double>();
+  torch::NoGradGuard no_grad;
+  const auto p_clean = torch::softmax(model.logits(test.images).to(torch::kFloat64), 1);
+  const auto p_adv = torch::softmax(model.logits(adversarial).to(torch::kFloat64), 1);
+  const double ce = torch::nn::functional::cross_entropy(model.logits(test.images), test.labels).item<double>();
+  const double kl_clean_to_adv = (p_clean * (p_clean.log() - p_adv.log())).sum(1).mean().item<double>();
+  const double kl_adv_to_clean = (p_adv * (p_adv.log() - p_clean.log())).sum(1).mean().item<double>();
+  EXPECT_NEAR(loss, ce + 6 * kl_clean_to_adv, 1e-3 * (1 + loss));
+  // The direction matters: the reversed KL gives a measurably different loss.
+  EXPECT_GT(std::abs(kl_clean_to_adv - kl_adv_to_clean) * 6, 1e-2);
+}
+
 TEST_F(AdversarialTrainerTest, OneEpochOfPgdTrainingRaisesPgdAccuracy) {
   torch::set_num_threads(2);
   const auto train = data::load_fashion_mnist(PARRY_FASHION_MNIST_DIR, true, 2000);
@@ -225,7 +246,13 @@ TEST_F(AdversarialTrainerTest, CorruptOrForeignCheckpointIsAClearError) {
     std::ofstream out(path, std::ios::binary | std::ios::trunc);
     out << good;
   }
-  EXPECT_THROW(AdversarialTrainer(options.epochs(2).epsilon(0.2)).fit(model, train, {}), OptionError);
+  // Only ε differs from the options the checkpoint was written with.
+  auto foreign = options;
+  foreign.epochs(1).epsilon(2 * options.epsilon());
+  EXPECT_THROW(AdversarialTrainer(foreign).fit(model, train, {}), OptionError);
+  // The same options continue from it (here: nothing left to do).
+  options.epochs(1);
+  EXPECT_EQ(AdversarialTrainer(options).fit(model, train, {}).resumed_from_epoch, 1);
 }
 
 TEST_F(AdversarialTrainerTest, BadOptionsAreOptionErrorsNamingTheValue) {
@@ -264,4 +291,29 @@ TEST_F(AdversarialTrainerTest, BadOptionsAreOptionErrorsNamingTheValue) {
         trainer.adversarial_batch(model, torch::rand({2, 1, 28, 28}), torch::zeros({3}, torch::kInt64));
       },
       "labels");
+  // A label the model has no class for is a parry error, not a LibTorch one, and the mode is restored.
+  model.set_training(true);
+  expect_message(
+      [&] {
+        trainer.adversarial_batch(model, torch::rand({2, 1, 28, 28}), torch::full({2}, 10L));
+      },
+      "class count 10");
+  EXPECT_TRUE(model.is_training());
+  model.set_training(false);
+  const auto train = data::load_fashion_mnist(PARRY_FASHION_MNIST_DIR, true, 16);
+  // Bad held-out data is refused before any training: the model is untouched, mode included.
+  Model fresh(models::ReferenceCnn{});
+  ASSERT_TRUE(fresh.is_training());
+  const auto before = state_of(fresh);
+  data::LabeledImages bad_held_out{train.images * 2, train.labels};
+  expect_message([&] { AdversarialTrainer(tiny_run("").eval_samples(8)).fit(fresh, train, bad_held_out); },
+                 "held-out data");
+  EXPECT_TRUE(same_state(before, state_of(fresh)));
+  EXPECT_TRUE(fresh.is_training());
+  // An exception in the middle of training (here from the progress callback) leaves it in eval mode.
+  auto throwing = tiny_run("").eval_samples(0).on_progress([](const train::StepProgress&) {
+    throw std::runtime_error("stop");
+  });
+  EXPECT_THROW(AdversarialTrainer(throwing).fit(fresh, train, {}), std::runtime_error);
+  EXPECT_FALSE(fresh.is_training());
 }

@@ -143,4 +143,24 @@ TEST_F(DetectorTrainerTest, BadOptionsAreOptionErrorsNamingTheValue) {
   expect_message([&] { extra.fit(target, wrong, train); }, "needs 11 outputs");
   Model callable = Model::from_callable([](const torch::Tensor& x) { return x.flatten(1).narrow(1, 0, 2); });
   expect_message([&] { binary.fit(target, callable, train); }, "no trainable");
+  data::LabeledImages bad_labels{train.images, torch::full({32}, 12L)};
+  expect_message([&] { binary.make_training_set(target, bad_labels); }, "class count 10");
+}
+
+// The attacks run against the deployed function: a target handed over in
+// train mode is neither switched nor written to (BatchNorm statistics).
+TEST_F(DetectorTrainerTest, ATargetInTrainModeIsLeftUntouched) {
+  Model target = parry::testing::reference_model().clone();
+  target.set_training(true);
+  std::vector<torch::Tensor> before;
+  const auto net = target.module_as<models::ReferenceCnnImpl>();
+  for (const auto& t : net->buffers()) before.push_back(t.clone());
+  const auto train = data::load_fashion_mnist(PARRY_FASHION_MNIST_DIR, true, 64);
+  DetectorTrainer binary(DetectorTrainerOptions().add_attack(train::fgsm_attack(fgsm_options())).epochs(1));
+  const auto set = binary.make_training_set(target, train);
+  EXPECT_GT(set.images.size(0), train.images.size(0));
+  EXPECT_TRUE(target.is_training());
+  const auto after = net->buffers();
+  ASSERT_EQ(after.size(), before.size());
+  for (size_t i = 0; i < before.size(); ++i) EXPECT_TRUE(torch::equal(before[i], after[i])) << i;
 }
