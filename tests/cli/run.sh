@@ -91,4 +91,15 @@ if grep -q "/" <(sed 's/^broken.png: //' err.txt); then fail "the public message
 "$parry" train --out tiny.pt --epochs 1 --limit 256 >train.txt 2>&1
 test -s tiny.pt || fail "train saved nothing"
 grep -q "test accuracy" train.txt || fail "train printed no accuracy"
+"$parry" train --method distilled --temperature 20 --out distilled.pt --epochs 1 --limit 256 >train.txt 2>&1 ||
+  { cat train.txt; fail "distilled training failed"; }
+grep -q "student agrees with the teacher" train.txt || fail "distillation printed no agreement"
+"$parry" eval --model distilled.pt --config config.json --out distilled-report --images 8 >/dev/null 2>&1 ||
+  fail "the distilled model does not load as a normal model"
+"$parry" train --method adversarial --attack pgd --steps 2 --out robust.pt --epochs 1 --limit 256 \
+  --checkpoint-dir ckpt >train.txt 2>&1 || { cat train.txt; fail "adversarial training failed"; }
+test -s robust.pt && test -s ckpt/checkpoint.pt || fail "adversarial training saved no model or checkpoint"
+grep -q "PGD" train.txt || { cat train.txt; fail "adversarial training reported no PGD accuracy"; }
+if "$parry" train --method adversarial --epsilon 2 --out x.pt >out.txt 2>&1; then fail "epsilon 2 was accepted"; fi
+if "$parry" train --method magic --out x.pt >out.txt 2>&1; then fail "an unknown method was accepted"; fi
 echo "cli: all subcommands passed"
