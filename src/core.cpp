@@ -396,9 +396,13 @@ torch::Tensor Guard::preprocess(const torch::Tensor& batch) const {
   return x;
 }
 
-Guard::GateOutcome Guard::run_gates(const RequestContext& context, const torch::Tensor& input) const {
-  GateOutcome outcome;
+Guard::GateOutcome Guard::run_gates(const RequestContext& context, const torch::Tensor& input, GatePhase phase,
+                                    GateOutcome outcome) const {
   for (const auto& gate : gates_) {
+    if ((phase == GatePhase::WithoutPixels && gate->needs_pixels()) ||
+        (phase == GatePhase::WithPixels && !gate->needs_pixels())) {
+      continue;
+    }
     const GateDecision decision = gate->admit(context, input);
     if (decision.action == GateDecision::Action::Reject) {
       outcome.rejected = true;
@@ -416,15 +420,15 @@ Guard::GateOutcome Guard::run_gates(const RequestContext& context, const torch::
 }
 
 Response Guard::predict(const torch::Tensor& input, const RequestContext& context) const {
-  const GateOutcome gates = run_gates(context, input);
+  const GateOutcome gates = run_gates(context, input, GatePhase::All, GateOutcome());
   if (gates.rejected) return gates.rejection;
   return predict_valid(spec_.validate(input), gates);
 }
 
 Response Guard::predict_image(const std::string& bytes, const RequestContext& context,
                               const data::ImageLimits& limits) const {
-  const GateOutcome gates = run_gates(context, torch::Tensor());
-  if (gates.rejected) return gates.rejection;
+  const GateOutcome before_decoding = run_gates(context, torch::Tensor(), GatePhase::WithoutPixels, GateOutcome());
+  if (before_decoding.rejected) return before_decoding.rejection;
   torch::Tensor image;
   try {
     image = data::decode_image_for(bytes, spec_, limits);
@@ -435,6 +439,8 @@ Response Guard::predict_image(const std::string& bytes, const RequestContext& co
     log(LogLevel::Error, std::string("Guard::predict_image: ") + e.what());
     throw InternalError(e.what());
   }
+  const GateOutcome gates = run_gates(context, image, GatePhase::WithPixels, before_decoding);
+  if (gates.rejected) return gates.rejection;
   return predict_valid(spec_.validate(image), gates);
 }
 

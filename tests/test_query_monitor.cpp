@@ -13,6 +13,7 @@
 #include "parry/conceal/output_policies.hpp"
 #include "parry/conceal/throttle.hpp"
 #include "parry/core/log.hpp"
+#include "parry/data/image.hpp"
 
 using namespace parry;
 using conceal::MonitorAction;
@@ -317,6 +318,29 @@ TEST_F(QueryMonitorTest, FlagActionThroughGuard) {
   EXPECT_EQ(second.labels, first.labels) << "flagged requests are still answered";
   EXPECT_FALSE(second.scores.defined());
   EXPECT_EQ(monitor->stats().detections, 1u);
+}
+
+// The encoded-image serving path: the throttle still runs before decoding,
+// the monitor after it, on the decoded pixels (it used to be handed an empty
+// tensor there and silently skip every request).
+TEST_F(QueryMonitorTest, PredictImageFingerprintsTheDecodedImage) {
+  auto monitor = std::make_shared<QueryMonitor>(QueryMonitorOptions().action(MonitorAction::Flag));
+  double now = 0;
+  Guard guard(parry::testing::reference_model(), InputSpec(1, 28, 28));
+  guard.add_gate(monitor).add_gate(
+      std::make_shared<conceal::Throttle>(conceal::ThrottleOptions().rate(1).burst(3).clock([&now] { return now; })));
+  const std::string png = data::encode_png(image(0));
+  EXPECT_EQ(guard.predict_image(png, RequestContext{"mallory"}).verdict, Verdict::Accepted);
+  const Response second = guard.predict_image(png, RequestContext{"mallory"});
+  EXPECT_EQ(second.verdict, Verdict::Flagged);
+  EXPECT_EQ(second.reason, "flagged");
+  EXPECT_EQ(monitor->stats().images, 2u);
+  EXPECT_EQ(monitor->stats().skipped, 0u);
+  // Undecodable bytes never reach the monitor; the throttle counted them first.
+  EXPECT_THROW(guard.predict_image("garbage", RequestContext{"mallory"}), InputError);
+  EXPECT_EQ(monitor->stats().images, 2u);
+  EXPECT_EQ(guard.predict_image(png, RequestContext{"mallory"}).verdict, Verdict::Rejected);
+  EXPECT_EQ(monitor->stats().images, 2u) << "a throttled request costs no fingerprinting";
 }
 
 TEST_F(QueryMonitorTest, RejectActionThroughGuard) {

@@ -215,6 +215,8 @@ class QueryMonitor final : public Gate {
   /// the Guard's validation refuses them right after, so no answer leaks.
   /// Never throws for a bad input.
   GateDecision admit(const RequestContext& context, const torch::Tensor& input) override;
+  /// True: in Guard::predict_image the monitor sees the decoded image.
+  bool needs_pixels() const override { return true; }
   std::string describe() const override;
 
   /// Fingerprints, matches and stores each image of a valid input and returns

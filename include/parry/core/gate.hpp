@@ -33,6 +33,11 @@ class Gate {
   /// Decides on a request. `input` is the caller's tensor before validation:
   /// a gate must not assume its shape, dtype or values are sane.
   virtual GateDecision admit(const RequestContext& context, const torch::Tensor& input) = 0;
+  /// Whether admit() looks at the pixels (default false: it decides from the
+  /// context alone, like a throttle). Guard::predict_image runs the gates that
+  /// do not before decoding the image, and those that do after, on the
+  /// decoded image, so a pixel-based gate is never handed an empty tensor.
+  virtual bool needs_pixels() const { return false; }
   /// One line for reports.
   virtual std::string describe() const = 0;
 };

@@ -58,8 +58,10 @@ class Guard {
   Response predict(const torch::Tensor& input, const RequestContext& context = {}) const;
 
   /// The serving path for encoded images (PNG or JPEG bytes, one image).
-  /// Gates run before decoding (a throttled client costs no decoding work);
-  /// the image is decoded and resized to the InputSpec's size
+  /// Gates that decide without pixels (throttles) run before decoding, so a
+  /// throttled client costs no decoding work; gates that need pixels
+  /// (Gate::needs_pixels, e.g. QueryMonitor) run on the decoded image. The
+  /// image is decoded and resized to the InputSpec's size
   /// (data::decode_image_for) and then follows predict().
   /// @throws parry::InputError for empty, oversized, corrupt or unsupported bytes.
   Response predict_image(const std::string& bytes, const RequestContext& context = {},
@@ -91,7 +93,9 @@ class Guard {
     bool flagged = false;
     std::string flag_reason;
   };
-  GateOutcome run_gates(const RequestContext& context, const torch::Tensor& input) const;
+  enum class GatePhase { All, WithoutPixels, WithPixels };
+  GateOutcome run_gates(const RequestContext& context, const torch::Tensor& input, GatePhase phase,
+                        GateOutcome outcome) const;
   Response predict_valid(const torch::Tensor& batch, const GateOutcome& gates) const;
 
   Model model_;
