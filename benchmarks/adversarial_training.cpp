@@ -14,24 +14,16 @@
 #include <cstdio>
 
 #include "parry/parry.hpp"
+#include "support.hpp"
 
 namespace {
 
 using namespace parry;
-
-double seconds_since(std::chrono::steady_clock::time_point start) {
-  return std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
-}
+using bench::seconds_since;
 
 // Accuracy under an attack, in chunks of 500 images.
-double robust_accuracy(const std::function<attack::AttackResult(const torch::Tensor&, const torch::Tensor&)>& run,
-                       const torch::Tensor& x, const torch::Tensor& y) {
-  int64_t robust = 0;
-  for (int64_t s = 0; s < x.size(0); s += 500) {
-    const auto r = run(x.slice(0, s, s + 500), y.slice(0, s, s + 500));
-    robust += (~r.success).sum().item<int64_t>();
-  }
-  return static_cast<double>(robust) / static_cast<double>(x.size(0));
+double robust_accuracy(const bench::AttackFn& run, const torch::Tensor& x, const torch::Tensor& y) {
+  return 1.0 - bench::run_chunked(run, x, y, 500).success_rate();
 }
 
 }  // namespace

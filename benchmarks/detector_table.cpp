@@ -15,20 +15,12 @@
 #include <cstdio>
 
 #include "parry/parry.hpp"
+#include "support.hpp"
 
 namespace {
 
 using namespace parry;
-
-double seconds_since(std::chrono::steady_clock::time_point start) {
-  return std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
-}
-
-torch::Tensor scores(const Detector& d, const torch::Tensor& x, const Model& model) {
-  std::vector<torch::Tensor> parts;
-  for (int64_t s = 0; s < x.size(0); s += 256) parts.push_back(d.score(x.slice(0, s, s + 256), model));
-  return torch::cat(parts);
-}
+using bench::seconds_since;
 
 }  // namespace
 
@@ -103,10 +95,11 @@ int main(int argc, char** argv) {
           {"combined (LR)", combined},
           {"feature squeezing", squeezing}};
       for (const auto& [name, d] : detectors) {
-        const auto clean_s = scores(*d, clean_eval, model), noisy_s = scores(*d, noisy_eval, model);
-        const auto adv_s = scores(*d, adv_eval, model);
+        const auto clean_s = bench::chunked_scores(*d, clean_eval, model),
+                   noisy_s = bench::chunked_scores(*d, noisy_eval, model);
+        const auto adv_s = bench::chunked_scores(*d, adv_eval, model);
         d->calibrate(calibration_clean, model, 0.05);
-        const auto at = eval::detection_at_fpr(scores(*d, calibration_clean, model), adv_s, 0.05);
+        const auto at = eval::detection_at_fpr(bench::chunked_scores(*d, calibration_clean, model), adv_s, 0.05);
         const double fpr = clean_s.gt(d->threshold()).to(torch::kFloat64).mean().item<double>();
         std::printf("| %s | %s | %.3f | %.3f | %.1f%% | %.1f%% |\n", r.name.c_str(), name.c_str(),
                     eval::roc_auc(torch::cat({clean_s, noisy_s}), adv_s), eval::roc_auc(clean_s, adv_s),

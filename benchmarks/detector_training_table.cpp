@@ -18,20 +18,12 @@
 #include <cstdio>
 
 #include "parry/parry.hpp"
+#include "support.hpp"
 
 namespace {
 
 using namespace parry;
-
-double seconds_since(std::chrono::steady_clock::time_point start) {
-  return std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
-}
-
-torch::Tensor scores(const Detector& d, const torch::Tensor& x, const Model& model) {
-  std::vector<torch::Tensor> parts;
-  for (int64_t s = 0; s < x.size(0); s += 256) parts.push_back(d.score(x.slice(0, s, s + 256), model));
-  return torch::cat(parts);
-}
+using bench::seconds_since;
 
 struct TestAttack {
   std::string name;
@@ -66,16 +58,8 @@ int main(int argc, char** argv) {
     auto add_test = [&](const std::string& name,
                         const std::function<AttackResult(const torch::Tensor&, const torch::Tensor&)>& run) {
       const auto t0 = std::chrono::steady_clock::now();
-      std::vector<torch::Tensor> adv, ok;
-      for (int64_t s = 0; s < x.size(0); s += 250) {
-        const auto r = run(x.slice(0, s, s + 250), y.slice(0, s, s + 250));
-        adv.push_back(r.adversarial);
-        ok.push_back(r.success);
-      }
-      const auto all = torch::cat(adv);
-      const auto success = torch::cat(ok);
-      tests.push_back(
-          {name, all.index_select(0, success.nonzero().flatten()), success.to(torch::kFloat64).mean().item<double>()});
+      const auto r = bench::run_chunked(run, x, y);
+      tests.push_back({name, r.adversarial.index_select(0, r.success.nonzero().flatten()), r.success_rate()});
       std::fprintf(stderr, "test attack %s: success %.1f%% in %.0f s\n", name.c_str(), 100 * tests.back().success,
                    seconds_since(t0));
     };
@@ -115,13 +99,15 @@ int main(int argc, char** argv) {
       const auto detector = trainer.fit(target, network, train);
       detector->calibrate(calibration, target, 0.05);
       const double threshold = detector->threshold();
-      const double fpr = (scores(*detector, x, target) > threshold).to(torch::kFloat64).mean().item<double>();
+      const double fpr =
+          (bench::chunked_scores(*detector, x, target) > threshold).to(torch::kFloat64).mean().item<double>();
       std::printf("| %s | %.1f%% |", v.name.c_str(), 100 * fpr);
       for (const auto& t : tests) {
-        const double detected =
-            t.fooled.size(0) == 0
-                ? 0.0
-                : (scores(*detector, t.fooled, target) > threshold).to(torch::kFloat64).mean().item<double>();
+        const double detected = t.fooled.size(0) == 0 ? 0.0
+                                                      : (bench::chunked_scores(*detector, t.fooled, target) > threshold)
+                                                            .to(torch::kFloat64)
+                                                            .mean()
+                                                            .item<double>();
         std::printf(" %.1f%% |", 100 * detected);
       }
       // Detector-aware: targeted PGD on the combined classifier G (class 10 = flagged).

@@ -19,33 +19,23 @@
 #include <vector>
 
 #include "parry/parry.hpp"
+#include "support.hpp"
 
 namespace {
 
 using namespace parry;
-
-double seconds_since(std::chrono::steady_clock::time_point start) {
-  return std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
-}
+using bench::seconds_since;
 
 struct Outcome {
   double success = 0;
   double median_l2 = 0;
 };
 
-Outcome run_chunked(const std::function<attack::AttackResult(const torch::Tensor&, const torch::Tensor&)>& run,
-                    const torch::Tensor& x, const torch::Tensor& y) {
-  std::vector<torch::Tensor> success, norms;
-  for (int64_t s = 0; s < x.size(0); s += 250) {
-    const auto r = run(x.slice(0, s, s + 250), y.slice(0, s, s + 250));
-    success.push_back(r.success);
-    norms.push_back(r.norm);
-  }
-  const auto ok = torch::cat(success);
-  const auto norm = torch::cat(norms);
+Outcome run_chunked(const bench::AttackFn& run, const torch::Tensor& x, const torch::Tensor& y) {
+  const auto r = bench::run_chunked(run, x, y);
   Outcome o;
-  o.success = ok.to(torch::kFloat64).mean().item<double>();
-  if (ok.any().item<bool>()) o.median_l2 = norm.masked_select(ok).median().item<double>();
+  o.success = r.success_rate();
+  if (r.success.any().item<bool>()) o.median_l2 = r.norm.masked_select(r.success).median().item<double>();
   return o;
 }
 

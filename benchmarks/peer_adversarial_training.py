@@ -17,28 +17,12 @@ import time
 
 import numpy as np
 import torch
-import torch.nn as nn
 import torch.nn.functional as F
+
+from reference_cnn import ReferenceCnn  # same directory
 
 DATA = "/usr/share/datasets/fashion-mnist"
 EPS, STEPS, BATCH, LR, FINAL = 0.1, 7, 128, 1e-3, 0.05
-
-
-class ReferenceCnn(nn.Module):
-    def __init__(self):
-        super().__init__()
-        self.conv1 = nn.Conv2d(1, 32, 3)
-        self.bn1 = nn.BatchNorm2d(32)
-        self.conv2 = nn.Conv2d(32, 64, 3)
-        self.bn2 = nn.BatchNorm2d(64)
-        self.fc1 = nn.Linear(64 * 5 * 5, 128)
-        self.dropout = nn.Dropout(0.5)
-        self.fc2 = nn.Linear(128, 10)
-
-    def forward(self, x):
-        h = F.max_pool2d(F.relu(self.bn1(self.conv1(x))), 2)
-        h = F.max_pool2d(F.relu(self.bn2(self.conv2(h))), 2)
-        return self.fc2(self.dropout(F.relu(self.fc1(h.flatten(1)))))
 
 
 def read_idx(name):

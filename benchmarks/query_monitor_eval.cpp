@@ -18,10 +18,12 @@
 #include <mutex>
 
 #include "parry/parry.hpp"
+#include "support.hpp"
 
 namespace {
 
 using namespace parry;
+using bench::seconds_since;
 
 constexpr int64_t kThresholds[] = {10, 15, 20, 25, 30, 35};
 
@@ -60,10 +62,6 @@ double median(std::vector<int64_t> v) {
   std::sort(v.begin(), v.end());
   const size_t n = v.size();
   return n % 2 ? static_cast<double>(v[n / 2]) : 0.5 * static_cast<double>(v[n / 2 - 1] + v[n / 2]);
-}
-
-double seconds_since(std::chrono::steady_clock::time_point start) {
-  return std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
 }
 
 // Fraction of samples misclassified with ‖x_adv − x‖∞ <= eps (+ float slack).

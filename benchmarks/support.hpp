@@ -1,0 +1,45 @@
+// Helpers shared by the benchmark programs: wall time and running attacks or
+// detectors over a large batch in chunks (bounded memory, same results).
+#pragma once
+
+#include <chrono>
+#include <functional>
+#include <vector>
+
+#include "parry/parry.hpp"
+
+namespace parry::bench {
+
+inline double seconds_since(std::chrono::steady_clock::time_point start) {
+  return std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+}
+
+/// A detector's scores on x (N×C×H×W), computed `chunk` rows at a time.
+inline torch::Tensor chunked_scores(const Detector& detector, const torch::Tensor& x, const Model& model,
+                                    int64_t chunk = 256) {
+  std::vector<torch::Tensor> parts;
+  for (int64_t s = 0; s < x.size(0); s += chunk) parts.push_back(detector.score(x.slice(0, s, s + chunk), model));
+  return torch::cat(parts);
+}
+
+using AttackFn = std::function<attack::AttackResult(const torch::Tensor&, const torch::Tensor&)>;
+
+/// Runs `run` on (x, y) `chunk` rows at a time and concatenates the
+/// adversarial examples, success flags and norms.
+inline attack::AttackResult run_chunked(const AttackFn& run, const torch::Tensor& x, const torch::Tensor& y,
+                                        int64_t chunk = 250) {
+  std::vector<torch::Tensor> adversarial, success, norm;
+  for (int64_t s = 0; s < x.size(0); s += chunk) {
+    const auto r = run(x.slice(0, s, s + chunk), y.slice(0, s, s + chunk));
+    adversarial.push_back(r.adversarial);
+    success.push_back(r.success);
+    norm.push_back(r.norm);
+  }
+  attack::AttackResult all;
+  all.adversarial = torch::cat(adversarial);
+  all.success = torch::cat(success);
+  all.norm = torch::cat(norm);
+  return all;
+}
+
+}  // namespace parry::bench
