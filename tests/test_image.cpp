@@ -1,4 +1,5 @@
 #include "parry/data/image.hpp"
+#include "parry/data/predict_image.hpp"
 
 #include "parry/conceal/throttle.hpp"
 #include "parry/core/guard.hpp"
@@ -139,9 +140,9 @@ TEST_F(ImageTest, GuardPredictsFromBytesAndThrottlesBeforeDecoding) {
   guard.add_gate(
       std::make_shared<conceal::Throttle>(conceal::ThrottleOptions().rate(1).burst(2).clock([&now] { return now; })));
   auto bright = data::encode_png(torch::full({1, 16, 16}, 0.9f));
-  auto r = guard.predict_image(bright, RequestContext{"c"});
+  auto r = parry::data::predict_image(guard, bright, RequestContext{"c"});
   EXPECT_EQ(r.labels, std::vector<int64_t>{0});
-  EXPECT_THROW(guard.predict_image("garbage", RequestContext{"c"}), InputError);
-  r = guard.predict_image("garbage", RequestContext{"c"});  // throttled before the decoder sees it
+  EXPECT_THROW(parry::data::predict_image(guard, "garbage", RequestContext{"c"}), InputError);
+  r = parry::data::predict_image(guard, "garbage", RequestContext{"c"});  // throttled before the decoder sees it
   EXPECT_EQ(r.verdict, Verdict::Rejected);
 }

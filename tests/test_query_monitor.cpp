@@ -1,4 +1,5 @@
 #include "parry/conceal/query_monitor.hpp"
+#include "parry/data/predict_image.hpp"
 
 #include <array>
 #include <atomic>
@@ -330,16 +331,16 @@ TEST_F(QueryMonitorTest, PredictImageFingerprintsTheDecodedImage) {
   guard.add_gate(monitor).add_gate(
       std::make_shared<conceal::Throttle>(conceal::ThrottleOptions().rate(1).burst(3).clock([&now] { return now; })));
   const std::string png = data::encode_png(image(0));
-  EXPECT_EQ(guard.predict_image(png, RequestContext{"mallory"}).verdict, Verdict::Accepted);
-  const Response second = guard.predict_image(png, RequestContext{"mallory"});
+  EXPECT_EQ(parry::data::predict_image(guard, png, RequestContext{"mallory"}).verdict, Verdict::Accepted);
+  const Response second = parry::data::predict_image(guard, png, RequestContext{"mallory"});
   EXPECT_EQ(second.verdict, Verdict::Flagged);
   EXPECT_EQ(second.reason, "flagged");
   EXPECT_EQ(monitor->stats().images, 2u);
   EXPECT_EQ(monitor->stats().skipped, 0u);
   // Undecodable bytes never reach the monitor; the throttle counted them first.
-  EXPECT_THROW(guard.predict_image("garbage", RequestContext{"mallory"}), InputError);
+  EXPECT_THROW(parry::data::predict_image(guard, "garbage", RequestContext{"mallory"}), InputError);
   EXPECT_EQ(monitor->stats().images, 2u);
-  EXPECT_EQ(guard.predict_image(png, RequestContext{"mallory"}).verdict, Verdict::Rejected);
+  EXPECT_EQ(parry::data::predict_image(guard, png, RequestContext{"mallory"}).verdict, Verdict::Rejected);
   EXPECT_EQ(monitor->stats().images, 2u) << "a throttled request costs no fingerprinting";
 }
 

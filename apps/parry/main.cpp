@@ -271,7 +271,7 @@ int run_predict(const CommonOptions&, const PredictOptions& opts) {
         if (!in) throw IoError("input file not found", "cannot read '" + path + "'");
         std::stringstream bytes;
         bytes << in.rdbuf();
-        print(path, guard->predict_image(bytes.str(), RequestContext{"cli"}));
+        print(path, parry::data::predict_image(*guard, bytes.str(), RequestContext{"cli"}));
       }
     } catch (const Error& e) {
       std::fprintf(stderr, "%s: %s\n", path.c_str(), e.public_message());

@@ -127,7 +127,7 @@ class DefendedService {
     try {
       torch::Tensor image;
       if (media == "image/png" || media == "image/jpeg") {
-        // Decoded before the gates (unlike Guard::predict_image) so that the
+        // Decoded before every gate (data::predict_image runs throttles first) so that the
         // query monitor sees the pixels.
         image = parry::data::decode_image_for(req.body, guard_.input_spec(), limits_);
       } else if (media == "application/json") {

@@ -12,4 +12,3 @@
 #include "parry/core/preprocessor.hpp"
 #include "parry/core/response.hpp"
 #include "parry/core/runtime.hpp"
-#include "parry/models/reference_cnn.hpp"

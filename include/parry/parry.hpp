@@ -4,9 +4,11 @@
 
 #include "parry/attack.hpp"
 #include "parry/conceal.hpp"
+#include "parry/config.hpp"
 #include "parry/core.hpp"
 #include "parry/data.hpp"
 #include "parry/detect.hpp"
 #include "parry/eval.hpp"
+#include "parry/models.hpp"
 #include "parry/preprocess.hpp"
 #include "parry/train.hpp"

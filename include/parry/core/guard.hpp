@@ -15,6 +15,7 @@
 
 #include <torch/torch.h>
 
+#include <functional>
 #include <memory>
 #include <string>
 #include <vector>
@@ -27,7 +28,6 @@
 #include "parry/core/output_policy.hpp"
 #include "parry/core/preprocessor.hpp"
 #include "parry/core/response.hpp"
-#include "parry/data/image.hpp"
 
 namespace parry {
 
@@ -57,15 +57,15 @@ class Guard {
   ///   was expected); parry::InternalError if the model fails (details logged).
   Response predict(const torch::Tensor& input, const RequestContext& context = {}) const;
 
-  /// The serving path for encoded images (PNG or JPEG bytes, one image).
-  /// Gates that decide without pixels (throttles) run before decoding, so a
-  /// throttled client costs no decoding work; gates that need pixels
-  /// (Gate::needs_pixels, e.g. QueryMonitor) run on the decoded image. The
-  /// image is decoded and resized to the InputSpec's size
-  /// (data::decode_image_for) and then follows predict().
-  /// @throws parry::InputError for empty, oversized, corrupt or unsupported bytes.
-  Response predict_image(const std::string& bytes, const RequestContext& context = {},
-                         const data::ImageLimits& limits = {}) const;
+  /// The serving path for a request whose pixels must first be decoded
+  /// (data::predict_image decodes PNG/JPEG bytes with it). Gates that decide
+  /// without pixels (throttles) run before `decode` is called, so a throttled
+  /// client costs no decoding work; gates that need pixels
+  /// (Gate::needs_pixels, e.g. QueryMonitor) run on the decoded image, which
+  /// then follows predict(). `decode` returns C×H×W or N×C×H×W pixels.
+  /// @throws parry::InputError if `decode` throws one (its public message is
+  ///   kept); parry::InternalError for any other failure of `decode`.
+  Response predict_decoded(const std::function<torch::Tensor()>& decode, const RequestContext& context = {}) const;
 
   /// The attack path: preprocessors (each with its gradient policy) then the
   /// model, no gates, detectors or output policy. Returns logits N×K that are

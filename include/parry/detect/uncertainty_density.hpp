@@ -33,7 +33,10 @@ struct CombinerFitReport {
   int64_t negatives = 0;   ///< clean + noisy samples (label 0)
   int64_t positives = 0;   ///< adversarial samples (label 1)
   int64_t iterations = 0;  ///< Newton iterations of the logistic regression
-  double training_auc = 0.0;
+  /// The fitted combiner's P(adversarial) on its training samples, negatives
+  /// first (float64, negatives + positives); eval::roc_auc of the two parts is
+  /// the training ROC-AUC (detect does not depend on eval).
+  torch::Tensor training_probability;
 };
 
 class UncertaintyDensity final : public Detector {

@@ -1,89 +1,12 @@
-// parry::eval: the evaluation behind `parry eval` and `parry demo`, and the
-// report it writes (report.html, report.md, metrics.json and PNG plots).
-//
-// For every defense of a config, on the first `images` test images:
-//   - clean accuracy and the fraction of clean inputs flagged;
-//   - for each attack and budget ε, accuracy under attack, where an input
-//     counts as defended if the Guard's label is right or the input is
-//     flagged, for two attackers:
-//       non-adaptive: the attack is computed on the bare model (it does not
-//         know the defense) and then sent through the Guard;
-//       adaptive: the attack runs on the Guard's attack path (BPDA through
-//         non-differentiable preprocessors, EOT over randomness) and, when the
-//         defense has detectors, on the detector-aware classifier of Carlini &
-//         Wagner 2017, targeted at a random wrong class;
-//   - for each detector, the ROC curve on clean vs PGD examples at roc_epsilon;
-//   - latency of Guard::predict at batch 1 and throughput at batch 256.
-// Gates (throttling) are left out of the accuracy runs, which send thousands
-// of queries; their cost is in the latency figures.
+// eval::write_report: the report of an evaluation (report.html, report.md,
+// metrics.json and PNG plots drawn with OpenCV) and its summary table.
 #pragma once
 
-#include <functional>
 #include <string>
-#include <vector>
 
-#include "parry/config/defense_config.hpp"
-#include "parry/core/model.hpp"
-#include "parry/data/idx.hpp"
+#include "parry/eval/evaluation.hpp"
 
 namespace parry::eval {
-
-/// One attack at one budget against one defense.
-struct AttackOutcome {
-  std::string attack;     ///< "FGSM", "PGD-40", "C&W-L2"
-  double epsilon = 0.0;   ///< L∞ budget; 0 for C&W (unbounded, minimum distortion)
-  double accuracy = 0.0;  ///< non-adaptive: label right or flagged
-  /// Adaptive attacker, worst case per image: defended only if the image
-  /// withstands both the adaptive attack and the transferred one.
-  double adaptive_accuracy = 0.0;
-  double mean_l2 = 0.0;  ///< mean L2 of the adaptive perturbations
-};
-
-struct DetectorOutcome {
-  std::string name;
-  double auc = 0.0;
-  double detection_rate = 0.0;  ///< on PGD at roc_epsilon, at the calibrated threshold
-  double clean_fpr = 0.0;       ///< on the evaluation images
-  std::vector<double> roc_fpr, roc_tpr;
-};
-
-struct DefenseOutcome {
-  std::string name;
-  std::string description;
-  double clean_accuracy = 0.0;
-  double clean_flagged = 0.0;
-  double latency_ms = 0.0;         ///< Guard::predict, batch 1, mean
-  double images_per_second = 0.0;  ///< Guard::predict, batch 256
-  std::vector<AttackOutcome> attacks;
-  std::vector<DetectorOutcome> detectors;
-};
-
-struct Evaluation {
-  std::string model_description;
-  int64_t images = 0;
-  std::vector<DefenseOutcome> defenses;
-  torch::Tensor example_clean, example_adversarial;  ///< 8 images each, for the grid
-  double example_epsilon = 0.0;
-  double seconds = 0.0;
-};
-
-/// Data the evaluation needs: training images (to fit densities and
-/// combiners) and the test set (attacked images first, calibration images last).
-struct EvaluationData {
-  data::LabeledImages train;
-  data::LabeledImages test;
-};
-
-/// Runs the evaluation. `progress` receives one line per step (may be empty).
-/// Detectors of the config are fitted and calibrated in place unless
-/// `detectors_ready` (they were loaded by `parry calibrate`).
-/// @throws parry::OptionError if the data is too small for the config.
-Evaluation evaluate(config::Config& config, const Model& model, const EvaluationData& data,
-                    const std::function<void(const std::string&)>& progress = {}, bool detectors_ready = false);
-
-/// Fits (kernel densities, combiners) and calibrates every detector of a defense.
-void prepare_detectors(config::DefenseSpec& defense, const Model& model, const EvaluationData& data,
-                       const config::EvaluationSpec& settings, const std::function<void(const std::string&)>& progress);
 
 /// Writes report.html, report.md, metrics.json, accuracy_vs_epsilon.png,
 /// roc.png, examples.png and latency.png into `directory` (created if needed;

@@ -36,9 +36,14 @@
 #include "parry/core/detector.hpp"
 #include "parry/core/model.hpp"
 #include "parry/data/idx.hpp"
+#include "parry/detect/learned_detector.hpp"
 #include "parry/train/classifier_trainer.hpp"
 
 namespace parry::train {
+
+using detect::DetectorKind;
+using detect::LearnedDetector;
+using detect::to_string;
 
 /// An attack used to make labelled adversarial examples: a name for reports
 /// and a function (target logits, x, y) -> attack result.
@@ -53,52 +58,6 @@ TrainingAttack fgsm_attack(attack::FgsmOptions options = attack::FgsmOptions());
 TrainingAttack pgd_attack(attack::PgdOptions options = attack::PgdOptions());
 /// Carlini & Wagner L2 with these options, named "cw_l2".
 TrainingAttack carlini_wagner_attack(attack::CarliniWagnerOptions options = attack::CarliniWagnerOptions());
-
-enum class DetectorKind {
-  ExtraClass,  ///< Grosse et al.: a K+1-class network, class K = adversarial
-  Binary,      ///< a separate two-output network, output 1 = adversarial
-};
-/// "extra_class" or "binary".
-const char* to_string(DetectorKind kind);
-
-/// The trained detector. Score = P(adversarial) under its own network, in
-/// [0, 1]; it looks only at the (preprocessed) input, not at the protected
-/// model's logits. Keeps its own copy of the network in eval mode; safe to
-/// score from many threads.
-class LearnedDetector final : public Detector {
- public:
-  /// @param network a Model with K+1 (ExtraClass) or 2 (Binary) outputs; the
-  ///        detector keeps a deep copy in eval mode.
-  /// @param trained_on names of the attacks it was trained with (for reports).
-  /// @throws parry::OptionError if the network has no parameters (to load or train).
-  LearnedDetector(const Model& network, DetectorKind kind, std::vector<std::string> trained_on = {});
-
-  std::string name() const override { return "learned_detector"; }
-  std::string describe() const override;
-  /// P(adversarial) per sample, float32 N, from input.batch.
-  torch::Tensor score(const DetectorInput& input) const override;
-  using Detector::score;
-  /// The same probability, differentiable in `batch` (for detector-aware attacks).
-  torch::Tensor differentiable_score(const torch::Tensor& batch, const Model& model) const override;
-
-  DetectorKind kind() const { return kind_; }
-  const std::vector<std::string>& trained_on() const { return trained_on_; }
-  /// The detector's network (eval mode). Do not switch it to train mode while serving.
-  const Model& network() const { return network_; }
-
- protected:
-  /// Kind, attack names and the network's parameters and buffers.
-  void save_state(torch::serialize::OutputArchive& archive) const override;
-  /// Needs a network of the same architecture; a mismatch is a parry::IoError.
-  void load_state(torch::serialize::InputArchive& archive) override;
-
- private:
-  torch::Tensor probability(const torch::Tensor& logits) const;
-
-  Model network_;
-  DetectorKind kind_;
-  std::vector<std::string> trained_on_;
-};
 
 struct DetectorTrainerOptions {
   DetectorTrainerOptions& kind(DetectorKind k);

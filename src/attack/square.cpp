@@ -2,20 +2,16 @@
 #include "parry/attack/square.hpp"
 
 #include <cmath>
+#include <limits>
 #include <random>
-#include <sstream>
+
+#include "parry/detail/require.hpp"
 
 namespace parry::attack {
 
-namespace {
+using parry::detail::require;
 
-void require(bool ok, const std::string& what, double got) {
-  if (!ok) {
-    std::ostringstream out;
-    out << "SquareOptions: " << what << ", but got " << got;
-    throw OptionError(out.str());
-  }
-}
+namespace {
 
 // Queries the Guard in chunks of its batch limit. Returns log-probabilities
 // (N×K), or an undefined tensor and the reason if a chunk was rejected.
@@ -54,17 +50,17 @@ SquareOptions::SquareOptions(double epsilon) {
   this->epsilon(epsilon);
 }
 SquareOptions& SquareOptions::epsilon(double v) {
-  require(v >= 0 && std::isfinite(v), "epsilon must be non-negative and finite", v);
+  require(v >= 0 && std::isfinite(v), "SquareOptions", "epsilon must be non-negative and finite", v);
   epsilon_ = v;
   return *this;
 }
 SquareOptions& SquareOptions::max_queries(int64_t v) {
-  require(v >= 1, "max_queries must be at least 1", static_cast<double>(v));
+  require(v >= 1, "SquareOptions", "max_queries must be at least 1", static_cast<double>(v));
   max_queries_ = v;
   return *this;
 }
 SquareOptions& SquareOptions::p_init(double v) {
-  require(v > 0 && v <= 1, "p_init must be in (0, 1]", v);
+  require(v > 0 && v <= 1, "SquareOptions", "p_init must be in (0, 1]", v);
   p_init_ = v;
   return *this;
 }

@@ -1,17 +1,16 @@
 // HopSkipJump (L2, untargeted) through Guard::predict.
+#include "parry/attack/hop_skip_jump.hpp"
+
 #include <cmath>
 #include <optional>
-#include <sstream>
 
-#include "parry/attack/hop_skip_jump.hpp"
+#include "parry/detail/require.hpp"
 
 namespace parry::attack {
 
-namespace {
+using parry::detail::require;
 
-void require(bool ok, const std::string& what, int64_t got) {
-  if (!ok) throw OptionError("HopSkipJumpOptions: " + what + ", but got " + std::to_string(got));
-}
+namespace {
 
 // Label-only oracle for one sample: "is this image misclassified?", with a
 // query budget and the Guard's rejections.
@@ -78,22 +77,22 @@ std::optional<torch::Tensor> to_boundary(Oracle& oracle, const torch::Tensor& x,
 
 HopSkipJumpOptions::HopSkipJumpOptions() = default;
 HopSkipJumpOptions& HopSkipJumpOptions::max_queries(int64_t v) {
-  require(v >= 10, "max_queries must be at least 10", v);
+  require(v >= 10, "HopSkipJumpOptions", "max_queries must be at least 10", v);
   max_queries_ = v;
   return *this;
 }
 HopSkipJumpOptions& HopSkipJumpOptions::initial_probes(int64_t v) {
-  require(v >= 1, "initial_probes must be at least 1", v);
+  require(v >= 1, "HopSkipJumpOptions", "initial_probes must be at least 1", v);
   initial_probes_ = v;
   return *this;
 }
 HopSkipJumpOptions& HopSkipJumpOptions::max_probes(int64_t v) {
-  require(v >= 1, "max_probes must be at least 1", v);
+  require(v >= 1, "HopSkipJumpOptions", "max_probes must be at least 1", v);
   max_probes_ = v;
   return *this;
 }
 HopSkipJumpOptions& HopSkipJumpOptions::init_tries(int64_t v) {
-  require(v >= 1, "init_tries must be at least 1", v);
+  require(v >= 1, "HopSkipJumpOptions", "init_tries must be at least 1", v);
   init_tries_ = v;
   return *this;
 }

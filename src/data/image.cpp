@@ -1,72 +1,17 @@
-// OpenCV-backed code: the Jpeg preprocessor and image decoding/encoding.
-#include <ATen/Parallel.h>
+// Decoding untrusted PNG/JPEG bytes (header checks first) and encoding tensors as images.
+#include "parry/data/image.hpp"
 
 #include <opencv2/core.hpp>
 #include <opencv2/imgcodecs.hpp>
 #include <opencv2/imgproc.hpp>
 
-#include "parry/data/image.hpp"
-#include "parry/preprocess/jpeg.hpp"
+#include "detail/opencv_bytes.hpp"
 
-namespace parry {
+namespace parry::data {
 
-namespace {
-
-// N×C×H×W float in [0,1] (C = 1 or RGB 3) -> N×H×W×C uint8 in OpenCV's
-// channel order (BGR), contiguous.
-torch::Tensor to_opencv_bytes(const torch::Tensor& x) {
-  torch::Tensor u8 = (x.detach().to(torch::kFloat32) * 255.0).round_().clamp_(0, 255).to(torch::kUInt8);
-  if (u8.size(1) == 3) u8 = u8.flip({1});
-  return u8.permute({0, 2, 3, 1}).contiguous();
-}
-
-// Inverse of to_opencv_bytes.
-torch::Tensor from_opencv_bytes(const torch::Tensor& nhwc) {
-  torch::Tensor x = nhwc.permute({0, 3, 1, 2}).to(torch::kFloat32).div_(255.0);
-  if (x.size(1) == 3) x = x.flip({1});
-  return x.contiguous();
-}
-
-int opencv_type(int64_t channels) {
-  return channels == 1 ? CV_8UC1 : CV_8UC3;
-}
-
-}  // namespace
-
-namespace preprocess {
-
-torch::Tensor Jpeg::apply(const torch::Tensor& x) const {
-  if (x.dim() != 4 || (x.size(1) != 1 && x.size(1) != 3)) {
-    throw InputError("JPEG compression needs 1 or 3 channels, but the input has shape " + c10::str(x.sizes()));
-  }
-  const int64_t n = x.size(0), c = x.size(1), h = x.size(2), w = x.size(3);
-  const torch::Tensor in = to_opencv_bytes(x);
-  torch::Tensor out = torch::empty_like(in);
-  const std::vector<int> params = {cv::IMWRITE_JPEG_QUALITY, options_.quality()};
-  const int read_flag = c == 1 ? cv::IMREAD_GRAYSCALE : cv::IMREAD_COLOR;
-  const int64_t image_bytes = h * w * c;
-  std::atomic<bool> failed{false};
-  at::parallel_for(0, n, 1, [&](int64_t begin, int64_t end) {
-    std::vector<uchar> encoded;
-    for (int64_t i = begin; i < end; ++i) {
-      const cv::Mat image(static_cast<int>(h), static_cast<int>(w), opencv_type(c),
-                          in.data_ptr<uint8_t>() + i * image_bytes);
-      cv::Mat decoded;
-      if (cv::imencode(".jpg", image, encoded, params)) decoded = cv::imdecode(encoded, read_flag);
-      if (decoded.empty() || decoded.rows != h || decoded.cols != w || !decoded.isContinuous()) {
-        failed = true;
-        continue;
-      }
-      std::memcpy(out.data_ptr<uint8_t>() + i * image_bytes, decoded.data, static_cast<size_t>(image_bytes));
-    }
-  });
-  if (failed) throw InternalError("JPEG encode/decode failed inside the Jpeg preprocessor");
-  return from_opencv_bytes(out).to(x.dtype());
-}
-
-}  // namespace preprocess
-
-namespace data {
+using detail::from_opencv_bytes;
+using detail::opencv_type;
+using detail::to_opencv_bytes;
 
 namespace {
 
@@ -255,5 +200,4 @@ std::string encode_jpeg(const torch::Tensor& image, int quality) {
   return encode(image, ".jpg", {cv::IMWRITE_JPEG_QUALITY, quality});
 }
 
-}  // namespace data
-}  // namespace parry
+}  // namespace parry::data

@@ -1,0 +1,4 @@
+// Reference models.
+#pragma once
+
+#include "parry/models/reference_cnn.hpp"

@@ -1,0 +1,299 @@
+// conceal::QueryMonitor (Blacklight): fingerprints of quantised windows and the gate.
+//
+// xxHash is compiled in (XXH_INLINE_ALL, the library's documented header-only
+// mode): hashing 20-byte windows is fastest inlined, and Parry's static
+// library then carries no xxhash link dependency for its consumers.
+#define XXH_INLINE_ALL
+#include "parry/conceal/query_monitor.hpp"
+
+#include <xxhash.h>
+
+#include <algorithm>
+#include <cmath>
+#include <limits>
+#include <sstream>
+
+#include "conceal/query_store.hpp"
+#include "parry/core/log.hpp"
+
+namespace parry::conceal {
+
+namespace {
+
+bool watches_global(MonitorScope scope) {
+  return scope != MonitorScope::PerClient;
+}
+bool watches_client(MonitorScope scope) {
+  return scope != MonitorScope::Global;
+}
+int64_t scope_count(MonitorScope scope) {
+  return scope == MonitorScope::Both ? 2 : 1;
+}
+
+// Client ids come from callers: keep the log line printable and short.
+std::string printable(const std::string& id) {
+  std::string out;
+  for (const char c : id.substr(0, 64)) out += (c >= 0x20 && c < 0x7f) ? c : '?';
+  if (id.size() > 64) out += "...";
+  return out;
+}
+
+// 0 marks an empty table cell; a window hash of 0 becomes 1.
+uint64_t nonzero(uint64_t key) {
+  return key == 0 ? 1 : key;
+}
+
+}  // namespace
+
+QueryMonitor::QueryMonitor(QueryMonitorOptions options) : options_(std::move(options)) {
+  if (options_.threshold() > options_.hashes_kept()) {
+    throw OptionError("QueryMonitor: threshold must not exceed hashes_kept (" + std::to_string(options_.hashes_kept()) +
+                      "), but got " + std::to_string(options_.threshold()));
+  }
+  const int64_t per_slot = options_.hashes_kept() * scope_count(options_.scope());
+  if (options_.max_stored_queries() > static_cast<int64_t>(Store::kNone - 1) / per_slot) {
+    throw OptionError("QueryMonitor: max_stored_queries × hashes_kept × indexes must stay below 2^32, but got " +
+                      std::to_string(options_.max_stored_queries()) + " × " + std::to_string(options_.hashes_kept()) +
+                      " × " + std::to_string(scope_count(options_.scope())));
+  }
+  store_ = std::make_unique<Store>(options_.max_stored_queries(), per_slot, options_.hashes_kept());
+}
+
+QueryMonitor::~QueryMonitor() = default;
+
+std::string QueryMonitor::check_input(const torch::Tensor& input) const {
+  if (!input.defined()) return "undefined tensor";
+  if (input.scalar_type() != torch::kFloat32) return "not float32";
+  if (!input.device().is_cpu() || input.layout() != torch::kStrided) return "not a dense CPU tensor";
+  if (input.dim() != 3 && input.dim() != 4) return "rank " + std::to_string(input.dim());
+  const int64_t n = input.dim() == 4 ? input.size(0) : 1;
+  if (n < 1 || n > options_.max_batch()) return "batch of " + std::to_string(n);
+  const auto image = input.sizes().slice(input.dim() - 3);
+  if (image[0] * image[1] * image[2] == 0) return "empty images";
+  const auto& shape = options_.image_shape();
+  if (!shape.empty() && (image[0] != shape[0] || image[1] != shape[1] || image[2] != shape[2])) return "image shape";
+  torch::NoGradGuard no_grad;
+  const auto [lo_t, hi_t] = torch::aminmax(input);
+  const double lo = lo_t.item<double>();
+  const double hi = hi_t.item<double>();
+  if (!(lo >= options_.min_value() && hi <= options_.max_value())) return "values non-finite or out of range";
+  return {};
+}
+
+namespace {
+
+// Blacklight's fingerprint of `count` values.
+std::vector<uint64_t> fingerprint_values(const float* values, int64_t count, const QueryMonitorOptions& o,
+                                         std::vector<uint8_t>& quantised, std::vector<uint64_t>& hashes) {
+  // v in [lo, hi] -> t = (v − lo)/(hi − lo)·255 in [0, 255] -> floor(t / step).
+  // The small epsilon puts an 8-bit value k/255 that float rounding left just
+  // below a level boundary (k a multiple of the step) on the level it belongs to.
+  const double scale = 255.0 / (o.max_value() - o.min_value()) / o.quantization_step();
+  const double top = std::floor(255.0 / o.quantization_step());
+  quantised.resize(static_cast<size_t>(count));
+  for (int64_t i = 0; i < count; ++i) {
+    const double level = std::floor((static_cast<double>(values[i]) - o.min_value()) * scale + 1e-6);
+    quantised[i] = static_cast<uint8_t>(std::clamp(level, 0.0, top));
+  }
+  hashes.clear();
+  const int64_t window = o.window();
+  if (count <= window) {
+    hashes.push_back(nonzero(XXH3_64bits(quantised.data(), static_cast<size_t>(count))));
+  } else {
+    for (int64_t i = 0; i + window <= count; i += o.window_step()) {
+      hashes.push_back(nonzero(XXH3_64bits(quantised.data() + i, static_cast<size_t>(window))));
+    }
+  }
+  // The N largest distinct hashes: select the 2N largest first (cheap), and
+  // fall back to sorting everything when duplicates leave fewer than N.
+  const size_t keep = static_cast<size_t>(o.hashes_kept());
+  const auto descending = std::greater<uint64_t>();
+  size_t candidates = std::min(hashes.size(), 2 * keep);
+  std::nth_element(hashes.begin(), hashes.begin() + (candidates - 1), hashes.end(), descending);
+  std::sort(hashes.begin(), hashes.begin() + candidates, descending);
+  size_t distinct = std::unique(hashes.begin(), hashes.begin() + candidates) - hashes.begin();
+  if (distinct < keep && candidates < hashes.size()) {
+    std::sort(hashes.begin(), hashes.end(), descending);
+    distinct = std::unique(hashes.begin(), hashes.end()) - hashes.begin();
+  }
+  return std::vector<uint64_t>(hashes.begin(), hashes.begin() + std::min(distinct, keep));
+}
+
+}  // namespace
+
+std::vector<std::vector<uint64_t>> QueryMonitor::fingerprints(const torch::Tensor& input) const {
+  const torch::Tensor x = input.contiguous();
+  const int64_t n = x.dim() == 4 ? x.size(0) : 1;
+  const int64_t per_image = x.numel() / n;
+  std::vector<uint8_t> quantised;
+  std::vector<uint64_t> hashes;
+  std::vector<std::vector<uint64_t>> out;
+  out.reserve(static_cast<size_t>(n));
+  const float* data = x.data_ptr<float>();
+  for (int64_t i = 0; i < n; ++i) {
+    out.push_back(fingerprint_values(data + i * per_image, per_image, options_, quantised, hashes));
+  }
+  return out;
+}
+
+std::vector<uint64_t> QueryMonitor::fingerprint(const torch::Tensor& image) const {
+  if (!image.defined() || image.numel() == 0) throw InputError("QueryMonitor::fingerprint: the image is empty");
+  if (!image.is_floating_point() || !image.device().is_cpu()) {
+    throw InputError("QueryMonitor::fingerprint: the image must be a floating-point CPU tensor");
+  }
+  torch::NoGradGuard no_grad;
+  const torch::Tensor x = image.to(torch::kFloat32).contiguous();
+  const auto [lo_t, hi_t] = torch::aminmax(x);
+  if (!(lo_t.item<double>() >= options_.min_value() && hi_t.item<double>() <= options_.max_value())) {
+    throw InputError("QueryMonitor::fingerprint: the image has non-finite values or values outside the value range");
+  }
+  std::vector<uint8_t> quantised;
+  std::vector<uint64_t> hashes;
+  return fingerprint_values(x.data_ptr<float>(), x.numel(), options_, quantised, hashes);
+}
+
+std::vector<QueryObservation> QueryMonitor::record(const RequestContext& context, const torch::Tensor& input) {
+  // Hashing needs no lock; only matching and storing do.
+  const std::vector<std::vector<uint64_t>> prints = fingerprints(input);
+  const bool global = watches_global(options_.scope());
+  const bool client = watches_client(options_.scope());
+  const uint64_t client_seed = XXH3_64bits(context.client_id.data(), context.client_id.size());
+  const int64_t threshold = options_.threshold();
+  const int64_t client_offset = global ? options_.hashes_kept() : 0;
+
+  std::vector<QueryObservation> observations(prints.size());
+  std::vector<QueryMonitorDetection> detections;
+  std::vector<uint64_t> client_keys;
+  {
+    std::lock_guard<std::mutex> lock(mutex_);
+    Store& s = *store_;
+    bool request_detected = false;
+    for (size_t i = 0; i < prints.size(); ++i) {
+      const std::vector<uint64_t>& print = prints[i];
+      QueryObservation& obs = observations[i];
+      obs.query_id = s.next_id++;
+      if (client) {
+        client_keys.clear();
+        for (const uint64_t h : print) client_keys.push_back(nonzero(XXH3_64bits_withSeed(&h, sizeof h, client_seed)));
+        std::sort(client_keys.begin(), client_keys.end(), std::greater<uint64_t>());  // slots keep keys sorted
+      }
+      if (global) {
+        const auto [matches, slot] = s.best_match(print, 0, threshold, options_.max_scan_per_hash());
+        obs.global_matches = matches;
+        obs.global_match_id = slot == Store::kNone ? 0 : s.slot_id[slot];
+      }
+      if (client) {
+        const auto [matches, slot] = s.best_match(client_keys, client_offset, threshold, options_.max_scan_per_hash());
+        obs.client_matches = matches;
+        obs.client_match_id = slot == Store::kNone ? 0 : s.slot_id[slot];
+      }
+      const bool global_hit = global && obs.global_matches >= threshold;
+      const bool client_hit = client && obs.client_matches >= threshold;
+      obs.detected = global_hit || client_hit;
+
+      const uint32_t slot = s.acquire_slot(obs.query_id);
+      const uint32_t base = slot * static_cast<uint32_t>(s.per_slot);
+      s.slot_size[slot] = static_cast<uint16_t>(print.size());
+      if (global) {
+        for (size_t j = 0; j < print.size(); ++j) s.add_posting(print[j], base + static_cast<uint32_t>(j));
+      }
+      if (client) {
+        for (size_t j = 0; j < client_keys.size(); ++j) {
+          s.add_posting(client_keys[j], base + static_cast<uint32_t>(client_offset + j));
+        }
+      }
+      ++s.images;
+      if (obs.detected) {
+        ++s.detections;
+        request_detected = true;
+        QueryMonitorDetection d;
+        d.client_id = context.client_id;
+        d.query_id = obs.query_id;
+        const bool use_client = client_hit && (!global_hit || obs.client_matches > obs.global_matches);
+        d.scope = use_client ? MonitorScope::PerClient : MonitorScope::Global;
+        d.matches = use_client ? obs.client_matches : obs.global_matches;
+        d.matched_query_id = use_client ? obs.client_match_id : obs.global_match_id;
+        detections.push_back(std::move(d));
+      }
+    }
+    if (request_detected) ++s.requests_detected;
+  }
+  for (const QueryMonitorDetection& d : detections) {
+    std::ostringstream line;
+    line << "QueryMonitor: query " << d.query_id << " from client '" << printable(d.client_id) << "' shares "
+         << d.matches << " of " << options_.hashes_kept() << " hashes with stored query " << d.matched_query_id << " ("
+         << to_string(d.scope) << " index); action " << to_string(options_.action());
+    log(LogLevel::Warning, line.str());
+    if (options_.on_detection()) options_.on_detection()(d);
+  }
+  return observations;
+}
+
+std::vector<QueryObservation> QueryMonitor::observe(const RequestContext& context, const torch::Tensor& input) {
+  const std::string problem = check_input(input);
+  if (!problem.empty()) throw InputError("QueryMonitor::observe: the input is not a valid image batch", problem);
+  return record(context, input);
+}
+
+GateDecision QueryMonitor::admit(const RequestContext& context, const torch::Tensor& input) {
+  std::vector<QueryObservation> observations;
+  try {
+    const std::string problem = check_input(input);
+    if (!problem.empty()) {
+      std::lock_guard<std::mutex> lock(mutex_);
+      ++store_->skipped;
+      return GateDecision::admit();
+    }
+    observations = record(context, input);
+  } catch (const std::exception& e) {
+    // Never let the monitor turn a request into a crash; the Guard validates next.
+    log(LogLevel::Error, std::string("QueryMonitor::admit: ") + e.what());
+    std::lock_guard<std::mutex> lock(mutex_);
+    ++store_->skipped;
+    return GateDecision::admit();
+  }
+  const bool detected =
+      std::any_of(observations.begin(), observations.end(), [](const QueryObservation& o) { return o.detected; });
+  if (!detected) return GateDecision::admit();
+  switch (options_.action()) {
+    case MonitorAction::Flag:
+      return GateDecision::flag(reason::kFlagged);
+    case MonitorAction::Reject:
+      return GateDecision::reject(reason::kFlagged);
+    case MonitorAction::Silent:
+      return GateDecision::admit();
+  }
+  return GateDecision::admit();
+}
+
+std::string QueryMonitor::describe() const {
+  std::ostringstream out;
+  out << "QueryMonitor(Blacklight: step=" << options_.quantization_step() << ", window=" << options_.window()
+      << ", window_step=" << options_.window_step() << ", N=" << options_.hashes_kept()
+      << ", threshold=" << options_.threshold() << ", scope=" << to_string(options_.scope())
+      << ", action=" << to_string(options_.action()) << ", max_stored=" << options_.max_stored_queries() << ")";
+  return out.str();
+}
+
+QueryMonitorStats QueryMonitor::stats() const {
+  std::lock_guard<std::mutex> lock(mutex_);
+  const Store& s = *store_;
+  QueryMonitorStats out;
+  out.images = s.images;
+  out.detections = s.detections;
+  out.requests_detected = s.requests_detected;
+  out.skipped = s.skipped;
+  out.evictions = s.evictions;
+  out.stored = s.stored;
+  out.index_entries = s.entries;
+  out.postings = s.postings;
+  out.memory_bytes = s.memory_bytes();
+  return out;
+}
+
+void QueryMonitor::clear() {
+  std::lock_guard<std::mutex> lock(mutex_);
+  store_ = std::make_unique<Store>(options_.max_stored_queries(), store_->per_slot, store_->kept);
+}
+
+}  // namespace parry::conceal

@@ -1,0 +1,180 @@
+// eval::write_report and summary_table: HTML, Markdown, JSON and the plots.
+#include "parry/eval/report.hpp"
+
+#include <filesystem>
+#include <nlohmann/json.hpp>
+#include <sstream>
+
+#include "eval/plots.hpp"
+#include "parry/detail/files.hpp"
+
+namespace parry::eval {
+
+using namespace detail;
+
+std::string summary_table(const Evaluation& e) {
+  std::ostringstream out;
+  out << "| defense | clean accuracy | clean flagged |";
+  const auto& first = e.defenses.front();
+  for (const auto& a : first.attacks) {
+    out << " " << a.attack << (a.epsilon > 0 ? " ε=" + fixed(a.epsilon, 2) : "") << " (non-adaptive / adaptive) |";
+  }
+  out << " latency (batch 1) | images/s (batch 256) |\n|---|---:|---:|";
+  for (size_t i = 0; i < first.attacks.size(); ++i) out << "---:|";
+  out << "---:|---:|\n";
+  for (const auto& d : e.defenses) {
+    out << "| " << d.name << " | " << percent(d.clean_accuracy) << " | " << percent(d.clean_flagged) << " |";
+    for (const auto& a : d.attacks) out << " " << percent(a.accuracy) << " / " << percent(a.adaptive_accuracy) << " |";
+    out << " " << fixed(d.latency_ms, 2) << " ms | " << fixed(d.images_per_second, 0) << " |\n";
+  }
+  return out.str();
+}
+
+namespace {
+
+std::string base64(const std::string& bytes) {
+  static const char* alphabet = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+  std::string out;
+  out.reserve((bytes.size() + 2) / 3 * 4);
+  for (size_t i = 0; i < bytes.size(); i += 3) {
+    uint32_t chunk = static_cast<uint8_t>(bytes[i]) << 16;
+    if (i + 1 < bytes.size()) chunk |= static_cast<uint8_t>(bytes[i + 1]) << 8;
+    if (i + 2 < bytes.size()) chunk |= static_cast<uint8_t>(bytes[i + 2]);
+    out += alphabet[(chunk >> 18) & 63];
+    out += alphabet[(chunk >> 12) & 63];
+    out += i + 1 < bytes.size() ? alphabet[(chunk >> 6) & 63] : '=';
+    out += i + 2 < bytes.size() ? alphabet[chunk & 63] : '=';
+  }
+  return out;
+}
+
+std::string html_escape(const std::string& s) {
+  std::string out;
+  for (char c : s) {
+    switch (c) {
+      case '<':
+        out += "&lt;";
+        break;
+      case '>':
+        out += "&gt;";
+        break;
+      case '&':
+        out += "&amp;";
+        break;
+      case '"':
+        out += "&quot;";
+        break;
+      default:
+        out += c;
+    }
+  }
+  return out;
+}
+
+nlohmann::json to_json(const Evaluation& e) {
+  nlohmann::json root;
+  root["model"] = e.model_description;
+  root["images"] = e.images;
+  root["seconds"] = e.seconds;
+  root["example_epsilon"] = e.example_epsilon;
+  for (const auto& d : e.defenses) {
+    nlohmann::json j;
+    j["name"] = d.name;
+    j["description"] = d.description;
+    j["clean_accuracy"] = d.clean_accuracy;
+    j["clean_flagged"] = d.clean_flagged;
+    j["latency_ms"] = d.latency_ms;
+    j["images_per_second"] = d.images_per_second;
+    j["attacks"] = nlohmann::json::array();
+    for (const auto& a : d.attacks) {
+      j["attacks"].push_back({{"attack", a.attack},
+                              {"epsilon", a.epsilon},
+                              {"accuracy", a.accuracy},
+                              {"adaptive_accuracy", a.adaptive_accuracy},
+                              {"adaptive_mean_l2", a.mean_l2}});
+    }
+    j["detectors"] = nlohmann::json::array();
+    for (const auto& r : d.detectors) {
+      j["detectors"].push_back({{"name", r.name},
+                                {"auc", r.auc},
+                                {"detection_rate", r.detection_rate},
+                                {"clean_fpr", r.clean_fpr},
+                                {"roc_fpr", r.roc_fpr},
+                                {"roc_tpr", r.roc_tpr}});
+    }
+    root["defenses"].push_back(j);
+  }
+  return root;
+}
+
+}  // namespace
+
+void write_report(const Evaluation& e, const std::string& directory) {
+  if (e.defenses.empty()) throw OptionError("write_report: the evaluation has no defenses");
+  std::error_code error;
+  std::filesystem::create_directories(directory, error);
+  if (error) throw IoError("cannot write the report", "create_directories('" + directory + "'): " + error.message());
+  const auto file = [&](const std::string& name) { return (std::filesystem::path(directory) / name).string(); };
+  const std::vector<std::pair<std::string, std::string>> plots = {
+      {"accuracy_vs_epsilon.png", png_bytes(plot_accuracy(e))},
+      {"roc.png", png_bytes(plot_roc(e))},
+      {"examples.png", png_bytes(plot_examples(e))},
+      {"latency.png", png_bytes(plot_latency(e))}};
+  for (const auto& [name, bytes] : plots) parry::detail::atomic_write_bytes(file(name), bytes);
+  parry::detail::atomic_write_bytes(file("metrics.json"), to_json(e).dump(2) + "\n");
+
+  std::ostringstream md;
+  md << "# Parry evaluation report\n\n"
+     << e.images << " Fashion-MNIST test images; evaluation took " << fixed(e.seconds, 0) << " s.\n"
+     << "Accuracy counts an input as defended when the Guard's label is right or the input is flagged.\n"
+     << "Non-adaptive: the attack is computed on the bare model. Adaptive: it attacks the Guard itself "
+        "(BPDA through preprocessing, EOT over dropout, detector-aware and targeted when detectors are present).\n\n"
+     << summary_table(e) << "\n## Detectors (clean vs PGD ε=" << fixed(e.example_epsilon, 2) << ")\n\n"
+     << "| defense | detector | ROC-AUC | detected at calibrated threshold | clean flagged "
+        "|\n|---|---|---:|---:|---:|\n";
+  for (const auto& d : e.defenses) {
+    for (const auto& r : d.detectors) {
+      md << "| " << d.name << " | " << r.name << " | " << fixed(r.auc, 3) << " | " << percent(r.detection_rate) << " | "
+         << percent(r.clean_fpr) << " |\n";
+    }
+  }
+  md << "\n## Defenses\n\n";
+  for (const auto& d : e.defenses) md << "- **" << d.name << "**: `" << d.description << "`\n";
+  md << "\n![accuracy](accuracy_vs_epsilon.png)\n\n![roc](roc.png)\n\n![examples](examples.png)\n\n"
+        "![latency](latency.png)\n";
+  parry::detail::atomic_write_bytes(file("report.md"), md.str());
+
+  std::ostringstream html;
+  html << "<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\"><title>Parry evaluation report</title>"
+          "<style>body{font-family:sans-serif;max-width:1100px;margin:2em auto;color:#222}"
+          "table{border-collapse:collapse;margin:1em 0}td,th{border:1px solid #ccc;padding:4px 8px;text-align:right}"
+          "td:first-child,th:first-child{text-align:left}img{max-width:100%;display:block;margin:1em 0}"
+          "code{font-size:90%}</style></head><body>\n<h1>Parry evaluation report</h1>\n<p>"
+       << e.images << " Fashion-MNIST test images; evaluation took " << fixed(e.seconds, 0)
+       << " s. An input counts as defended when the Guard's label is right or the input is flagged. Each cell shows "
+          "non-adaptive / adaptive accuracy.</p>\n<table><tr><th>defense</th><th>clean accuracy</th><th>clean "
+          "flagged</th>";
+  for (const auto& a : e.defenses.front().attacks) {
+    html << "<th>" << html_escape(a.attack) << (a.epsilon > 0 ? " &epsilon;=" + fixed(a.epsilon, 2) : "") << "</th>";
+  }
+  html << "<th>latency (batch 1)</th><th>images/s (batch 256)</th></tr>\n";
+  for (const auto& d : e.defenses) {
+    html << "<tr><td>" << html_escape(d.name) << "</td><td>" << percent(d.clean_accuracy) << "</td><td>"
+         << percent(d.clean_flagged) << "</td>";
+    for (const auto& a : d.attacks)
+      html << "<td>" << percent(a.accuracy) << " / " << percent(a.adaptive_accuracy) << "</td>";
+    html << "<td>" << fixed(d.latency_ms, 2) << " ms</td><td>" << fixed(d.images_per_second, 0) << "</td></tr>\n";
+  }
+  html << "</table>\n<ul>";
+  for (const auto& d : e.defenses) {
+    html << "<li><b>" << html_escape(d.name) << "</b>: <code>" << html_escape(d.description) << "</code></li>";
+  }
+  html << "</ul>\n";
+  for (const auto& [name, bytes] : plots) {
+    html << "<img alt=\"" << name << "\" src=\"data:image/png;base64," << base64(bytes) << "\">\n";
+  }
+  html << "</body></html>\n";
+  parry::detail::atomic_write_bytes(file("report.html"), html.str());
+}
+
+}  // namespace parry::eval

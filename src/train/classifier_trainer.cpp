@@ -1,0 +1,171 @@
+// train::fit_classifier: plain supervised training (Adam, cosine decay, augmentation).
+#include "parry/train/classifier_trainer.hpp"
+
+#include <unistd.h>
+#include <chrono>
+#include <cmath>
+#include <cstdio>
+
+#include "parry/detail/require.hpp"
+
+namespace parry::train {
+
+using detail::require;
+
+ClassifierTrainerOptions& ClassifierTrainerOptions::epochs(int64_t v) {
+  require(v >= 1, "ClassifierTrainerOptions::epochs", "must be at least 1", v);
+  epochs_ = v;
+  return *this;
+}
+ClassifierTrainerOptions& ClassifierTrainerOptions::batch_size(int64_t v) {
+  require(v >= 1, "ClassifierTrainerOptions::batch_size", "must be at least 1", v);
+  batch_size_ = v;
+  return *this;
+}
+ClassifierTrainerOptions& ClassifierTrainerOptions::learning_rate(double v) {
+  require(v > 0 && std::isfinite(v), "ClassifierTrainerOptions::learning_rate", "must be positive", v);
+  learning_rate_ = v;
+  return *this;
+}
+ClassifierTrainerOptions& ClassifierTrainerOptions::final_lr_fraction(double v) {
+  require(v > 0 && v <= 1, "ClassifierTrainerOptions::final_lr_fraction", "must be in (0, 1]", v);
+  final_lr_fraction_ = v;
+  return *this;
+}
+ClassifierTrainerOptions& ClassifierTrainerOptions::weight_decay(double v) {
+  require(v >= 0 && std::isfinite(v), "ClassifierTrainerOptions::weight_decay", "must be non-negative", v);
+  weight_decay_ = v;
+  return *this;
+}
+ClassifierTrainerOptions& ClassifierTrainerOptions::seed(uint64_t v) {
+  seed_ = v;
+  return *this;
+}
+ClassifierTrainerOptions& ClassifierTrainerOptions::random_flip(bool on) {
+  random_flip_ = on;
+  return *this;
+}
+ClassifierTrainerOptions& ClassifierTrainerOptions::random_shift(int64_t pixels) {
+  require(pixels >= 0 && pixels <= 8, "ClassifierTrainerOptions::random_shift", "must be in [0, 8] pixels", pixels);
+  random_shift_ = pixels;
+  return *this;
+}
+ClassifierTrainerOptions& ClassifierTrainerOptions::on_progress(std::function<void(const StepProgress&)> f) {
+  on_progress_ = std::move(f);
+  return *this;
+}
+
+std::function<void(const StepProgress&)> progress_printer() {
+  const bool tty = ::isatty(STDERR_FILENO) != 0;
+  return [tty](const StepProgress& p) {
+    const bool epoch_done = p.seen == p.total;
+    if (!tty && !epoch_done) return;
+    constexpr int kWidth = 30;
+    const int filled = static_cast<int>(kWidth * p.seen / std::max<int64_t>(p.total, 1));
+    std::fprintf(stderr, "%sepoch %lld/%lld [%s%s] %lld/%lld loss %.4f %.0fs%s", tty ? "\r" : "",
+                 static_cast<long long>(p.epoch), static_cast<long long>(p.epochs),
+                 std::string(static_cast<size_t>(filled), '=').c_str(),
+                 std::string(static_cast<size_t>(kWidth - filled), ' ').c_str(), static_cast<long long>(p.seen),
+                 static_cast<long long>(p.total), p.running_loss, p.seconds, epoch_done ? "\n" : "");
+    std::fflush(stderr);
+  };
+}
+
+torch::Tensor augment_batch(const torch::Tensor& batch, bool random_flip, int64_t random_shift,
+                            torch::Generator& generator) {
+  torch::Tensor x = batch;
+  const int64_t n = x.size(0);
+  if (random_flip) {
+    const torch::Tensor flip = torch::rand({n, 1, 1, 1}, generator) < 0.5;
+    x = torch::where(flip, x.flip({3}), x);
+  }
+  if (random_shift > 0) {
+    const int64_t s = random_shift;
+    const torch::Tensor padded = torch::constant_pad_nd(x, {s, s, s, s}, 0.0);
+    const torch::Tensor offsets = torch::randint(0, 2 * s + 1, {n, 2}, generator, torch::kInt64);
+    const auto* o = offsets.data_ptr<int64_t>();
+    std::vector<torch::Tensor> shifted;
+    shifted.reserve(static_cast<size_t>(n));
+    for (int64_t i = 0; i < n; ++i) {
+      shifted.push_back(padded[i].narrow(1, o[2 * i], x.size(2)).narrow(2, o[2 * i + 1], x.size(3)));
+    }
+    x = torch::stack(shifted);
+  }
+  return x;
+}
+
+TrainingSummary fit_classifier(Model& model, const torch::Tensor& images, const torch::Tensor& labels,
+                               const ClassifierTrainerOptions& options) {
+  if (!images.defined() || images.dim() != 4 || images.size(0) == 0) {
+    throw OptionError("fit_classifier: images must be a non-empty N×C×H×W tensor");
+  }
+  if (!labels.defined() || labels.dim() != 1 || labels.size(0) != images.size(0) ||
+      labels.scalar_type() != torch::kInt64) {
+    throw OptionError("fit_classifier: labels must be int64 of shape N matching the images");
+  }
+  auto parameters = model.parameters();
+  if (parameters.empty()) throw OptionError("fit_classifier: the model has no trainable parameters");
+
+  const auto start = std::chrono::steady_clock::now();
+  auto elapsed = [&] { return std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count(); };
+  torch::Generator generator = at::detail::createCPUGenerator(options.seed());
+  torch::manual_seed(options.seed());  // dropout masks draw from the default generator
+  torch::optim::Adam optimizer(parameters,
+                               torch::optim::AdamOptions(options.learning_rate()).weight_decay(options.weight_decay()));
+  const int64_t n = images.size(0);
+  const int64_t steps_per_epoch = (n + options.batch_size() - 1) / options.batch_size();
+  const int64_t total_steps = steps_per_epoch * options.epochs();
+  int64_t step = 0;
+  TrainingSummary summary;
+  model.set_training(true);
+  for (int64_t epoch = 1; epoch <= options.epochs(); ++epoch) {
+    const torch::Tensor order = torch::randperm(n, generator, torch::kInt64);
+    double loss_sum = 0;
+    int64_t seen = 0;
+    for (int64_t begin = 0; begin < n; begin += options.batch_size(), ++step) {
+      // Cosine annealing from lr to lr * final_lr_fraction.
+      const double progress = static_cast<double>(step) / static_cast<double>(total_steps);
+      const double lr =
+          options.learning_rate() *
+          (options.final_lr_fraction() + (1 - options.final_lr_fraction()) * 0.5 * (1 + std::cos(M_PI * progress)));
+      for (auto& group : optimizer.param_groups()) {
+        static_cast<torch::optim::AdamOptions&>(group.options()).lr(lr);
+      }
+      const torch::Tensor index = order.slice(0, begin, begin + options.batch_size());
+      const torch::Tensor x =
+          augment_batch(images.index_select(0, index), options.random_flip(), options.random_shift(), generator);
+      const torch::Tensor y = labels.index_select(0, index);
+      optimizer.zero_grad();
+      const torch::Tensor loss = torch::nn::functional::cross_entropy(model.logits(x), y);
+      loss.backward();
+      optimizer.step();
+      loss_sum += loss.item<double>() * static_cast<double>(x.size(0));
+      seen += x.size(0);
+      if (options.on_progress()) {
+        options.on_progress()(
+            StepProgress{epoch, options.epochs(), seen, n, loss_sum / static_cast<double>(seen), elapsed()});
+      }
+    }
+    summary.final_loss = loss_sum / static_cast<double>(n);
+  }
+  model.set_training(false);
+  summary.seconds = elapsed();
+  return summary;
+}
+
+double accuracy(const Model& model, const torch::Tensor& images, const torch::Tensor& labels, int64_t batch_size) {
+  if (!images.defined() || images.dim() != 4 || images.size(0) == 0 || !labels.defined() ||
+      labels.size(0) != images.size(0)) {
+    throw OptionError("accuracy: images N×C×H×W and labels N must be non-empty and match");
+  }
+  if (batch_size < 1) throw OptionError("accuracy: batch_size must be at least 1");
+  c10::InferenceMode inference;
+  int64_t correct = 0;
+  for (int64_t begin = 0; begin < images.size(0); begin += batch_size) {
+    const torch::Tensor pred = model.logits(images.slice(0, begin, begin + batch_size)).argmax(1);
+    correct += pred.eq(labels.slice(0, begin, begin + batch_size)).sum().item<int64_t>();
+  }
+  return static_cast<double>(correct) / static_cast<double>(images.size(0));
+}
+
+}  // namespace parry::train
