@@ -51,8 +51,9 @@ int main(int argc, char** argv) {
     row("PGD-40 L∞ ε=0.03 (α=0.003)",
         [&] { return pgd(f, test.images, test.labels, PgdOptions(0.03).steps(40).step_size(0.003)); });
     row("PGD-40 L2 ε=1.0", [&] { return pgd(f, test.images, test.labels, PgdOptions(1.0, Norm::L2).steps(40)); });
-    auto scored = std::make_shared<Guard>(model, InputSpec(1, 28, 28).max_batch(256));
-    scored->set_output_policy(std::make_shared<conceal::Full>());
+    auto scored = GuardBuilder(model, InputSpec(1, 28, 28).max_batch(256))
+                      .set_output_policy(std::make_shared<conceal::Full>())
+                      .build_shared();
     row("Square L∞ ε=0.1 (≤2000 queries, scores visible)", [&] {
       const auto r = square(*scored, test.images, test.labels, SquareOptions(0.1).max_queries(2000));
       const auto q = r.queries.masked_select(r.success).to(torch::kFloat32);

@@ -104,11 +104,9 @@ int main(int argc, char** argv) {
     // threshold(1): exact match counts for every image (see QueryObservation).
     const auto recording = conceal::QueryMonitorOptions(options).threshold(1);
     auto recorder = std::make_shared<RecordingGate>(recording);
-    Guard scored(model, spec);
-    scored.add_gate(recorder);
-    scored.set_output_policy(std::make_shared<conceal::Full>());
-    Guard labels(model, spec);
-    labels.add_gate(recorder);
+    Guard scored =
+        GuardBuilder(model, spec).add_gate(recorder).set_output_policy(std::make_shared<conceal::Full>()).build();
+    Guard labels = GuardBuilder(model, spec).add_gate(recorder).build();
     std::vector<std::string> square_clients, hsj_clients;
     auto start = std::chrono::steady_clock::now();
     for (int64_t i = 0; i < runs; ++i) {
@@ -179,9 +177,10 @@ int main(int argc, char** argv) {
     auto rejecting = [&](bool score_based) {
       auto monitor = std::make_shared<conceal::QueryMonitor>(
           conceal::QueryMonitorOptions(options).action(conceal::MonitorAction::Reject));
-      Guard guard(model, spec);
-      guard.add_gate(monitor);
-      if (score_based) guard.set_output_policy(std::make_shared<conceal::Full>());
+      GuardBuilder builder(model, spec);
+      builder.add_gate(monitor);
+      if (score_based) builder.set_output_policy(std::make_shared<conceal::Full>());
+      const Guard guard = builder.build();
       int64_t stopped = 0, answered = 0;
       double success = 0;
       for (int64_t i = 0; i < runs; ++i) {
@@ -209,8 +208,7 @@ int main(int argc, char** argv) {
         "\n## 4. Scores vs labels only, no monitor: success within L∞ ε = 0.1 by query budget "
         "(%lld images)\n\n",
         static_cast<long long>(runs));
-    Guard full(model, spec);
-    full.set_output_policy(std::make_shared<conceal::Full>());
+    Guard full = GuardBuilder(model, spec).set_output_policy(std::make_shared<conceal::Full>()).build();
     Guard label_only(model, spec);
     std::printf(
         "| budget | Square (scores) | HopSkipJump (labels) | HSJ median L2 | HSJ median L∞ |\n"

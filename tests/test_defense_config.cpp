@@ -51,12 +51,30 @@ TEST(DefenseConfig, TheDocumentedExampleBuildsEveryComponent) {
   EXPECT_EQ(config.defenses[1].preprocessors[1]->describe().rfind("MedianSmoothing", 0), 0u);
 }
 
+TEST(DefenseConfig, ModelInputIsTheModelsOwnTransformAndDefensesSeePixels) {
+  const auto config = config::parse_config(R"({"model_input": [{"type": "normalize", "mean": [0.5], "std": [0.25]}],
+    "defenses": [{"name": "squeezed", "preprocess": [{"type": "bit_depth", "bits": 2}],
+                  "detectors": [{"type": "feature_squeezing", "squeezers": [{"type": "bit_depth", "bits": 1}]}],
+                  "output": {"policy": "full"}}]})",
+                                           reference_model());
+  ASSERT_EQ(config.model_input.size(), 1u);
+  const auto& d = config.defenses[0];
+  ASSERT_EQ(d.model_input.size(), 1u);
+  d.detectors[0].detector->set_threshold(0.5);
+  const auto guard = d.build_guard(reference_model());
+  EXPECT_NE(guard->describe().find("after Normalize"), std::string::npos) << guard->describe();
+  // The Guard's model is the reference CNN on (x - 0.5) / 0.25 after the pixel-space BitDepth.
+  const auto x = torch::rand({3, 1, 28, 28});
+  const auto quantised = torch::round(x * 3) / 3;
+  const auto expected = torch::softmax(reference_model().logits((quantised - 0.5) / 0.25), 1);
+  EXPECT_TRUE(torch::allclose(guard->predict(x).scores, expected, 1e-5, 1e-6));
+}
+
 TEST(DefenseConfig, EveryPreprocessorDetectorAndPolicyParses) {
   const auto config = config::parse_config(with_defense(R"({"name": "all",
     "preprocess": [{"type": "bit_depth", "bits": 3, "gradient": "blocked"}, {"type": "median_smoothing", "window": 3},
                    {"type": "gaussian_blur", "kernel_size": 5, "sigma": 0.8}, {"type": "jpeg", "quality": 60},
-                   {"type": "resize", "height": 14, "width": 14, "mode": "bilinear"},
-                   {"type": "normalize", "mean": [0.5], "std": [0.25]}],
+                   {"type": "resize", "height": 14, "width": 14, "mode": "bilinear"}],
     "detectors": [{"type": "softmax_confidence"}, {"type": "mc_dropout", "samples": 10},
                   {"type": "kernel_density", "bandwidth": 0.9, "fit_images": 100},
                   {"type": "feature_squeezing", "squeezers": [{"type": "bit_depth", "bits": 1}]},
@@ -64,7 +82,7 @@ TEST(DefenseConfig, EveryPreprocessorDetectorAndPolicyParses) {
     "output": {"policy": "top_k", "k": 2}})"),
                                            reference_model());
   const auto& d = config.defenses[0];
-  EXPECT_EQ(d.preprocessors.size(), 6u);
+  EXPECT_EQ(d.preprocessors.size(), 5u);
   EXPECT_EQ(d.preprocessors[0]->gradient_policy(), GradientPolicy::Blocked);
   EXPECT_EQ(d.detectors.size(), 5u);
   EXPECT_DOUBLE_EQ(d.detectors[4].target_fpr, 0.01);
@@ -113,6 +131,10 @@ TEST(DefenseConfig, RejectsOutOfRangeValuesWithTheirPath) {
                   "defenses[0].preprocess[0].type: must be one of");
   expect_rejected(with_defense(R"({"name": "a", "preprocess": [{"type": "normalize", "mean": [0.5], "std": [0]}]})"),
                   "defenses[0].preprocess[0]: NormalizeOptions");
+  expect_rejected(with_defense(R"({"name": "a", "preprocess": [{"type": "normalize", "mean": [0.5], "std": [1]}]})"),
+                  "defenses[0].preprocess[0]: Normalize");
+  expect_rejected(R"({"model_input": [{"type": "bit_depth", "bits": 3}], "defenses": [{"name": "a"}]})",
+                  "model_input[0]: Model::with_input_transform");
   expect_rejected(with_defense(R"({"name": "a"}, {"name": "a"})"), "defenses[1].name: duplicate defense name");
   expect_rejected(with_defense(R"({"preprocess": []})"), "defenses[0].name: is required");
   expect_rejected(R"({"defenses": []})", "defenses: must hold at least one defense");

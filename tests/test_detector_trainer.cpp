@@ -60,8 +60,7 @@ TEST_F(DetectorTrainerTest, BinaryDetectorSeparatesItsTrainingAttackFromCleanAnd
 
   // In a Guard: calibrated on other clean images, it flags most adversarial inputs and few clean ones.
   detector->calibrate(calibration, target, 0.05);
-  Guard guard(target, InputSpec(1, 28, 28).max_batch(512));
-  guard.add_detector(detector);
+  Guard guard = GuardBuilder(target, InputSpec(1, 28, 28).max_batch(512)).add_detector(detector).build();
   const auto flagged_fraction = [&](const torch::Tensor& x) {
     const Response r = guard.predict(x);
     double flagged = 0;

@@ -55,10 +55,11 @@ TEST_F(HopSkipJumpTest, AnAlreadyMisclassifiedImageIsItsOwnExample) {
 
 TEST_F(HopSkipJumpTest, StopsWhenThrottled) {
   auto data = parry::testing::correctly_classified(2);
-  Guard guard(parry::testing::reference_model(), InputSpec(1, 28, 28).max_batch(128));
   double now = 0;
-  guard.add_gate(
-      std::make_shared<conceal::Throttle>(conceal::ThrottleOptions().rate(1).burst(300).clock([&now] { return now; })));
+  const Guard guard = GuardBuilder(parry::testing::reference_model(), InputSpec(1, 28, 28).max_batch(128))
+                          .add_gate(std::make_shared<conceal::Throttle>(
+                              conceal::ThrottleOptions().rate(1).burst(300).clock([&now] { return now; })))
+                          .build();
   auto r = hop_skip_jump(guard, data.images, data.labels, HopSkipJumpOptions().max_queries(5000));
   EXPECT_TRUE(r.stopped_by_defense);
   EXPECT_EQ(r.stop_reason, "rate_limited");

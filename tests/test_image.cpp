@@ -136,9 +136,10 @@ TEST_F(ImageTest, GuardPredictsFromBytesAndThrottlesBeforeDecoding) {
     return torch::cat({m, 1 - m}, 1);
   });
   double now = 0;
-  Guard guard(model, InputSpec(1, 8, 8));
-  guard.add_gate(
-      std::make_shared<conceal::Throttle>(conceal::ThrottleOptions().rate(1).burst(2).clock([&now] { return now; })));
+  Guard guard = GuardBuilder(model, InputSpec(1, 8, 8))
+                    .add_gate(std::make_shared<conceal::Throttle>(
+                        conceal::ThrottleOptions().rate(1).burst(2).clock([&now] { return now; })))
+                    .build();
   auto bright = data::encode_png(torch::full({1, 16, 16}, 0.9f));
   auto r = parry::data::predict_image(guard, bright, RequestContext{"c"});
   EXPECT_EQ(r.labels, std::vector<int64_t>{0});

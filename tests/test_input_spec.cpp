@@ -98,3 +98,9 @@ TEST(InputSpec, OptionsValidated) {
     EXPECT_NE(std::string(e.what()).find("-3"), std::string::npos) << "message must name the bad value";
   }
 }
+
+TEST(InputSpec, RejectsDevicesThatAreNotServed) {
+  // CPU and CUDA are served (the Guard moves input to the model's device);
+  // a meta tensor has no data to check.
+  expect_rejected(torch::empty({1, 1, 28, 28}, torch::TensorOptions().device(torch::kMeta)), "CPU or CUDA");
+}

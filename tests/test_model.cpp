@@ -4,6 +4,8 @@
 #include <fstream>
 
 #include "parry/models/reference_cnn.hpp"
+#include "parry/preprocess/bit_depth.hpp"
+#include "parry/preprocess/normalize.hpp"
 #include "test_support.hpp"
 
 using parry::Model;
@@ -224,4 +226,43 @@ TEST_F(ModelTest, ReferenceHeadDropoutHasTheBernoulliMoments) {
   EXPECT_TRUE(((var / expected_var - 1).abs() < 0.05).all().item<bool>()) << var / expected_var;
   // Each row keeps a fraction of about `keep` of the units: not all, not none.
   EXPECT_FALSE(torch::allclose(out[0], out[1]));
+}
+
+TEST_F(ModelTest, InputTransformRunsInFrontOfLogitsAndFeatures) {
+  ReferenceCnn net;
+  net->eval();
+  const auto normalize =
+      std::make_shared<parry::preprocess::Normalize>(parry::preprocess::NormalizeOptions({0.2860}, {0.3530}));
+  const Model model = Model(net).with_input_transform(normalize);
+  const auto x = torch::rand({3, 1, 28, 28});
+  const auto seen = (x - 0.2860) / 0.3530;
+  // Normalize multiplies by 1/std then adds -mean/std: equal up to float rounding.
+  EXPECT_TRUE(torch::allclose(model.logits(x), net->forward(seen), 1e-4, 1e-5));
+  EXPECT_TRUE(torch::allclose(model.features(x), net->features(seen), 1e-4, 1e-5));
+  EXPECT_TRUE(torch::allclose(model.head(model.features(x)), model.logits(x), 1e-5, 1e-6));
+  EXPECT_NE(model.describe().find("Normalize"), std::string::npos) << model.describe();
+  EXPECT_EQ(model.module_as<parry::models::ReferenceCnnImpl>(), nullptr)
+      << "the module's own methods would skip the transform";
+  // Copies keep the transform.
+  EXPECT_TRUE(torch::allclose(model.clone().logits(x), net->forward(seen), 1e-4, 1e-5));
+  const Model mc = model.with_active_dropout();
+  EXPECT_FALSE(torch::allclose(mc.logits(x), mc.logits(x))) << "dropout stays active behind the transform";
+}
+
+TEST_F(ModelTest, InputTransformMustBeExactlyDifferentiable) {
+  ReferenceCnn net;
+  net->eval();
+  EXPECT_THROW(Model(net).with_input_transform(nullptr), parry::OptionError);
+  // BitDepth is a non-differentiable defense (BPDA): it belongs in a Guard, not in the model.
+  EXPECT_THROW(Model(net).with_input_transform(std::make_shared<parry::preprocess::BitDepth>()), parry::OptionError);
+}
+
+TEST_F(ModelTest, KnowsItsDevice) {
+  ReferenceCnn net;
+  net->eval();
+  EXPECT_TRUE(Model(net).device().is_cpu());
+  EXPECT_TRUE(Model::from_callable([](const torch::Tensor& x) { return x; }).device().is_cpu());
+  if (!torch::cuda::is_available()) GTEST_SKIP() << "no CUDA device";
+  net->to(torch::kCUDA);
+  EXPECT_TRUE(Model(net).device().is_cuda());
 }

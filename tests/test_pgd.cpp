@@ -78,9 +78,10 @@ TEST_F(PgdTest, BpdaThroughTheGuardAndBlockedGradientsShowMasking) {
   // a blocked gradient the attack learns nothing (gradient masking, not robustness).
   auto data = parry::testing::correctly_classified(32);
   auto make_guard = [&](GradientPolicy policy) {
-    auto guard = std::make_shared<Guard>(parry::testing::reference_model(), InputSpec(1, 28, 28));
-    guard->add_preprocessor(
-        std::make_shared<preprocess::BitDepth>(preprocess::BitDepthOptions(4).gradient_policy(policy)));
+    auto guard = GuardBuilder(parry::testing::reference_model(), InputSpec(1, 28, 28))
+                     .add_preprocessor(
+                         std::make_shared<preprocess::BitDepth>(preprocess::BitDepthOptions(4).gradient_policy(policy)))
+                     .build_shared();
     return guard;
   };
   auto bpda = make_guard(GradientPolicy::StraightThrough);

@@ -63,10 +63,11 @@ conceal::QueryObservation observe_one(QueryMonitor& monitor, const torch::Tensor
   return observations.at(0);
 }
 
-Guard reference_guard(std::shared_ptr<QueryMonitor> monitor) {
-  Guard guard(parry::testing::reference_model(), InputSpec(1, 28, 28));
-  guard.add_gate(std::move(monitor));
-  return guard;
+Guard reference_guard(std::shared_ptr<QueryMonitor> monitor, std::shared_ptr<const OutputPolicy> policy = nullptr) {
+  GuardBuilder builder(parry::testing::reference_model(), InputSpec(1, 28, 28));
+  builder.add_gate(std::move(monitor));
+  if (policy) builder.set_output_policy(std::move(policy));
+  return builder.build();
 }
 
 }  // namespace
@@ -327,9 +328,11 @@ TEST_F(QueryMonitorTest, FlagActionThroughGuard) {
 TEST_F(QueryMonitorTest, PredictImageFingerprintsTheDecodedImage) {
   auto monitor = std::make_shared<QueryMonitor>(QueryMonitorOptions().action(MonitorAction::Flag));
   double now = 0;
-  Guard guard(parry::testing::reference_model(), InputSpec(1, 28, 28));
-  guard.add_gate(monitor).add_gate(
-      std::make_shared<conceal::Throttle>(conceal::ThrottleOptions().rate(1).burst(3).clock([&now] { return now; })));
+  Guard guard = GuardBuilder(parry::testing::reference_model(), InputSpec(1, 28, 28))
+                    .add_gate(monitor)
+                    .add_gate(std::make_shared<conceal::Throttle>(
+                        conceal::ThrottleOptions().rate(1).burst(3).clock([&now] { return now; })))
+                    .build();
   const std::string png = data::encode_png(image(0));
   EXPECT_EQ(parry::data::predict_image(guard, png, RequestContext{"mallory"}).verdict, Verdict::Accepted);
   const Response second = parry::data::predict_image(guard, png, RequestContext{"mallory"});
@@ -439,8 +442,7 @@ TEST_F(QueryMonitorTest, MalformedInputIsAdmittedUnrecordedAndTheGuardRejectsIt)
   auto stats = monitor->stats();
   EXPECT_EQ(stats.skipped, bad.size());
   EXPECT_EQ(stats.stored, 0u);
-  Guard guard(parry::testing::reference_model(), spec);
-  guard.add_gate(monitor);
+  Guard guard = GuardBuilder(parry::testing::reference_model(), spec).add_gate(monitor).build();
   for (size_t i = 0; i < bad.size(); ++i) EXPECT_THROW(guard.predict(bad[i], RequestContext{"x"}), InputError) << i;
   // A valid but non-contiguous view is fingerprinted like its contiguous copy.
   const torch::Tensor transposed = image(3).transpose(1, 2).contiguous().transpose(1, 2);
@@ -490,8 +492,7 @@ TEST_F(QueryMonitorTest, SquareAttackIsFlagged) {
         std::lock_guard<std::mutex> lock(mutex);
         first_detection.emplace(d.client_id, d.query_id);
       }));
-  Guard guard = reference_guard(monitor);
-  guard.set_output_policy(std::make_shared<conceal::Full>());
+  Guard guard = reference_guard(monitor, std::make_shared<conceal::Full>());
   const auto data = parry::testing::correctly_classified(4);
   for (int64_t i = 0; i < 4; ++i) {
     const std::string client = "square-" + std::to_string(i);
@@ -509,8 +510,7 @@ TEST_F(QueryMonitorTest, SquareAttackIsFlagged) {
 TEST_F(QueryMonitorTest, RejectingMonitorStopsSquare) {
   auto monitor = std::make_shared<QueryMonitor>(
       QueryMonitorOptions().match_spec(InputSpec(1, 28, 28)).action(MonitorAction::Reject));
-  Guard guard = reference_guard(monitor);
-  guard.set_output_policy(std::make_shared<conceal::Full>());
+  Guard guard = reference_guard(monitor, std::make_shared<conceal::Full>());
   const auto data = parry::testing::correctly_classified(2);
   const auto result = attack::square(guard, data.images, data.labels, attack::SquareOptions(0.1).max_queries(200));
   EXPECT_TRUE(result.stopped_by_defense);

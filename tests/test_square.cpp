@@ -9,10 +9,11 @@ using namespace parry::attack;
 namespace {
 class SquareTest : public parry::testing::SeededTest {};
 
-std::shared_ptr<Guard> scored_guard() {
-  auto guard = std::make_shared<Guard>(parry::testing::reference_model(), InputSpec(1, 28, 28).max_batch(64));
-  guard->set_output_policy(std::make_shared<conceal::Full>());
-  return guard;
+std::shared_ptr<const Guard> scored_guard(std::shared_ptr<Gate> gate = nullptr) {
+  GuardBuilder builder(parry::testing::reference_model(), InputSpec(1, 28, 28).max_batch(64));
+  builder.set_output_policy(std::make_shared<conceal::Full>());
+  if (gate) builder.add_gate(std::move(gate));
+  return builder.build_shared();
 }
 }  // namespace
 
@@ -27,8 +28,9 @@ TEST_F(SquareTest, PaperSchedule) {
 
 TEST_F(SquareTest, FoolsTheReferenceModelWithin2000Queries) {
   auto data = parry::testing::correctly_classified(32);
-  auto guard = std::make_shared<Guard>(parry::testing::reference_model(), InputSpec(1, 28, 28).max_batch(10));
-  guard->set_output_policy(std::make_shared<conceal::Full>());  // 32 images: queried in requests of 10
+  auto guard = GuardBuilder(parry::testing::reference_model(), InputSpec(1, 28, 28).max_batch(10))
+                   .set_output_policy(std::make_shared<conceal::Full>())  // 32 images: queried in requests of 10
+                   .build_shared();
   auto r = square(*guard, data.images, data.labels, SquareOptions(0.1).max_queries(2000));
   RecordProperty("square_success", std::to_string(r.success_rate()));
   RecordProperty("square_median_queries", std::to_string(r.queries.to(torch::kFloat32).median().item<float>()));
@@ -45,9 +47,8 @@ TEST_F(SquareTest, FoolsTheReferenceModelWithin2000Queries) {
 
 TEST_F(SquareTest, StopsWhenThrottledAndRefusesLabelOnlyAnswers) {
   auto data = parry::testing::correctly_classified(4);
-  auto guard = scored_guard();
   double now = 0;
-  guard->add_gate(
+  auto guard = scored_guard(
       std::make_shared<conceal::Throttle>(conceal::ThrottleOptions().rate(1).burst(20).clock([&now] { return now; })));
   auto r = square(*guard, data.images, data.labels, SquareOptions(0.05).max_queries(500));
   EXPECT_TRUE(r.stopped_by_defense);

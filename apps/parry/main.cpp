@@ -227,7 +227,7 @@ struct PredictOptions {
 
 int run_predict(const CommonOptions&, const PredictOptions& opts) {
   const Model model = load_model(opts.model);
-  std::shared_ptr<Guard> guard;
+  std::shared_ptr<const Guard> guard;
   if (!opts.config.empty()) {
     auto config = config::load_config(opts.config, model);
     const config::DefenseSpec* chosen = nullptr;
@@ -242,7 +242,7 @@ int run_predict(const CommonOptions&, const PredictOptions& opts) {
     }
     guard = spec.build_guard(model);
   } else {
-    guard = std::make_shared<Guard>(model, InputSpec(1, 28, 28));
+    guard = std::make_shared<const Guard>(model, InputSpec(1, 28, 28));
   }
   const auto& names = data::fashion_mnist_classes();
   auto print = [&](const std::string& what, const Response& r) {

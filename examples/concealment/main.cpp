@@ -17,9 +17,10 @@ int main(int argc, char** argv) {
     const auto test = data::load_fashion_mnist(argc > 2 ? argv[2] : data::kDebianFashionMnistDir, false, 16);
     const Model model(models::load_reference_cnn(argv[1]));
 
-    Guard guard(model, InputSpec(1, 28, 28).max_batch(8));
-    guard.add_gate(std::make_shared<conceal::Throttle>(conceal::ThrottleOptions().rate(2).burst(8)))
-        .set_output_policy(std::make_shared<conceal::LabelOnly>());
+    Guard guard = GuardBuilder(model, InputSpec(1, 28, 28).max_batch(8))
+                      .add_gate(std::make_shared<conceal::Throttle>(conceal::ThrottleOptions().rate(2).burst(8)))
+                      .set_output_policy(std::make_shared<conceal::LabelOnly>())
+                      .build();
     std::printf("%s\n", guard.describe().c_str());
 
     const Response first = guard.predict(test.images.slice(0, 0, 8), RequestContext{"alice"});
@@ -40,8 +41,8 @@ int main(int argc, char** argv) {
                   e.public_message(), e.reason_code());
     }
 
-    Guard internal(model, InputSpec(1, 28, 28));
-    internal.set_output_policy(std::make_shared<conceal::Full>());
+    Guard internal =
+        GuardBuilder(model, InputSpec(1, 28, 28)).set_output_policy(std::make_shared<conceal::Full>()).build();
     const Response full = internal.predict(test.images.slice(0, 0, 1));
     std::printf("a Full policy (internal use only) would reveal all %lld class scores, e.g. top %.4f\n",
                 static_cast<long long>(full.scores.size(1)), full.scores.max().item<double>());

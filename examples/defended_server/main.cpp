@@ -165,20 +165,20 @@ class DefendedService {
 };
 
 parry::Guard build_guard(const Settings& s) {
-  parry::Guard guard(parry::Model(parry::models::load_reference_cnn(s.model)),
-                     parry::InputSpec(1, 28, 28).max_batch(1));
-  guard.add_gate(std::make_shared<parry::conceal::Throttle>(parry::conceal::ThrottleOptions()
-                                                                .rate(s.rate)
-                                                                .burst(s.burst)
-                                                                .global_rate(s.global_rate)
-                                                                .global_burst(2 * s.global_rate)));
+  const parry::InputSpec spec = parry::InputSpec(1, 28, 28).max_batch(1);
   parry::conceal::MonitorAction action = parry::conceal::MonitorAction::Flag;
   if (s.monitor_action == "reject") action = parry::conceal::MonitorAction::Reject;
   if (s.monitor_action == "silent") action = parry::conceal::MonitorAction::Silent;
-  guard.add_gate(std::make_shared<parry::conceal::QueryMonitor>(
-      parry::conceal::QueryMonitorOptions().match_spec(guard.input_spec()).action(action)));
-  guard.set_output_policy(std::make_shared<parry::conceal::LabelOnly>());
-  return guard;
+  return parry::GuardBuilder(parry::Model(parry::models::load_reference_cnn(s.model)), spec)
+      .add_gate(std::make_shared<parry::conceal::Throttle>(parry::conceal::ThrottleOptions()
+                                                               .rate(s.rate)
+                                                               .burst(s.burst)
+                                                               .global_rate(s.global_rate)
+                                                               .global_burst(2 * s.global_rate)))
+      .add_gate(std::make_shared<parry::conceal::QueryMonitor>(
+          parry::conceal::QueryMonitorOptions().match_spec(spec).action(action)))
+      .set_output_policy(std::make_shared<parry::conceal::LabelOnly>())
+      .build();
 }
 
 // Operator log on stderr, one line per message, with a UTC timestamp.

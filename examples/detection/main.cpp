@@ -26,8 +26,7 @@ int main(int argc, char** argv) {
 
     auto density = std::make_shared<detect::KernelDensity>();
     density->fit(model, train.images, train.labels);
-    auto combined =
-        std::make_shared<detect::UncertaintyDensity>(std::make_shared<detect::McDropout>(model), density);
+    auto combined = std::make_shared<detect::UncertaintyDensity>(std::make_shared<detect::McDropout>(model), density);
     // The combiner learns from training images (never the ones attacked below).
     const auto fit_x = train.images.slice(0, 0, n), fit_y = train.labels.slice(0, 0, n);
     const auto fit_adv = pgd(fit_x, fit_y);
@@ -41,8 +40,7 @@ int main(int argc, char** argv) {
     std::printf("ROC-AUC clean vs PGD eps=0.1: %.3f\n",
                 eval::roc_auc(combined->score(x, model), combined->score(adversarial, model)));
 
-    Guard guard(model, InputSpec(1, 28, 28).max_batch(n));
-    guard.add_detector(combined);
+    Guard guard = GuardBuilder(model, InputSpec(1, 28, 28).max_batch(n)).add_detector(combined).build();
     const Response clean = guard.predict(x), attacked = guard.predict(adversarial);
     auto flagged = [](const Response& r) {
       int64_t k = 0;

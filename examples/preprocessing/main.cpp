@@ -37,8 +37,7 @@ int main(int argc, char** argv) {
     std::printf("%-44s %7.1f%% %11.1f%% %9.1f%%\n", "none", 100 * accuracy(undefended, test.images),
                 100 * accuracy(undefended, transferred), 100 * accuracy(undefended, transferred));
     for (const auto& t : transforms) {
-      Guard guard(model, InputSpec(1, 28, 28).max_batch(n));
-      guard.add_preprocessor(t);
+      Guard guard = GuardBuilder(model, InputSpec(1, 28, 28).max_batch(n)).add_preprocessor(t).build();
       const auto adaptive = fgsm(attack::differentiable(guard));  // BPDA through the transform
       std::printf("%-44s %7.1f%% %11.1f%% %9.1f%%\n", t->describe().c_str(), 100 * accuracy(guard, test.images),
                   100 * accuracy(guard, transferred), 100 * accuracy(guard, adaptive));

@@ -4,6 +4,7 @@
 #include <cmath>
 #include <optional>
 
+#include "parry/detail/generator.hpp"
 #include "parry/detail/require.hpp"
 
 namespace parry::attack {
@@ -127,7 +128,7 @@ AttackResult hop_skip_jump(const Guard& guard, const torch::Tensor& x, const tor
   const auto d = static_cast<double>(x0[0].numel());
   const double theta = 1.0 / (d * std::sqrt(d));
   const double span = range.clip_max - range.clip_min;
-  torch::Generator gen = at::detail::createCPUGenerator(options.seed());
+  torch::Generator gen = parry::detail::make_generator(options.seed(), x0.device());
 
   AttackResult result;
   result.adversarial = x0.clone();
@@ -154,7 +155,7 @@ AttackResult hop_skip_jump(const Guard& guard, const torch::Tensor& x, const tor
       if (ok && *ok) current = start;
     }
     for (int64_t t = 0; t < options.init_tries() && !current && !options.targeted(); ++t) {
-      const torch::Tensor noise = torch::rand(xi.sizes(), gen) * span + range.clip_min;
+      const torch::Tensor noise = torch::rand(xi.sizes(), gen, xi.options()) * span + range.clip_min;
       const auto adv = oracle.adversarial_one(noise);
       if (!adv) break;
       if (*adv) current = noise;
@@ -171,7 +172,7 @@ AttackResult hop_skip_jump(const Guard& guard, const torch::Tensor& x, const tor
         const double delta = t == 1 ? 0.1 * span : std::sqrt(d) * theta * dist;
         const int64_t probes =
             std::min(options.max_probes(), static_cast<int64_t>(options.initial_probes() * std::sqrt(t)));
-        torch::Tensor u = torch::randn({probes, xi.size(0), xi.size(1), xi.size(2)}, gen);
+        torch::Tensor u = torch::randn({probes, xi.size(0), xi.size(1), xi.size(2)}, gen, xi.options());
         u = u / u.flatten(1).norm(2, 1).view({-1, 1, 1, 1});
         const torch::Tensor probe = (*current + delta * u).clamp(range.clip_min, range.clip_max);
         u = (probe - *current) / delta;

@@ -5,6 +5,7 @@
 #include <limits>
 #include <random>
 
+#include "parry/detail/generator.hpp"
 #include "parry/detail/require.hpp"
 
 namespace parry::attack {
@@ -102,7 +103,7 @@ AttackResult square(const Guard& guard, const torch::Tensor& x, const torch::Ten
   const double eps = options.epsilon();
   const RequestContext context{options.client_id()};
   std::mt19937_64 rng(options.seed());
-  torch::Generator gen = at::detail::createCPUGenerator(options.seed());
+  torch::Generator gen = parry::detail::make_generator(options.seed(), x0.device());
 
   AttackResult result;
   result.queries = torch::zeros({n}, torch::kInt64);

@@ -218,9 +218,11 @@ InputSpec parse_input(const json& value, const std::string& path) {
   return InputSpec(channels, height, width).value_range(lo, hi).max_batch(max_batch);
 }
 
-DefenseSpec parse_defense(const json& value, const std::string& path, const Model& model) {
+DefenseSpec parse_defense(const json& value, const std::string& path, const Model& model,
+                          const std::vector<std::shared_ptr<const Preprocessor>>& model_input) {
   Object o(value, path);
   DefenseSpec spec;
+  spec.model_input = model_input;
   spec.name = o.text("name", "", {});
   if (spec.name.empty()) fail(o.child("name"), "is required and must not be empty");
   if (o.has("input")) spec.input = parse_input(o.get("input"), o.child("input"));
@@ -229,7 +231,14 @@ DefenseSpec parse_defense(const json& value, const std::string& path, const Mode
     spec.gates.push_back(parse_gate(gates[i], o.child("gates") + "[" + std::to_string(i) + "]", spec.input));
   const json& pre = o.array("preprocess");
   for (size_t i = 0; i < pre.size(); ++i) {
-    spec.preprocessors.push_back(parse_preprocessor(pre[i], o.child("preprocess") + "[" + std::to_string(i) + "]"));
+    const std::string at = o.child("preprocess") + "[" + std::to_string(i) + "]";
+    auto preprocessor = parse_preprocessor(pre[i], at);
+    if (!preprocessor->works_in_pixel_space()) {
+      fail(at, preprocessor->describe() +
+                   " works in model space (it maps pixels out of their range or shape): list it under the top-level "
+                   "model_input, the model's own input transform");
+    }
+    spec.preprocessors.push_back(std::move(preprocessor));
   }
   const json& det = o.array("detectors");
   for (size_t i = 0; i < det.size(); ++i) {
@@ -277,13 +286,30 @@ EvaluationSpec parse_evaluation(const json& value, const std::string& path) {
 
 }  // namespace
 
-std::shared_ptr<Guard> DefenseSpec::build_guard(const Model& model) const {
-  auto guard = std::make_shared<Guard>(model, input);
-  for (const auto& g : gates) guard->add_gate(g);
-  for (const auto& p : preprocessors) guard->add_preprocessor(p);
-  for (const auto& d : detectors) guard->add_detector(d.detector);
-  if (output) guard->set_output_policy(output);
-  return guard;
+namespace {
+
+Model with_transforms(Model model, const std::vector<std::shared_ptr<const Preprocessor>>& transforms) {
+  for (const auto& t : transforms) model = model.with_input_transform(t);
+  return model;
+}
+
+}  // namespace
+
+Model DefenseSpec::model_for(const Model& model) const {
+  return with_transforms(model, model_input);
+}
+
+Model Config::model_for(const Model& model) const {
+  return with_transforms(model, model_input);
+}
+
+std::shared_ptr<const Guard> DefenseSpec::build_guard(const Model& model) const {
+  GuardBuilder builder(model_for(model), input);
+  for (const auto& g : gates) builder.add_gate(g);
+  for (const auto& p : preprocessors) builder.add_preprocessor(p);
+  for (const auto& d : detectors) builder.add_detector(d.detector);
+  if (output) builder.set_output_policy(output);
+  return builder.build_shared();
 }
 
 Config parse_config(const std::string& json_text, const Model& model) {
@@ -300,12 +326,19 @@ Config parse_config(const std::string& json_text, const Model& model) {
   for (size_t i = 0; i < attacks.size(); ++i) {
     config.attacks.push_back(parse_attack(attacks[i], "attacks[" + std::to_string(i) + "]"));
   }
+  const json& model_input = o.array("model_input");
+  for (size_t i = 0; i < model_input.size(); ++i) {
+    const std::string at = "model_input[" + std::to_string(i) + "]";
+    config.model_input.push_back(parse_preprocessor(model_input[i], at));
+    at_path(at, [&] { return config.model_for(model); });  // differentiable with policy exact
+  }
+  const Model defended_model = config.model_for(model);
   const json& defenses = o.array("defenses");
   if (defenses.empty()) fail("defenses", "must hold at least one defense");
   std::set<std::string> names;
   for (size_t i = 0; i < defenses.size(); ++i) {
     const std::string path = "defenses[" + std::to_string(i) + "]";
-    config.defenses.push_back(parse_defense(defenses[i], path, model));
+    config.defenses.push_back(parse_defense(defenses[i], path, defended_model, config.model_input));
     if (!names.insert(config.defenses.back().name).second) fail(path + ".name", "duplicate defense name");
   }
   o.finish();

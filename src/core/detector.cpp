@@ -31,18 +31,16 @@ torch::Tensor Detector::flag(const DetectorInput& input) const {
 }
 
 double Detector::threshold() const {
-  if (!calibrated_) {
-    throw StateError("detector is not calibrated", name() + ": call calibrate() or load() first");
-  }
-  return threshold_;
+  const std::shared_ptr<const double> threshold = std::atomic_load(&threshold_);
+  if (!threshold) throw StateError("detector is not calibrated", name() + ": call calibrate() or load() first");
+  return *threshold;
 }
 
 void Detector::set_threshold(double threshold) {
   if (!std::isfinite(threshold)) {
     throw OptionError(name() + ": threshold must be finite, but got " + format_number(threshold));
   }
-  threshold_ = threshold;
-  calibrated_ = true;
+  std::atomic_store(&threshold_, std::make_shared<const double>(threshold));
 }
 
 CalibrationReport Detector::calibrate(const torch::Tensor& clean, const Model& model, double target_fpr,
@@ -94,8 +92,9 @@ void Detector::save(const std::string& path) const {
     torch::serialize::OutputArchive archive;
     archive.write(kDetectorFormatKey, c10::IValue(std::string(kDetectorFormat)));
     archive.write("detector", c10::IValue(name()));
-    archive.write("calibrated", c10::IValue(calibrated_));
-    archive.write("threshold", c10::IValue(threshold_));
+    const std::shared_ptr<const double> threshold = std::atomic_load(&threshold_);
+    archive.write("calibrated", c10::IValue(threshold != nullptr));
+    archive.write("threshold", c10::IValue(threshold ? *threshold : 0.0));
     save_state(archive);
     archive.save_to(tmp);
   });
@@ -130,8 +129,8 @@ void Detector::load(const std::string& path) {
   } catch (const std::exception& e) {
     throw IoError("detector file is corrupt", "'" + path + "': " + e.what());
   }
-  threshold_ = threshold.toDouble();
-  calibrated_ = calibrated.toBool();
+  std::atomic_store(&threshold_, calibrated.toBool() ? std::make_shared<const double>(threshold.toDouble())
+                                                     : std::shared_ptr<const double>());
 }
 
 }  // namespace parry

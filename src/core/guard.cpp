@@ -1,4 +1,5 @@
-// parry::Guard: gates, validation, preprocessors, model, detectors, output policy.
+// parry::Guard and parry::GuardBuilder: gates, validation, preprocessors and
+// detectors on pixels, then the model and the output policy.
 #include "parry/core/guard.hpp"
 
 #include <sstream>
@@ -9,19 +10,37 @@ namespace parry {
 
 namespace {
 
-class DefaultLabelOnly final : public OutputPolicy {
- public:
-  void fill(const torch::Tensor& logits, Response& response) const override {
-    const torch::Tensor labels = logits.argmax(1).contiguous();
-    response.labels.assign(labels.data_ptr<int64_t>(), labels.data_ptr<int64_t>() + labels.numel());
+// The public-message policy of the serving path: an InputError keeps its
+// public message (it names what was expected); anything else becomes the
+// generic InternalError, with the detail in the log only.
+template <typename F>
+auto with_public_errors(const char* where, F&& serve) -> decltype(serve()) {
+  try {
+    return serve();
+  } catch (const InputError& e) {
+    log(LogLevel::Debug, std::string(where) + ": " + e.detail());
+    throw;
+  } catch (const InternalError& e) {
+    log(LogLevel::Error, std::string(where) + ": " + e.detail());
+    throw;
+  } catch (const Error& e) {
+    // A misconfigured stage (e.g. an uncalibrated detector): the caller only
+    // learns that something internal failed.
+    log(LogLevel::Error, std::string(where) + ": " + e.detail());
+    throw InternalError(e.detail());
+  } catch (const c10::Error& e) {
+    log(LogLevel::Error, std::string(where) + ": " + e.what_without_backtrace());
+    throw InternalError(e.what_without_backtrace());
+  } catch (const std::exception& e) {
+    log(LogLevel::Error, std::string(where) + ": " + e.what());
+    throw InternalError(e.what());
   }
-  std::string describe() const override { return "LabelOnly"; }
-};
+}
 
 }  // namespace
 
 Guard::Guard(Model model, InputSpec spec)
-    : model_(std::move(model)), spec_(spec), policy_(std::make_shared<DefaultLabelOnly>()) {
+    : model_(std::move(model)), spec_(spec), policy_(std::make_shared<LabelOnly>()) {
   if (model_.is_training()) {
     throw StateError("Guard: the model is in training mode",
                      "call eval() on the module before wrapping it: a Guard never toggles "
@@ -29,34 +48,16 @@ Guard::Guard(Model model, InputSpec spec)
   }
 }
 
-Guard& Guard::add_gate(std::shared_ptr<Gate> gate) {
-  if (!gate) throw OptionError("Guard::add_gate: gate is null");
-  gates_.push_back(std::move(gate));
-  return *this;
-}
-
-Guard& Guard::add_preprocessor(std::shared_ptr<const Preprocessor> preprocessor) {
-  if (!preprocessor) throw OptionError("Guard::add_preprocessor: preprocessor is null");
-  preprocessors_.push_back(std::move(preprocessor));
-  return *this;
-}
-
-Guard& Guard::add_detector(std::shared_ptr<const Detector> detector) {
-  if (!detector) throw OptionError("Guard::add_detector: detector is null");
-  detectors_.push_back(std::move(detector));
-  return *this;
-}
-
-Guard& Guard::set_output_policy(std::shared_ptr<const OutputPolicy> policy) {
-  if (!policy) throw OptionError("Guard::set_output_policy: policy is null");
-  policy_ = std::move(policy);
-  return *this;
-}
-
 torch::Tensor Guard::preprocess(const torch::Tensor& batch) const {
   torch::Tensor x = batch;
   for (const auto& p : preprocessors_) x = p->apply(x);
   return x;
+}
+
+torch::Tensor Guard::validated(const torch::Tensor& input) const {
+  const torch::Tensor batch = spec_.validate(input);
+  const torch::Device device = model_.device();
+  return batch.device() == device ? batch : batch.to(device);
 }
 
 Guard::GateOutcome Guard::run_gates(const RequestContext& context, const torch::Tensor& input, GatePhase phase,
@@ -82,32 +83,30 @@ Guard::GateOutcome Guard::run_gates(const RequestContext& context, const torch::
   return outcome;
 }
 
+Guard::GateOutcome Guard::run_gates_safely(const RequestContext& context, const torch::Tensor& input, GatePhase phase,
+                                           GateOutcome outcome) const {
+  return with_public_errors("Guard gate", [&] { return run_gates(context, input, phase, std::move(outcome)); });
+}
+
 Response Guard::predict(const torch::Tensor& input, const RequestContext& context) const {
-  const GateOutcome gates = run_gates(context, input, GatePhase::All, GateOutcome());
+  const GateOutcome gates = run_gates_safely(context, input, GatePhase::All, GateOutcome());
   if (gates.rejected) return gates.rejection;
-  return predict_valid(spec_.validate(input), gates);
+  return predict_valid(with_public_errors("Guard::predict", [&] { return validated(input); }), gates);
 }
 
 Response Guard::predict_decoded(const std::function<torch::Tensor()>& decode, const RequestContext& context) const {
-  const GateOutcome before_decoding = run_gates(context, torch::Tensor(), GatePhase::WithoutPixels, GateOutcome());
+  const GateOutcome before_decoding =
+      run_gates_safely(context, torch::Tensor(), GatePhase::WithoutPixels, GateOutcome());
   if (before_decoding.rejected) return before_decoding.rejection;
-  torch::Tensor image;
-  try {
-    image = decode();
-  } catch (const InputError& e) {
-    log(LogLevel::Debug, "Guard::predict_decoded: " + e.detail());
-    throw;
-  } catch (const std::exception& e) {
-    log(LogLevel::Error, std::string("Guard::predict_decoded: ") + e.what());
-    throw InternalError(e.what());
-  }
-  const GateOutcome gates = run_gates(context, image, GatePhase::WithPixels, before_decoding);
+  if (!decode) throw InternalError("Guard::predict_decoded: no decoder");
+  const torch::Tensor image = with_public_errors("Guard::predict_decoded", [&] { return decode(); });
+  const GateOutcome gates = run_gates_safely(context, image, GatePhase::WithPixels, before_decoding);
   if (gates.rejected) return gates.rejection;
-  return predict_valid(spec_.validate(image), gates);
+  return predict_valid(with_public_errors("Guard::predict", [&] { return validated(image); }), gates);
 }
 
 Response Guard::predict_valid(const torch::Tensor& batch, const GateOutcome& gates) const {
-  try {
+  return with_public_errors("Guard::predict", [&] {
     c10::InferenceMode inference;
     const torch::Tensor x = preprocess(batch);
     const torch::Tensor logits = model_.logits(x);
@@ -119,8 +118,8 @@ Response Guard::predict_valid(const torch::Tensor& batch, const GateOutcome& gat
     Response response;
     torch::Tensor flagged = torch::zeros({batch.size(0)}, torch::kBool);
     const DetectorInput detector_input{x, logits, model_};
-    for (const auto& detector : detectors_) flagged |= detector->flag(detector_input).to(torch::kBool);
-    policy_->fill(logits, response);
+    for (const auto& detector : detectors_) flagged |= detector->flag(detector_input).to(torch::kCPU, torch::kBool);
+    policy_->fill(logits.device().is_cpu() ? logits : logits.cpu(), response);  // responses live on the CPU
     const torch::Tensor flags = flagged.to(torch::kUInt8).contiguous();
     response.flagged.assign(flags.data_ptr<uint8_t>(), flags.data_ptr<uint8_t>() + flags.numel());
     if (flagged.any().item<bool>()) {
@@ -131,40 +130,56 @@ Response Guard::predict_valid(const torch::Tensor& batch, const GateOutcome& gat
       response.reason = gates.flag_reason;
     }
     return response;
-  } catch (const InputError& e) {
-    log(LogLevel::Debug, "Guard::predict: " + e.detail());
-    throw;
-  } catch (const InternalError& e) {
-    log(LogLevel::Error, "Guard::predict: " + e.detail());
-    throw;
-  } catch (const Error& e) {
-    // A misconfigured stage (e.g. an uncalibrated detector): the caller only
-    // learns that something internal failed.
-    log(LogLevel::Error, "Guard::predict: " + e.detail());
-    throw InternalError(e.detail());
-  } catch (const c10::Error& e) {
-    log(LogLevel::Error, std::string("Guard::predict: ") + e.what_without_backtrace());
-    throw InternalError(e.what_without_backtrace());
-  } catch (const std::exception& e) {
-    log(LogLevel::Error, std::string("Guard::predict: ") + e.what());
-    throw InternalError(e.what());
-  }
+  });
 }
 
 torch::Tensor Guard::differentiable_logits(const torch::Tensor& x) const {
-  torch::Tensor batch = spec_.validate(x);
+  torch::Tensor batch = validated(x);
   for (const auto& p : preprocessors_) batch = p->apply_differentiable(batch);
   return model_.logits(batch);
 }
 
 std::string Guard::describe() const {
   std::ostringstream out;
-  out << "Guard\n  input: " << spec_.describe() << "\n  model: " << model_.kind() << '\n';
+  out << "Guard\n  input: " << spec_.describe() << "\n  model: " << model_.describe() << '\n';
   for (const auto& g : gates_) out << "  gate: " << g->describe() << '\n';
   for (const auto& p : preprocessors_) out << "  preprocess: " << p->describe() << '\n';
   for (const auto& d : detectors_) out << "  detect: " << d->describe() << '\n';
   out << "  output: " << policy_->describe() << '\n';
   return out.str();
+}
+
+// ---------------------------------------------------------------- GuardBuilder
+
+GuardBuilder::GuardBuilder(Model model, InputSpec spec) : guard_(std::move(model), spec) {}
+
+GuardBuilder& GuardBuilder::add_gate(std::shared_ptr<Gate> gate) {
+  if (!gate) throw OptionError("GuardBuilder::add_gate: gate is null");
+  guard_.gates_.push_back(std::move(gate));
+  return *this;
+}
+
+GuardBuilder& GuardBuilder::add_preprocessor(std::shared_ptr<const Preprocessor> preprocessor) {
+  if (!preprocessor) throw OptionError("GuardBuilder::add_preprocessor: preprocessor is null");
+  if (!preprocessor->works_in_pixel_space()) {
+    throw OptionError("GuardBuilder::add_preprocessor: " + preprocessor->describe() +
+                      " maps pixels out of the input's shape or value range, so the defenses after it would not "
+                      "see pixels; make it the model's input transform (Model::with_input_transform)");
+  }
+  guard_.preprocessors_.push_back(std::move(preprocessor));
+  return *this;
+}
+
+GuardBuilder& GuardBuilder::add_detector(std::shared_ptr<const Detector> detector) {
+  if (!detector) throw OptionError("GuardBuilder::add_detector: detector is null");
+  guard_.detectors_.push_back(std::move(detector));
+  return *this;
+}
+
+GuardBuilder& GuardBuilder::set_output_policy(std::shared_ptr<const OutputPolicy> policy) {
+  if (!policy) throw OptionError("GuardBuilder::set_output_policy: policy is null");
+  guard_.policy_ = std::move(policy);
+  return *this;
 }
 
 }  // namespace parry

@@ -51,7 +51,10 @@ torch::Tensor InputSpec::validate(const torch::Tensor& x) const {
     throw InputError(std::string("input has the wrong data type (") + c10::toString(x.scalar_type()) + "); " +
                      expected);
   }
-  if (!x.device().is_cpu()) throw InputError("input must be a CPU tensor; " + expected);
+  // The Guard moves validated input to the model's device; other device types
+  // (meta, XLA, ...) are not served.
+  if (!x.device().is_cpu() && !x.device().is_cuda())
+    throw InputError("input must be a CPU or CUDA tensor; " + expected);
   if (x.layout() != torch::kStrided) throw InputError("input must be a dense tensor; " + expected);
   torch::Tensor batch;
   if (x.dim() == 3) {

@@ -92,6 +92,12 @@ void load_module_state(torch::nn::Module& module, const std::string& tag, const 
 
 namespace {
 
+torch::Device first_device(const std::vector<torch::Tensor>& parameters, const std::vector<torch::Tensor>& buffers) {
+  if (!parameters.empty()) return parameters.front().device();
+  if (!buffers.empty()) return buffers.front().device();
+  return torch::kCPU;
+}
+
 bool is_torchscript_dropout(const torch::jit::Module& m) {
   const auto name = m.type()->name();
   if (!name) return false;
@@ -135,12 +141,17 @@ class TorchScriptBackend final : public ModelBackend {
     atomic_write(path, [&](const std::string& tmp) { module_.save(tmp); });
   }
   void load(const std::string& path) override {
-    auto loaded = make_torchscript_backend(path);
+    auto loaded = make_torchscript_backend(path, device());
     auto* typed = dynamic_cast<TorchScriptBackend*>(loaded.get());
     module_ = typed->module_;
     split_ = typed->split_;
   }
   std::string kind() const override { return "torchscript"; }
+  torch::Device device() const override {
+    std::vector<torch::Tensor> buffers;
+    for (const auto& b : module_.buffers()) buffers.push_back(b);
+    return first_device(parameters(), buffers);
+  }
 
  private:
   torch::Tensor call(const char* method, const torch::Tensor& x) {
@@ -154,8 +165,8 @@ class TorchScriptBackend final : public ModelBackend {
 
 class CallableBackend final : public ModelBackend {
  public:
-  CallableBackend(TensorFn logits, TensorFn features, TensorFn head)
-      : logits_(std::move(logits)), features_(std::move(features)), head_(std::move(head)) {}
+  CallableBackend(TensorFn logits, TensorFn features, TensorFn head, torch::Device device)
+      : logits_(std::move(logits)), features_(std::move(features)), head_(std::move(head)), device_(device) {}
 
   torch::Tensor logits(const torch::Tensor& x) override { return logits_(x); }
   bool has_feature_split() const override { return features_ && head_; }
@@ -168,7 +179,7 @@ class CallableBackend final : public ModelBackend {
     return head_(f);
   }
   std::shared_ptr<ModelBackend> clone() const override {
-    return std::make_shared<CallableBackend>(logits_, features_, head_);
+    return std::make_shared<CallableBackend>(logits_, features_, head_, device_);
   }
   std::shared_ptr<ModelBackend> with_active_dropout(int64_t&) const override {
     throw StateError("a model made from a callable has no dropout layers to activate");
@@ -179,11 +190,43 @@ class CallableBackend final : public ModelBackend {
   void save(const std::string&) const override { throw StateError("a model made from a callable cannot be saved"); }
   void load(const std::string&) override { throw StateError("a model made from a callable cannot be loaded"); }
   std::string kind() const override { return "callable"; }
+  torch::Device device() const override { return device_; }
 
  private:
   TensorFn logits_;
   TensorFn features_;
   TensorFn head_;
+  torch::Device device_;
+};
+
+// A model with its input transform in front (Model::with_input_transform).
+class TransformedBackend final : public ModelBackend {
+ public:
+  TransformedBackend(std::shared_ptr<ModelBackend> inner, std::shared_ptr<const Preprocessor> transform)
+      : inner_(std::move(inner)), transform_(std::move(transform)) {}
+
+  torch::Tensor logits(const torch::Tensor& x) override { return inner_->logits(transform_->apply(x)); }
+  bool has_feature_split() const override { return inner_->has_feature_split(); }
+  torch::Tensor features(const torch::Tensor& x) override { return inner_->features(transform_->apply(x)); }
+  torch::Tensor head(const torch::Tensor& f) override { return inner_->head(f); }
+  std::shared_ptr<ModelBackend> clone() const override {
+    return std::make_shared<TransformedBackend>(inner_->clone(), transform_);
+  }
+  std::shared_ptr<ModelBackend> with_active_dropout(int64_t& dropout_layers) const override {
+    return std::make_shared<TransformedBackend>(inner_->with_active_dropout(dropout_layers), transform_);
+  }
+  std::vector<torch::Tensor> parameters() const override { return inner_->parameters(); }
+  void set_training(bool on) override { inner_->set_training(on); }
+  bool is_training() const override { return inner_->is_training(); }
+  void save(const std::string& path) const override { inner_->save(path); }
+  void load(const std::string& path) override { inner_->load(path); }
+  std::string kind() const override { return inner_->kind(); }
+  std::string describe() const override { return inner_->describe() + " after " + transform_->describe(); }
+  torch::Device device() const override { return inner_->device(); }
+
+ private:
+  std::shared_ptr<ModelBackend> inner_;
+  std::shared_ptr<const Preprocessor> transform_;
 };
 
 }  // namespace
@@ -193,12 +236,16 @@ std::shared_ptr<ModelBackend> make_torchscript_backend(torch::jit::Module module
   return std::make_shared<TorchScriptBackend>(std::move(module));
 }
 
-std::shared_ptr<ModelBackend> make_torchscript_backend(const std::string& path) {
+torch::Device module_device(const torch::nn::Module& module) {
+  return first_device(module.parameters(), module.buffers());
+}
+
+std::shared_ptr<ModelBackend> make_torchscript_backend(const std::string& path, torch::Device device) {
   if (!file_exists(path)) {
     throw IoError("model file not found", "no such " + describe_path(path));
   }
   try {
-    return make_torchscript_backend(torch::jit::load(path, torch::kCPU));
+    return make_torchscript_backend(torch::jit::load(path, device));
   } catch (const c10::Error& e) {
     throw IoError("model file is not a valid TorchScript archive",
                   describe_path(path) + ": " + e.what_without_backtrace());
@@ -213,20 +260,21 @@ Model::Model(std::shared_ptr<detail::ModelBackend> backend) : backend_(std::move
   if (!backend_) throw OptionError("parry::Model: backend is null");
 }
 
-Model Model::load_torchscript(const std::string& path) {
-  return Model(detail::make_torchscript_backend(path));
+Model Model::load_torchscript(const std::string& path, torch::Device device) {
+  return Model(detail::make_torchscript_backend(path, device));
 }
 
 Model Model::from_torchscript(torch::jit::Module module) {
   return Model(detail::make_torchscript_backend(std::move(module)));
 }
 
-Model Model::from_callable(TensorFn logits, TensorFn features, TensorFn head) {
+Model Model::from_callable(TensorFn logits, TensorFn features, TensorFn head, torch::Device device) {
   if (!logits) throw OptionError("parry::Model::from_callable: the logits callable is empty");
   if (static_cast<bool>(features) != static_cast<bool>(head)) {
     throw OptionError("parry::Model::from_callable: give both features and head, or neither");
   }
-  return Model(std::make_shared<detail::CallableBackend>(std::move(logits), std::move(features), std::move(head)));
+  return Model(
+      std::make_shared<detail::CallableBackend>(std::move(logits), std::move(features), std::move(head), device));
 }
 
 torch::Tensor Model::features(const torch::Tensor& x) const {
@@ -235,6 +283,16 @@ torch::Tensor Model::features(const torch::Tensor& x) const {
 
 torch::Tensor Model::head(const torch::Tensor& f) const {
   return backend_->head(f);
+}
+
+Model Model::with_input_transform(std::shared_ptr<const Preprocessor> transform) const {
+  if (!transform) throw OptionError("Model::with_input_transform: transform is null");
+  if (!transform->is_differentiable() || transform->gradient_policy() != GradientPolicy::Exact) {
+    throw OptionError("Model::with_input_transform: " + transform->describe() +
+                      " must be differentiable with gradient policy 'exact', so that attacks differentiate the "
+                      "model the Guard serves");
+  }
+  return Model(std::make_shared<detail::TransformedBackend>(backend_, std::move(transform)));
 }
 
 Model Model::with_active_dropout() const {

@@ -17,16 +17,18 @@ const char* to_string(DetectorKind kind) {
 }
 
 LearnedDetector::LearnedDetector(const Model& network, DetectorKind kind, std::vector<std::string> trained_on)
-    : network_(network.clone()), kind_(kind), trained_on_(std::move(trained_on)) {
-  if (network_.parameters().empty()) {
+    : kind_(kind) {
+  Model copy = network.clone();
+  if (copy.parameters().empty()) {
     throw OptionError("LearnedDetector: the model has no trainable parameters (make it from a torch::nn module)");
   }
-  network_.set_training(false);
+  copy.set_training(false);
+  state_ = std::make_shared<const State>(State{std::move(copy), std::move(trained_on)});
 }
 
 std::string LearnedDetector::describe() const {
   std::string attacks;
-  for (const auto& a : trained_on_) attacks += (attacks.empty() ? "" : "+") + a;
+  for (const auto& a : trained_on()) attacks += (attacks.empty() ? "" : "+") + a;
   std::string out = std::string("LearnedDetector(") + to_string(kind_) + ", trained on " +
                     (attacks.empty() ? std::string("?") : attacks);
   out += is_calibrated() ? ", threshold=" + format_number(threshold()) + ")" : ", uncalibrated)";
@@ -44,19 +46,20 @@ torch::Tensor LearnedDetector::probability(const torch::Tensor& logits) const {
 
 torch::Tensor LearnedDetector::score(const DetectorInput& input) const {
   c10::InferenceMode inference;
-  return probability(network_.logits(input.batch));
+  return probability(network().logits(input.batch));
 }
 
 torch::Tensor LearnedDetector::differentiable_score(const torch::Tensor& batch, const Model&) const {
-  return probability(network_.logits(batch));
+  return probability(network().logits(batch));
 }
 
 void LearnedDetector::save_state(torch::serialize::OutputArchive& archive) const {
   archive.write("learned_kind", c10::IValue(std::string(to_string(kind_))));
   std::string names;
-  for (const auto& a : trained_on_) names += (names.empty() ? "" : "\n") + a;
+  const auto state = std::atomic_load(&state_);
+  for (const auto& a : state->trained_on) names += (names.empty() ? "" : "\n") + a;
   archive.write("learned_attacks", c10::IValue(names));
-  archive.write("learned_network", model_state_tensor(network_));
+  archive.write("learned_network", model_state_tensor(state->network));
 }
 
 void LearnedDetector::load_state(torch::serialize::InputArchive& archive) {
@@ -72,14 +75,13 @@ void LearnedDetector::load_state(torch::serialize::InputArchive& archive) {
         "learned detector: file holds kind '" + kind.toStringRef() + "', this detector is '" + to_string(kind_) + "'");
   }
   // Load into a copy first so that a mismatch leaves this detector unchanged.
-  Model loaded = network_.clone();
+  Model loaded = network().clone();
   load_model_state_tensor(loaded, state, "detector file does not match the detector network", "learned detector");
   loaded.set_training(false);
   std::vector<std::string> attacks;
   std::istringstream in(names.toStringRef());
   for (std::string line; std::getline(in, line);) attacks.push_back(line);
-  network_ = loaded;
-  trained_on_ = std::move(attacks);
+  std::atomic_store(&state_, std::make_shared<const State>(State{std::move(loaded), std::move(attacks)}));
 }
 
 }  // namespace parry::detect

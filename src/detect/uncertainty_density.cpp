@@ -6,6 +6,7 @@
 
 #include "detect/scoring.hpp"
 #include "parry/detail/format.hpp"
+#include "parry/detail/generator.hpp"
 #include "parry/detail/require.hpp"
 
 namespace parry::detect {
@@ -17,16 +18,24 @@ using parry::detail::require;
 
 UncertaintyDensity::UncertaintyDensity(std::shared_ptr<McDropout> uncertainty, std::shared_ptr<KernelDensity> density,
                                        LogisticRegressionOptions options)
-    : uncertainty_(std::move(uncertainty)), density_(std::move(density)), regression_(options) {
+    : uncertainty_(std::move(uncertainty)), density_(std::move(density)), options_(options) {
   if (!uncertainty_ || !density_) throw OptionError("UncertaintyDensity: both detectors must be non-null");
+}
+
+std::shared_ptr<const UncertaintyDensity::Combiner> UncertaintyDensity::snapshot(const char* what) const {
+  std::shared_ptr<const Combiner> combiner = std::atomic_load(&combiner_);
+  if (!combiner) {
+    throw StateError("detector is not fitted", std::string("UncertaintyDensity: ") + what + " before fit() or load()");
+  }
+  return combiner;
 }
 
 std::string UncertaintyDensity::describe() const {
   std::ostringstream out;
   out << "UncertaintyDensity(" << uncertainty_->describe() << " + " << density_->describe();
-  if (is_fitted()) {
-    out << ", weights=[" << regression_.weights()[0] << ", " << regression_.weights()[1]
-        << "], bias=" << regression_.bias();
+  if (const auto combiner = std::atomic_load(&combiner_)) {
+    out << ", weights=[" << combiner->regression.weights()[0] << ", " << combiner->regression.weights()[1]
+        << "], bias=" << combiner->regression.bias();
   } else {
     out << ", not fitted";
   }
@@ -80,45 +89,47 @@ CombinerFitReport UncertaintyDensity::fit(const Model& model, const torch::Tenso
   scale = torch::where(scale > 0, scale, torch::ones_like(scale));
   const torch::Tensor y =
       torch::cat({torch::zeros({negatives.size(0)}, torch::kInt64), torch::ones({positives.size(0)}, torch::kInt64)});
-  LogisticRegression regression = regression_;
+  auto combiner = std::make_shared<Combiner>();
+  combiner->regression = LogisticRegression(options_);
+  LogisticRegression& regression = combiner->regression;
   CombinerFitReport report;
   report.iterations = regression.fit((x - mean) / scale, y);
   report.negatives = negatives.size(0);
   report.positives = positives.size(0);
   report.training_probability = regression.predict_probability((x - mean) / scale);
-  regression_ = regression;
   for (int k = 0; k < 2; ++k) {
-    mean_[k] = mean[k].item<double>();
-    scale_[k] = scale[k].item<double>();
+    combiner->mean[k] = mean[k].item<double>();
+    combiner->scale[k] = scale[k].item<double>();
   }
+  std::atomic_store(&combiner_, std::shared_ptr<const Combiner>(std::move(combiner)));
   return report;
 }
 
 torch::Tensor UncertaintyDensity::score(const DetectorInput& input) const {
-  if (!is_fitted()) throw StateError("detector is not fitted", "UncertaintyDensity: call fit() or load() first");
+  const auto c = snapshot("score()");
   const torch::Tensor x = features(input.batch, input.logits, input.model);
-  const torch::Tensor mean = torch::tensor({mean_[0], mean_[1]}, torch::kFloat64);
-  const torch::Tensor scale = torch::tensor({scale_[0], scale_[1]}, torch::kFloat64);
-  return regression_.predict_probability((x - mean) / scale).to(torch::kFloat32);
+  const torch::Tensor mean = torch::tensor({c->mean[0], c->mean[1]}, x.options().dtype(torch::kFloat64));
+  const torch::Tensor scale = torch::tensor({c->scale[0], c->scale[1]}, x.options().dtype(torch::kFloat64));
+  return c->regression.predict_probability((x - mean) / scale).to(torch::kFloat32);
 }
 
 torch::Tensor UncertaintyDensity::differentiable_score(const torch::Tensor& batch, const Model& model) const {
-  if (!is_fitted()) throw StateError("detector is not fitted", "UncertaintyDensity: call fit() or load() first");
+  const auto c = snapshot("differentiable_score()");
   const torch::Tensor u = uncertainty_->differentiable_score(batch, model);
   const torch::Tensor log_k = -density_->differentiable_score(batch, model);
-  const auto& w = regression_.weights();
+  const auto& w = c->regression.weights();
   const torch::Tensor z =
-      w[0] * (u - mean_[0]) / scale_[0] + w[1] * (log_k - mean_[1]) / scale_[1] + regression_.bias();
+      w[0] * (u - c->mean[0]) / c->scale[0] + w[1] * (log_k - c->mean[1]) / c->scale[1] + c->regression.bias();
   return torch::sigmoid(z);
 }
 
 void UncertaintyDensity::save_state(torch::serialize::OutputArchive& archive) const {
-  if (!is_fitted()) throw StateError("detector is not fitted", "UncertaintyDensity: nothing to save before fit()");
-  const auto& w = regression_.weights();
-  archive.write(
-      "combiner",
-      torch::tensor({mean_[0], mean_[1], scale_[0], scale_[1], w[0], w[1], regression_.bias()}, torch::kFloat64),
-      /*is_buffer=*/true);
+  const auto c = snapshot("save()");
+  const auto& w = c->regression.weights();
+  archive.write("combiner",
+                torch::tensor({c->mean[0], c->mean[1], c->scale[0], c->scale[1], w[0], w[1], c->regression.bias()},
+                              torch::kFloat64),
+                /*is_buffer=*/true);
   torch::serialize::OutputArchive density;
   save_state_of(*density_, density);
   archive.write("density", density);
@@ -137,11 +148,14 @@ void UncertaintyDensity::load_state(torch::serialize::InputArchive& archive) {
   }
   load_state_of(*density_, density);
   const auto c = combiner.accessor<double, 1>();
-  regression_.set_parameters({c[4], c[5]}, c[6]);
-  mean_[0] = c[0];
-  mean_[1] = c[1];
-  scale_[0] = c[2];
-  scale_[1] = c[3];
+  auto loaded = std::make_shared<Combiner>();
+  loaded->regression = LogisticRegression(options_);
+  loaded->regression.set_parameters({c[4], c[5]}, c[6]);
+  loaded->mean[0] = c[0];
+  loaded->mean[1] = c[1];
+  loaded->scale[0] = c[2];
+  loaded->scale[1] = c[3];
+  std::atomic_store(&combiner_, std::shared_ptr<const Combiner>(std::move(loaded)));
 }
 
 torch::Tensor noisy_counterparts(const torch::Tensor& clean, const torch::Tensor& adversarial, uint64_t seed,
@@ -151,7 +165,7 @@ torch::Tensor noisy_counterparts(const torch::Tensor& clean, const torch::Tensor
   }
   require(std::isfinite(clip_min) && std::isfinite(clip_max) && clip_min < clip_max, "noisy_counterparts",
           "need finite clip_min < clip_max", clip_max - clip_min);
-  torch::Generator generator = at::detail::createCPUGenerator(seed);
+  torch::Generator generator = parry::detail::make_generator(seed, clean.device());
   const torch::Tensor x = clean.detach().to(torch::kFloat32);
   const torch::Tensor target_norm = (adversarial.detach().to(torch::kFloat32) - x).flatten(1).norm(2, 1);
   const torch::Tensor noise = torch::randn(x.sizes(), generator, x.options());

@@ -90,13 +90,14 @@ std::string attack_label(const config::AttackSpec& spec) {
 
 }  // namespace
 
-void prepare_detectors(config::DefenseSpec& defense, const Model& model, const EvaluationData& data,
+void prepare_detectors(config::DefenseSpec& defense, const Model& raw_model, const EvaluationData& data,
                        const config::EvaluationSpec& settings, const Progress& progress) {
+  const Model model = defense.model_for(raw_model);  // with the model's own input transform
   if (defense.detectors.empty()) return;
   config::DefenseSpec no_detectors = defense;
   no_detectors.detectors.clear();
   no_detectors.gates.clear();
-  const auto plain = no_detectors.build_guard(model);
+  const auto plain = no_detectors.build_guard(raw_model);
   const int64_t n_test = data.test.images.size(0);
   if (settings.calibration_images >= n_test) {
     throw OptionError("evaluation: calibration_images must be below the test set size " + std::to_string(n_test));
@@ -135,8 +136,9 @@ void prepare_detectors(config::DefenseSpec& defense, const Model& model, const E
   }
 }
 
-Evaluation evaluate(config::Config& config, const Model& model, const EvaluationData& data, const Progress& progress,
-                    bool detectors_ready) {
+Evaluation evaluate(config::Config& config, const Model& raw_model, const EvaluationData& data,
+                    const Progress& progress, bool detectors_ready) {
+  const Model model = config.model_for(raw_model);  // with the model's own input transform
   const auto& settings = config.evaluation;
   const auto started = Clock::now();
   const int64_t n = settings.images;
@@ -185,13 +187,13 @@ Evaluation evaluate(config::Config& config, const Model& model, const Evaluation
     auto& defense = config.defenses[d];
     say(progress,
         "defense " + std::to_string(d + 1) + "/" + std::to_string(config.defenses.size()) + ": " + defense.name);
-    if (!detectors_ready) prepare_detectors(defense, model, data, settings, progress);
+    if (!detectors_ready) prepare_detectors(defense, raw_model, data, settings, progress);
     config::DefenseSpec no_gates = defense;
     no_gates.gates.clear();
-    const auto guard = no_gates.build_guard(model);
+    const auto guard = no_gates.build_guard(raw_model);
     DefenseOutcome outcome;
     outcome.name = defense.name;
-    outcome.description = defense.build_guard(model)->describe();
+    outcome.description = defense.build_guard(raw_model)->describe();
     const Verdicts clean = run_guard(*guard, x);
     outcome.clean_accuracy = clean.labels.eq(y).to(torch::kFloat64).mean().item<double>();
     outcome.clean_flagged = clean.flagged.to(torch::kFloat64).mean().item<double>();
@@ -251,7 +253,7 @@ Evaluation evaluate(config::Config& config, const Model& model, const Evaluation
     }
 
     // Latency with the full Guard (gates included), one client per call.
-    const auto full = defense.build_guard(model);
+    const auto full = defense.build_guard(raw_model);
     const auto one = x.slice(0, 0, 1);
     for (int i = 0; i < 3; ++i) full->predict(one, RequestContext{"warm-up"});
     auto t0 = Clock::now();

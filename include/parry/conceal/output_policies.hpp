@@ -17,19 +17,8 @@
 
 namespace parry::conceal {
 
-namespace detail {
-inline void fill_labels(const torch::Tensor& logits, Response& response) {
-  const torch::Tensor labels = logits.argmax(1).to(torch::kInt64).contiguous();
-  response.labels.assign(labels.data_ptr<int64_t>(), labels.data_ptr<int64_t>() + labels.numel());
-}
-}  // namespace detail
-
-/// Only the top-1 label. The default for a deployed Guard.
-class LabelOnly final : public OutputPolicy {
- public:
-  void fill(const torch::Tensor& logits, Response& response) const override { detail::fill_labels(logits, response); }
-  std::string describe() const override { return "LabelOnly"; }
-};
+/// Only the top-1 label. The default for a deployed Guard (parry::LabelOnly, core).
+using LabelOnly = parry::LabelOnly;
 
 /// Label plus the k most probable classes and their probabilities (N×k).
 class TopK final : public OutputPolicy {
@@ -39,7 +28,7 @@ class TopK final : public OutputPolicy {
     if (k < 1) throw OptionError("TopK: k must be at least 1, but got " + std::to_string(k));
   }
   void fill(const torch::Tensor& logits, Response& response) const override {
-    detail::fill_labels(logits, response);
+    parry::detail::fill_labels(logits, response);
     const auto k = std::min<int64_t>(k_, logits.size(1));
     auto [values, indices] = torch::softmax(logits.to(torch::kFloat32), 1).topk(k, 1);
     response.scores = values;
@@ -61,7 +50,7 @@ class RoundedScores final : public OutputPolicy {
     }
   }
   void fill(const torch::Tensor& logits, Response& response) const override {
-    detail::fill_labels(logits, response);
+    parry::detail::fill_labels(logits, response);
     const double scale = std::pow(10.0, decimals_);
     response.scores = torch::round(torch::softmax(logits.to(torch::kFloat32), 1) * scale) / scale;
   }
@@ -75,7 +64,7 @@ class RoundedScores final : public OutputPolicy {
 class Full final : public OutputPolicy {
  public:
   void fill(const torch::Tensor& logits, Response& response) const override {
-    detail::fill_labels(logits, response);
+    parry::detail::fill_labels(logits, response);
     response.scores = torch::softmax(logits.to(torch::kFloat32), 1);
   }
   std::string describe() const override { return "Full"; }

@@ -47,8 +47,14 @@ struct DefenseSpec {
   std::vector<std::shared_ptr<const Preprocessor>> preprocessors;
   std::vector<DetectorSpec> detectors;
   std::shared_ptr<const OutputPolicy> output;  ///< null: LabelOnly
-  /// The Guard over `model` with all stages added (calibrate detectors first).
-  std::shared_ptr<Guard> build_guard(const Model& model) const;
+  /// The model's own input transform (the config's top-level model_input):
+  /// model space, applied inside the model, after every defense.
+  std::vector<std::shared_ptr<const Preprocessor>> model_input;
+  /// `model` with model_input in front (Model::with_input_transform): the
+  /// model this defense's Guard serves and its detectors score with.
+  Model model_for(const Model& model) const;
+  /// The Guard over model_for(model) with all stages added (calibrate detectors first).
+  std::shared_ptr<const Guard> build_guard(const Model& model) const;
 };
 
 /// An attack of the evaluation. Budgets ε come from EvaluationSpec::epsilons.
@@ -75,10 +81,16 @@ struct Config {
   EvaluationSpec evaluation;
   std::vector<AttackSpec> attacks;
   std::vector<DefenseSpec> defenses;
+  /// The model's own input transform ("model_input": e.g. normalize), shared
+  /// by every defense: model space, never seen by the defenses.
+  std::vector<std::shared_ptr<const Preprocessor>> model_input;
+  /// `model` with model_input in front.
+  Model model_for(const Model& model) const;
 };
 
-/// Parses a config from JSON text. `model` is needed by detectors that copy
-/// it (mc_dropout). @throws parry::OptionError with the JSON path of the problem.
+/// Parses a config from JSON text. `model` (without model_input: the parser
+/// applies it) is needed by detectors that copy it (mc_dropout). @throws parry::OptionError with the JSON path of the
+/// problem.
 Config parse_config(const std::string& json_text, const Model& model);
 /// Reads and parses a config file. @throws parry::IoError if it cannot be read.
 Config load_config(const std::string& path, const Model& model);

@@ -8,6 +8,8 @@
 
 #include <torch/torch.h>
 
+#include <atomic>
+#include <memory>
 #include <string>
 
 #include "parry/core/model.hpp"
@@ -66,11 +68,17 @@ class Detector {
   /// Same, from precomputed clean scores (shape N).
   CalibrationReport calibrate_from_scores(const torch::Tensor& clean_scores, double target_fpr);
 
-  bool is_calibrated() const { return calibrated_; }
+  bool is_calibrated() const { return std::atomic_load(&threshold_) != nullptr; }
   /// @throws parry::StateError if not calibrated.
   double threshold() const;
   /// Sets the threshold by hand (marks the detector calibrated).
   void set_threshold(double threshold);
+
+  /// Thread safety: score(), flag() and threshold() may run on many threads
+  /// while one thread calls calibrate(), set_threshold() or load(); the
+  /// threshold and each detector's fitted state are replaced whole (atomic
+  /// shared_ptr swaps), so a request sees either the old or the new state of
+  /// each. Two of these mutators must not run concurrently with each other.
 
   /// Saves name, threshold and fitted state atomically.
   void save(const std::string& path) const;
@@ -92,8 +100,10 @@ class Detector {
   }
 
  private:
-  double threshold_ = 0.0;
-  bool calibrated_ = false;
+  /// The calibrated threshold, null until calibrated. Replaced whole with
+  /// std::atomic_store, so a Guard may serve while calibrate() or load() runs
+  /// on another thread: each request sees the old or the new threshold.
+  std::shared_ptr<const double> threshold_;
 };
 
 }  // namespace parry

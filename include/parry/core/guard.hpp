@@ -1,16 +1,25 @@
 // parry::Guard: a model behind a composed pipeline of defenses.
 //
-//   request -> gates -> validate (InputSpec) -> preprocessors -> model
-//           -> detectors -> output policy -> Response
+//   request -> gates -> validate (InputSpec) -> preprocessors -> detectors
+//           ---- pixel space above, model space below ----
+//           -> model (its own input transform, then logits) -> output policy -> Response
 //
 // Threat model: the Guard is the service boundary. Callers are untrusted:
 // gates run first (throttling, query monitoring), then every input is
 // validated. Errors carry a public message that reveals nothing internal; the
 // detail goes to parry's log. The output policy decides what leaves.
 //
-// Thread safety: configure a Guard (add_* / set_*) before sharing it; after
-// that predict() and differentiable_logits() may be called from any number of
-// threads. predict() never changes module state (no train/eval toggling).
+// Pixel space and model space: preprocessors and detectors see pixels in the
+// InputSpec's value range. A transform that maps pixels elsewhere (Normalize)
+// belongs to the model (Model::with_input_transform), so that a squeezer or a
+// bit-depth reduction never sees normalised values; GuardBuilder refuses it as
+// a preprocessor.
+//
+// Life cycle: a GuardBuilder collects the stages, build() makes the Guard, and
+// a Guard has no mutating method. predict() and differentiable_logits() may be
+// called from any number of threads; gates synchronise their own state, and a
+// detector's calibration is replaced whole (Detector::calibrate/load swap it
+// atomically) while the Guard serves. predict() never changes module state.
 #pragma once
 
 #include <torch/torch.h>
@@ -31,23 +40,17 @@
 
 namespace parry {
 
+class GuardBuilder;
+
 class Guard {
  public:
+  /// A Guard with no gates, preprocessors or detectors and a label-only
+  /// output policy; GuardBuilder adds stages.
   /// @param model the classifier, in eval mode (LibTorch modules start in
   ///   training mode: call `net->eval()` first).
-  /// @param spec what callers may send.
-  /// The default output policy is label-only.
+  /// @param spec what callers may send (pixel space).
   /// @throws parry::StateError if the model is in training mode.
   Guard(Model model, InputSpec spec);
-
-  /// Appends a gate; gates run in the order added.
-  Guard& add_gate(std::shared_ptr<Gate> gate);
-  /// Appends a preprocessor; preprocessors run in the order added.
-  Guard& add_preprocessor(std::shared_ptr<const Preprocessor> preprocessor);
-  /// Appends a detector; it must be calibrated before predict() is called.
-  Guard& add_detector(std::shared_ptr<const Detector> detector);
-  /// Replaces the output policy.
-  Guard& set_output_policy(std::shared_ptr<const OutputPolicy> policy);
 
   /// The serving path. `input` is one image C×H×W or a batch N×C×H×W.
   /// @return labels (and scores only if the policy allows), the verdict and a
@@ -87,6 +90,7 @@ class Guard {
   std::string describe() const;
 
  private:
+  friend class GuardBuilder;
   struct GateOutcome {
     bool rejected = false;
     Response rejection;
@@ -97,6 +101,11 @@ class Guard {
   GateOutcome run_gates(const RequestContext& context, const torch::Tensor& input, GatePhase phase,
                         GateOutcome outcome) const;
   Response predict_valid(const torch::Tensor& batch, const GateOutcome& gates) const;
+  /// Runs the gates; a gate's exception follows the public-message policy.
+  GateOutcome run_gates_safely(const RequestContext& context, const torch::Tensor& input, GatePhase phase,
+                               GateOutcome outcome) const;
+  /// Validates and moves the batch to the model's device.
+  torch::Tensor validated(const torch::Tensor& input) const;
 
   Model model_;
   InputSpec spec_;
@@ -104,6 +113,49 @@ class Guard {
   std::vector<std::shared_ptr<const Preprocessor>> preprocessors_;
   std::vector<std::shared_ptr<const Detector>> detectors_;
   std::shared_ptr<const OutputPolicy> policy_;
+};
+
+/// Collects a Guard's stages; build() makes an immutable Guard. The builder
+/// may go on and build others (they share the stage objects).
+///
+///   parry::Guard guard = parry::GuardBuilder(model, parry::InputSpec(3, 32, 32))
+///                            .add_gate(throttle)
+///                            .add_preprocessor(bit_depth)
+///                            .add_detector(squeezing)
+///                            .set_output_policy(std::make_shared<parry::LabelOnly>())
+///                            .build();
+class GuardBuilder {
+ public:
+  /// @param model the classifier (its own input transform included, see
+  ///   Model::with_input_transform), in eval mode.
+  /// @param spec what callers may send: pixel space.
+  /// @throws parry::StateError if the model is in training mode.
+  GuardBuilder(Model model, InputSpec spec);
+
+  /// Appends a gate; gates run in the order added. Gates are shared by every
+  /// request and must be thread-safe.
+  /// @throws parry::OptionError if `gate` is null.
+  GuardBuilder& add_gate(std::shared_ptr<Gate> gate);
+  /// Appends a preprocessor; preprocessors run in the order added, on pixels.
+  /// @throws parry::OptionError if it is null or does not keep values in the
+  ///   pixel range (Preprocessor::keeps_pixel_range, e.g. Normalize: make it
+  ///   the model's input transform instead).
+  GuardBuilder& add_preprocessor(std::shared_ptr<const Preprocessor> preprocessor);
+  /// Appends a detector; it scores the preprocessed pixels and must be
+  /// calibrated before predict() is called.
+  /// @throws parry::OptionError if `detector` is null.
+  GuardBuilder& add_detector(std::shared_ptr<const Detector> detector);
+  /// Replaces the output policy (default: LabelOnly).
+  /// @throws parry::OptionError if `policy` is null.
+  GuardBuilder& set_output_policy(std::shared_ptr<const OutputPolicy> policy);
+
+  /// The Guard with every stage added so far.
+  Guard build() const { return guard_; }
+  /// The same, shared (for services and evaluators that hand it around).
+  std::shared_ptr<const Guard> build_shared() const { return std::make_shared<const Guard>(guard_); }
+
+ private:
+  Guard guard_;
 };
 
 }  // namespace parry

@@ -38,7 +38,8 @@ class InputSpec {
   /// Checks `x` and returns it as an N×C×H×W batch (a C×H×W image gets a
   /// leading batch dimension; no data is copied).
   /// @throws parry::InputError naming what was expected: wrong rank, shape,
-  /// dtype or device; an empty or oversized batch; NaN/Inf; out-of-range values.
+  /// dtype or device (CPU and CUDA are accepted); an empty or oversized batch;
+  /// NaN/Inf; out-of-range values.
   torch::Tensor validate(const torch::Tensor& x) const;
 
   /// "float32 N×C×H×W in [lo, hi], N <= max" for messages and reports.

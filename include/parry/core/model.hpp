@@ -27,6 +27,7 @@
 #include <vector>
 
 #include "parry/core/errors.hpp"
+#include "parry/core/preprocessor.hpp"
 
 namespace parry {
 
@@ -50,7 +51,15 @@ class ModelBackend {
   virtual void save(const std::string& path) const = 0;
   virtual void load(const std::string& path) = 0;
   virtual std::string kind() const = 0;
+  /// Where the parameters live (the first parameter's or buffer's device;
+  /// the CPU for a module without any).
+  virtual torch::Device device() const = 0;
+  /// One line for reports: the kind and any input transform.
+  virtual std::string describe() const { return kind(); }
 };
+
+/// Device of a module's first parameter or buffer; the CPU if it has none.
+torch::Device module_device(const torch::nn::Module& module);
 
 /// True for LibTorch dropout modules (all variants).
 bool is_dropout_module(const torch::nn::Module& m);
@@ -109,6 +118,7 @@ class ModuleBackend final : public ModelBackend {
   void save(const std::string& path) const override { save_module_state(*module_, module_->name(), path); }
   void load(const std::string& path) override { load_module_state(*module_, module_->name(), path); }
   std::string kind() const override { return "module"; }
+  torch::Device device() const override { return module_device(*module_); }
 
   const std::shared_ptr<Impl>& module() const { return module_; }
 
@@ -126,7 +136,7 @@ class ModuleBackend final : public ModelBackend {
   std::shared_ptr<Impl> module_;
 };
 
-std::shared_ptr<ModelBackend> make_torchscript_backend(const std::string& path);
+std::shared_ptr<ModelBackend> make_torchscript_backend(const std::string& path, torch::Device device);
 std::shared_ptr<ModelBackend> make_torchscript_backend(torch::jit::Module module);
 
 }  // namespace detail
@@ -155,18 +165,34 @@ class Model {
   /* implicit */ Model(std::shared_ptr<Impl> module)
       : backend_(std::make_shared<detail::ModuleBackend<Impl>>(check_not_null(std::move(module)))) {}
 
-  /// Loads a TorchScript module saved by Python's torch.jit.save. Methods named
-  /// `features` and `head`, if exported, form the feature split.
+  /// Loads a TorchScript module saved by Python's torch.jit.save onto `device`
+  /// (default the CPU). Methods named `features` and `head`, if exported, form
+  /// the feature split.
   /// @throws parry::IoError if the file is missing or not a TorchScript archive.
-  static Model load_torchscript(const std::string& path);
+  static Model load_torchscript(const std::string& path, torch::Device device = torch::kCPU);
 
   /// Wraps an already loaded TorchScript module.
   static Model from_torchscript(torch::jit::Module module);
 
   /// Wraps a callable returning logits. The optional features/head pair must
   /// satisfy head(features(x)) == logits(x). Callables cannot be cloned deeply:
-  /// clone() shares them and with_active_dropout() is unavailable.
-  static Model from_callable(TensorFn logits, TensorFn features = {}, TensorFn head = {});
+  /// clone() shares them and with_active_dropout() is unavailable. `device` is
+  /// where the callable wants its input (a Guard moves validated input there).
+  static Model from_callable(TensorFn logits, TensorFn features = {}, TensorFn head = {},
+                             torch::Device device = torch::kCPU);
+
+  /// This model with its own input transform in front: logits(x) =
+  /// model.logits(transform(x)), features likewise, head unchanged. This is
+  /// model space: the normalisation or resize a network needs (torchvision's
+  /// Normalize(mean, std)), kept out of the Guard's pixel-space defenses so
+  /// that preprocessors and detectors see pixels. Copies, clone(),
+  /// with_active_dropout(), save() and load() keep the transform and act on
+  /// the wrapped model; module_as<Impl>() no longer finds the module (its
+  /// methods would skip the transform). Call again to chain transforms.
+  /// @throws parry::OptionError if `transform` is null, not differentiable or
+  ///   not of gradient policy Exact (the attack path and the serving path must
+  ///   compute the same function).
+  Model with_input_transform(std::shared_ptr<const Preprocessor> transform) const;
 
   /// Logits, shape N×K, for a batch x of shape N×C×H×W.
   torch::Tensor logits(const torch::Tensor& x) const { return backend_->logits(x); }
@@ -205,6 +231,10 @@ class Model {
 
   /// "module", "torchscript" or "callable"; for logs and reports.
   std::string kind() const { return backend_->kind(); }
+  /// The kind and the input transforms, e.g. "torchscript after Normalize(...)".
+  std::string describe() const { return backend_->describe(); }
+  /// The device of the parameters; the Guard moves validated input there.
+  torch::Device device() const { return backend_->device(); }
 
   /// The wrapped C++ module if this Model was made from Impl, else nullptr.
   template <typename Impl>

@@ -23,4 +23,20 @@ class OutputPolicy {
   virtual std::string describe() const = 0;
 };
 
+namespace detail {
+/// response.labels = argmax of each row of logits N×K.
+inline void fill_labels(const torch::Tensor& logits, Response& response) {
+  const torch::Tensor labels = logits.argmax(1).to(torch::kCPU, torch::kInt64).contiguous();
+  response.labels.assign(labels.data_ptr<int64_t>(), labels.data_ptr<int64_t>() + labels.numel());
+}
+}  // namespace detail
+
+/// Only the top-1 label: the default policy of a Guard (conceal::LabelOnly is
+/// the same class). Leaves score-based black-box attacks nothing to climb.
+class LabelOnly final : public OutputPolicy {
+ public:
+  void fill(const torch::Tensor& logits, Response& response) const override { detail::fill_labels(logits, response); }
+  std::string describe() const override { return "LabelOnly"; }
+};
+
 }  // namespace parry

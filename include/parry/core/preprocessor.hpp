@@ -45,6 +45,12 @@ class Preprocessor {
   /// True if apply() is built from differentiable torch ops only.
   virtual bool is_differentiable() const = 0;
 
+  /// True if apply() keeps its input's shape and its values within the range
+  /// of its input: a pixel-space defense that a Guard may run before its
+  /// detectors. False for a transform that belongs to the model's own input
+  /// (Normalize; a Resize to the network's size): see Model::with_input_transform.
+  virtual bool works_in_pixel_space() const { return true; }
+
   GradientPolicy gradient_policy() const { return policy_; }
 
   /// The transform on the attack path: forward value equals apply(x); the

@@ -15,6 +15,8 @@
 
 #include <torch/torch.h>
 
+#include <atomic>
+#include <memory>
 #include <string>
 #include <vector>
 
@@ -51,9 +53,9 @@ class LearnedDetector final : public Detector {
   torch::Tensor differentiable_score(const torch::Tensor& batch, const Model& model) const override;
 
   DetectorKind kind() const { return kind_; }
-  const std::vector<std::string>& trained_on() const { return trained_on_; }
+  std::vector<std::string> trained_on() const { return std::atomic_load(&state_)->trained_on; }
   /// The detector's network (eval mode). Do not switch it to train mode while serving.
-  const Model& network() const { return network_; }
+  Model network() const { return std::atomic_load(&state_)->network; }
 
  protected:
   /// Kind, attack names and the network's parameters and buffers.
@@ -64,9 +66,14 @@ class LearnedDetector final : public Detector {
  private:
   torch::Tensor probability(const torch::Tensor& logits) const;
 
-  Model network_;
+  /// The network and what it was trained on, replaced whole by load()
+  /// (std::atomic_store) so that scoring threads never see a half-loaded one.
+  struct State {
+    Model network;
+    std::vector<std::string> trained_on;
+  };
+  std::shared_ptr<const State> state_;
   DetectorKind kind_;
-  std::vector<std::string> trained_on_;
 };
 
 }  // namespace parry::detect

@@ -19,6 +19,7 @@
 
 #include <torch/torch.h>
 
+#include <atomic>
 #include <memory>
 #include <string>
 
@@ -60,13 +61,14 @@ class UncertaintyDensity final : public Detector {
   /// Per sample [U(x), log K̂(x)], float64, N×2 (before normalisation).
   torch::Tensor features(const torch::Tensor& batch, const torch::Tensor& logits, const Model& model) const;
 
-  bool is_fitted() const { return regression_.is_fitted(); }
+  bool is_fitted() const { return std::atomic_load(&combiner_) != nullptr; }
   /// P(adversarial) per sample, float32, N. @throws parry::StateError before fit().
   torch::Tensor score(const DetectorInput& input) const override;
   using Detector::score;
   torch::Tensor differentiable_score(const torch::Tensor& batch, const Model& model) const override;
 
-  const LogisticRegression& regression() const { return regression_; }
+  /// The fitted combiner's regression (a copy). @throws parry::StateError before fit().
+  LogisticRegression regression() const { return snapshot("regression()")->regression; }
   const McDropout& uncertainty() const { return *uncertainty_; }
   const KernelDensity& density() const { return *density_; }
 
@@ -76,11 +78,21 @@ class UncertaintyDensity final : public Detector {
   void load_state(torch::serialize::InputArchive& archive) override;
 
  private:
+  /// The fitted combination: z-normalisation of [U, log K̂] and the regression.
+  struct Combiner {
+    LogisticRegression regression;
+    double mean[2] = {0.0, 0.0};
+    double scale[2] = {1.0, 1.0};
+  };
+  /// The current combiner, or StateError naming `what` before fit()/load().
+  std::shared_ptr<const Combiner> snapshot(const char* what) const;
+
   std::shared_ptr<McDropout> uncertainty_;
   std::shared_ptr<KernelDensity> density_;
-  LogisticRegression regression_;
-  double mean_[2] = {0.0, 0.0};
-  double scale_[2] = {1.0, 1.0};
+  LogisticRegressionOptions options_;
+  /// Replaced whole by fit() and load() (std::atomic_store): scoring threads
+  /// see the old or the new combiner, never a mix.
+  std::shared_ptr<const Combiner> combiner_;
 };
 
 /// The paper's noisy counterparts: x_i + Gaussian noise whose L2 norm equals

@@ -74,14 +74,16 @@ struct EvaluationData {
   data::LabeledImages test;
 };
 
-/// Runs the evaluation. `progress` receives one line per step (may be empty).
+/// Runs the evaluation. `model` is the bare model: the config's model_input
+/// is applied to it (Config::model_for). `progress` receives one line per step (may be empty).
 /// Detectors of the config are fitted and calibrated in place unless
 /// `detectors_ready` (they were loaded by `parry calibrate`).
 /// @throws parry::OptionError if the data is too small for the config.
 Evaluation evaluate(config::Config& config, const Model& model, const EvaluationData& data,
                     const std::function<void(const std::string&)>& progress = {}, bool detectors_ready = false);
 
-/// Fits (kernel densities, combiners) and calibrates every detector of a defense.
+/// Fits (kernel densities, combiners) and calibrates every detector of a
+/// defense, on the bare `model` with the defense's model_input applied.
 void prepare_detectors(config::DefenseSpec& defense, const Model& model, const EvaluationData& data,
                        const config::EvaluationSpec& settings, const std::function<void(const std::string&)>& progress);
 

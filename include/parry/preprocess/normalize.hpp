@@ -86,6 +86,9 @@ class Normalize final : public Preprocessor {
   }
 
   bool is_differentiable() const override { return true; }
+  /// Normalised values are model space: use Normalize as the model's input
+  /// transform (Model::with_input_transform), not as a Guard preprocessor.
+  bool works_in_pixel_space() const override { return false; }
 
   std::string describe() const override {
     std::ostringstream out;

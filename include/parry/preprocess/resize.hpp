@@ -140,6 +140,10 @@ class Resize final : public Preprocessor {
     return y;
   }
   bool is_differentiable() const override { return true; }
+  /// With restore() the image keeps its size and, being a non-negative
+  /// weighted average of pixels, its value range: a pixel-space defense.
+  /// Without, it resizes to the network's size: a model input transform.
+  bool works_in_pixel_space() const override { return options_.restore(); }
   std::string describe() const override {
     std::ostringstream out;
     out << "Resize(" << options_.height() << "x" << options_.width() << ", "
