@@ -8,6 +8,7 @@
 #include <sstream>
 
 #include "parry/attack/pgd.hpp"
+#include "parry/detail/chunks.hpp"
 #include "parry/detail/files.hpp"
 #include "parry/detail/require.hpp"
 #include "train/checkpoint.hpp"
@@ -331,10 +332,10 @@ AdversarialTrainingSummary AdversarialTrainer::fit(Model& model, const data::Lab
     int64_t seen = 0;
     double lr = o.learning_rate();
     int64_t step = (epoch - 1) * steps_per_epoch;
-    for (int64_t begin = 0; begin < n; begin += o.batch_size(), ++step) {
+    parry::detail::for_each_chunk(n, o.batch_size(), [&](int64_t begin, int64_t end) {
       lr = o.learning_rate_at(step, total_steps, epoch);
       set_learning_rate(*optimizer, lr);
-      const torch::Tensor index = order.slice(0, begin, begin + o.batch_size());
+      const torch::Tensor index = order.slice(0, begin, end);
       const torch::Tensor x = train.images.index_select(0, index);
       const torch::Tensor y = train.labels.index_select(0, index);
       optimizer->zero_grad();
@@ -347,7 +348,8 @@ AdversarialTrainingSummary AdversarialTrainer::fit(Model& model, const data::Lab
         o.on_progress()(StepProgress{epoch, o.epochs(), seen, n, loss_sum / static_cast<double>(seen),
                                      previous_seconds + seconds_since(start)});
       }
-    }
+      ++step;
+    });
     model.set_training(false);
     EpochReport report;
     report.epoch = epoch;
@@ -365,10 +367,10 @@ AdversarialTrainingSummary AdversarialTrainer::fit(Model& model, const data::Lab
       const auto pgd_options = attack::PgdOptions(o.epsilon()).steps(o.eval_steps()).settings(settings);
       const auto f = attack::differentiable(model);
       int64_t robust = 0;
-      for (int64_t begin = 0; begin < eval_n; begin += 500) {
-        const auto r = attack::pgd(f, ex.slice(0, begin, begin + 500), ey.slice(0, begin, begin + 500), pgd_options);
+      parry::detail::for_each_chunk(eval_n, 500, [&](int64_t begin, int64_t end) {
+        const auto r = attack::pgd(f, ex.slice(0, begin, end), ey.slice(0, begin, end), pgd_options);
         robust += (~r.success).sum().item<int64_t>();
-      }
+      });
       report.adversarial_accuracy = static_cast<double>(robust) / static_cast<double>(eval_n);
     }
     history.push_back(report);
