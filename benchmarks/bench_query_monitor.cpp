@@ -16,6 +16,7 @@
 #include "parry/conceal/query_monitor.hpp"
 #include "parry/core/log.hpp"
 #include "parry/data/idx.hpp"
+#include "parry/detail/chunks.hpp"
 
 namespace {
 
@@ -33,18 +34,18 @@ QueryMonitor& filled_monitor(int64_t stored) {
   static std::map<int64_t, std::unique_ptr<QueryMonitor>> monitors;
   auto& slot = monitors[stored];
   if (slot) return *slot;
-  parry::set_log_sink({});  // benign duplicates in the training set would log detections
-  slot = std::make_unique<QueryMonitor>(QueryMonitorOptions().max_stored_queries(stored).max_batch(4096));
+  parry::set_log_sink({});          // benign duplicates in the training set would log detections
+  constexpr int64_t kBatch = 4096;  // the monitor's batch limit: admit() takes at most this many images
+  slot = std::make_unique<QueryMonitor>(QueryMonitorOptions().max_stored_queries(stored).max_batch(kBatch));
   const parry::RequestContext context{"filler"};
   const torch::Tensor& train = fashion(true).images;
   const int64_t noise = std::max<int64_t>(0, stored - train.size(0));
   torch::manual_seed(0);
-  for (int64_t done = 0; done < noise; done += 4096) {
-    slot->admit(context, torch::rand({std::min<int64_t>(4096, noise - done), 1, 28, 28}));
-  }
-  for (int64_t begin = 0; begin < train.size(0); begin += 4096) {
-    slot->admit(context, train.slice(0, begin, begin + 4096));
-  }
+  parry::detail::for_each_chunk(noise, kBatch, [&](int64_t begin, int64_t end) {
+    slot->admit(context, torch::rand({end - begin, 1, 28, 28}));
+  });
+  parry::detail::for_each_chunk(train.size(0), kBatch,
+                                [&](int64_t begin, int64_t end) { slot->admit(context, train.slice(0, begin, end)); });
   return *slot;
 }
 

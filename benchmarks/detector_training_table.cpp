@@ -115,13 +115,14 @@ int main(int argc, char** argv) {
       GradientSettings targeted;
       targeted.targeted = true;
       const auto targets = (y + 1).remainder(10);
-      int64_t evaded = 0;
-      for (int64_t s = 0; s < x.size(0); s += 250) {
-        const auto r = pgd(g, x.slice(0, s, s + 250), targets.slice(0, s, s + 250),
-                           PgdOptions(0.1).steps(40).step_size(0.01).settings(targeted));
-        // Success on G means G's argmax is the target (< 10): the model is fooled and the detector silent.
-        evaded += r.success.sum().item<int64_t>();
-      }
+      // Success on G means G's argmax is the target (< 10): the model is fooled and the detector silent.
+      const auto evaded = bench::run_chunked(
+                              [&](const torch::Tensor& xs, const torch::Tensor& ts) {
+                                return pgd(g, xs, ts, PgdOptions(0.1).steps(40).step_size(0.01).settings(targeted));
+                              },
+                              x, targets)
+                              .success.sum()
+                              .item<int64_t>();
       std::printf(" %.1f%% |\n", 100.0 * static_cast<double>(evaded) / static_cast<double>(x.size(0)));
       std::fprintf(stderr, "%s: %.0f s\n", v.name.c_str(), seconds_since(t0));
       std::fflush(stdout);

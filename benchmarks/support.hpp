@@ -6,6 +6,7 @@
 #include <functional>
 #include <vector>
 
+#include "parry/detail/chunks.hpp"
 #include "parry/parry.hpp"
 
 namespace parry::bench {
@@ -17,9 +18,7 @@ inline double seconds_since(std::chrono::steady_clock::time_point start) {
 /// A detector's scores on x (N×C×H×W), computed `chunk` rows at a time.
 inline torch::Tensor chunked_scores(const Detector& detector, const torch::Tensor& x, const Model& model,
                                     int64_t chunk = 256) {
-  std::vector<torch::Tensor> parts;
-  for (int64_t s = 0; s < x.size(0); s += chunk) parts.push_back(detector.score(x.slice(0, s, s + chunk), model));
-  return torch::cat(parts);
+  return detail::map_chunks(x, chunk, [&](const torch::Tensor& part) { return detector.score(part, model); });
 }
 
 using AttackFn = std::function<attack::AttackResult(const torch::Tensor&, const torch::Tensor&)>;
@@ -29,12 +28,12 @@ using AttackFn = std::function<attack::AttackResult(const torch::Tensor&, const 
 inline attack::AttackResult run_chunked(const AttackFn& run, const torch::Tensor& x, const torch::Tensor& y,
                                         int64_t chunk = 250) {
   std::vector<torch::Tensor> adversarial, success, norm;
-  for (int64_t s = 0; s < x.size(0); s += chunk) {
-    const auto r = run(x.slice(0, s, s + chunk), y.slice(0, s, s + chunk));
+  detail::for_each_chunk(x.size(0), chunk, [&](int64_t begin, int64_t end) {
+    const auto r = run(x.slice(0, begin, end), y.slice(0, begin, end));
     adversarial.push_back(r.adversarial);
     success.push_back(r.success);
     norm.push_back(r.norm);
-  }
+  });
   attack::AttackResult all;
   all.adversarial = torch::cat(adversarial);
   all.success = torch::cat(success);

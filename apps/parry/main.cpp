@@ -17,6 +17,7 @@
 #include <iostream>
 #include <sstream>
 
+#include "parry/detail/chunks.hpp"
 #include "parry/parry.hpp"
 
 namespace fs = std::filesystem;
@@ -262,10 +263,9 @@ int run_predict(const CommonOptions&, const PredictOptions& opts) {
         auto images = data::read_idx(path);
         if (images.dim() == 3) images = images.unsqueeze(1);
         images = images.to(torch::kFloat32) / 255.0;
-        for (int64_t s = 0; s < images.size(0); s += guard->input_spec().max_batch()) {
-          print(path + "#" + std::to_string(s),
-                guard->predict(images.slice(0, s, s + guard->input_spec().max_batch()), RequestContext{"cli"}));
-        }
+        parry::detail::for_each_chunk(images.size(0), guard->input_spec().max_batch(), [&](int64_t begin, int64_t end) {
+          print(path + "#" + std::to_string(begin), guard->predict(images.slice(0, begin, end), RequestContext{"cli"}));
+        });
       } else {
         std::ifstream in(path, std::ios::binary);
         if (!in) throw IoError("input file not found", "cannot read '" + path + "'");

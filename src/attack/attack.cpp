@@ -40,29 +40,17 @@ void check_batch(const char* attack, const torch::Tensor& x, const torch::Tensor
 
 std::pair<torch::Tensor, torch::Tensor> loss_gradient(const LogitsFn& f, const torch::Tensor& x, const torch::Tensor& y,
                                                       const GradientSettings& s) {
-  torch::AutoGradMode enable_grad(true);
-  const torch::Tensor input = x.detach().requires_grad_(true);
-  torch::Tensor total;
-  torch::Tensor logits;
-  for (int64_t k = 0; k < s.eot_samples; ++k) {
-    logits = f(input);
-    torch::Tensor loss;
+  auto [grad, logits] = detail::objective_gradient(f, x, s.eot_samples, [&y](const torch::Tensor& z) {
     try {
-      loss = torch::nn::functional::cross_entropy(
-          logits, y, torch::nn::functional::CrossEntropyFuncOptions().reduction(torch::kSum));
+      return torch::nn::functional::cross_entropy(
+          z, y, torch::nn::functional::CrossEntropyFuncOptions().reduction(torch::kSum));
     } catch (const c10::Error&) {
-      check_labels("attack", logits, y);  // names the bad labels or shape
+      check_labels("attack", z, y);  // names the bad labels or shape
       throw;
     }
-    total = k == 0 ? loss : total + loss;
-  }
-  if (s.eot_samples > 1) total = total / static_cast<double>(s.eot_samples);
-  // Only the input's gradient: no parameter gradients are computed or stored.
-  torch::Tensor grad = torch::autograd::grad({total}, {input}, /*grad_outputs=*/{}, /*retain_graph=*/false,
-                                             /*create_graph=*/false, /*allow_unused=*/true)[0];
-  if (!grad.defined()) grad = torch::zeros_like(input);
+  });
   if (s.targeted) grad = -grad;
-  return {grad.detach(), logits.detach()};
+  return {grad, logits};
 }
 
 torch::Tensor is_success(const torch::Tensor& logits, const torch::Tensor& y, bool targeted) {

@@ -4,6 +4,7 @@
 #include <cmath>
 #include <optional>
 
+#include "parry/detail/chunks.hpp"
 #include "parry/detail/generator.hpp"
 #include "parry/detail/require.hpp"
 
@@ -27,16 +28,18 @@ class Oracle {
       return std::nullopt;
     }
     std::vector<int64_t> labels;
-    const int64_t chunk = guard_.input_spec().max_batch();
-    for (int64_t begin = 0; begin < batch.size(0); begin += chunk) {
-      const Response r = guard_.predict(batch.slice(0, begin, begin + chunk), context_);
-      if (r.verdict == Verdict::Rejected) {
-        rejected_reason_ = r.reason;
-        return std::nullopt;
-      }
-      queries_ += static_cast<int64_t>(r.labels.size());
-      labels.insert(labels.end(), r.labels.begin(), r.labels.end());
-    }
+    const bool answered =
+        parry::detail::for_each_chunk(batch.size(0), guard_.input_spec().max_batch(), [&](int64_t begin, int64_t end) {
+          const Response r = guard_.predict(batch.slice(0, begin, end), context_);
+          if (r.verdict == Verdict::Rejected) {
+            rejected_reason_ = r.reason;
+            return false;
+          }
+          queries_ += static_cast<int64_t>(r.labels.size());
+          labels.insert(labels.end(), r.labels.begin(), r.labels.end());
+          return true;
+        });
+    if (!answered) return std::nullopt;
     const torch::Tensor predicted = torch::tensor(labels, torch::kInt64);
     return targeted_ ? predicted.eq(label_) : predicted.ne(label_);
   }

@@ -1,4 +1,5 @@
-// attack::pgd: projected gradient descent, L∞ and L2, with random starts and restarts (Madry et al. 2018).
+// attack::pgd: projected gradient descent, L∞ and L2, with random starts and restarts (Madry et al. 2018), on the
+// cross-entropy or on the KL divergence to the clean prediction (TRADES' inner maximisation, Zhang et al. 2019).
 #include "parry/attack/pgd.hpp"
 
 #include "attack/support.hpp"
@@ -36,7 +37,26 @@ PgdOptions& PgdOptions::restarts(int64_t v) {
   return *this;
 }
 PgdOptions& PgdOptions::random_start(bool on) {
-  random_start_ = on;
+  start_ = on ? PgdStart::Uniform : PgdStart::None;
+  gaussian_sigma_ = 0;
+  return *this;
+}
+PgdOptions& PgdOptions::gaussian_start(double sigma) {
+  require(sigma > 0 && std::isfinite(sigma), "PgdOptions::gaussian_start", "sigma must be positive and finite", sigma);
+  start_ = PgdStart::Gaussian;
+  gaussian_sigma_ = sigma;
+  return *this;
+}
+PgdOptions& PgdOptions::loss(PgdLoss l) {
+  loss_ = l;
+  return *this;
+}
+PgdOptions& PgdOptions::generator(torch::Generator g) {
+  generator_ = std::move(g);
+  return *this;
+}
+PgdOptions& PgdOptions::last_iterate(bool on) {
+  last_iterate_ = on;
   return *this;
 }
 PgdOptions& PgdOptions::settings(GradientSettings s) {
@@ -50,9 +70,18 @@ double PgdOptions::step_size() const {
 
 namespace {
 
-torch::Tensor random_start_point(const torch::Tensor& x, const PgdOptions& o, torch::Generator& gen) {
+torch::Tensor start_point(const torch::Tensor& x, const PgdOptions& o, torch::Generator& gen) {
   const auto& s = o.settings();
   torch::Tensor delta;
+  switch (o.start()) {
+    case PgdStart::None:
+      return x.clone();
+    case PgdStart::Gaussian:
+      return project(x + o.gaussian_sigma() * torch::randn(x.sizes(), gen, x.options()), x, o.epsilon(), o.norm(),
+                     s.clip_min, s.clip_max);
+    case PgdStart::Uniform:
+      break;
+  }
   if (o.norm() == Norm::Linf) {
     delta = (torch::rand(x.sizes(), gen, x.options()) * 2 - 1) * o.epsilon();
   } else {
@@ -67,39 +96,90 @@ torch::Tensor random_start_point(const torch::Tensor& x, const PgdOptions& o, to
   return project(x + delta, x, o.epsilon(), o.norm(), s.clip_min, s.clip_max);
 }
 
+// softmax(f(x)) of the clean batch, averaged over the EOT draws.
+torch::Tensor clean_probabilities(const LogitsFn& f, const torch::Tensor& x, int64_t eot_samples) {
+  torch::NoGradGuard no_grad;
+  torch::Tensor p = torch::softmax(f(x), 1);
+  for (int64_t k = 1; k < eot_samples; ++k) p = p + torch::softmax(f(x), 1);
+  return eot_samples > 1 ? p / static_cast<double>(eot_samples) : p;
+}
+
+// Gradient of the summed KL(p_clean ‖ softmax(f(x))) in x. The constant
+// Σ p log p does not change the gradient; it keeps the value a divergence.
+std::pair<torch::Tensor, torch::Tensor> kl_gradient(const LogitsFn& f, const torch::Tensor& x,
+                                                    const torch::Tensor& p_clean, int64_t eot_samples) {
+  return objective_gradient(f, x, eot_samples, [&p_clean](const torch::Tensor& logits) {
+    if (logits.dim() != 2 || logits.sizes() != p_clean.sizes()) {
+      throw OptionError("pgd: the model returned logits of shape " + c10::str(logits.sizes()) +
+                        " where the clean batch gave " + c10::str(p_clean.sizes()));
+    }
+    return (p_clean * (torch::log(p_clean.clamp_min(1e-12)) - torch::log_softmax(logits, 1))).sum();
+  });
+}
+
 }  // namespace
 
 AttackResult pgd(const LogitsFn& f, const torch::Tensor& x, const torch::Tensor& y, const PgdOptions& options) {
   const auto& s = options.settings();
   check_batch("pgd", x, y, s);
+  require(!options.last_iterate() || options.restarts() == 1, "pgd",
+          "last_iterate returns the one run's last point and needs restarts = 1", options.restarts());
+  const bool kl = options.loss() == PgdLoss::KlToClean;
+  if (kl && s.targeted) {
+    throw OptionError(
+        "pgd: the KL loss ascends the divergence from the clean prediction and has no target; "
+        "use PgdLoss::CrossEntropy for a targeted attack");
+  }
   const int64_t n = x.size(0);
   const torch::Tensor x0 = x.detach();
-  torch::Generator gen = at::detail::createCPUGenerator(s.seed);
+  torch::Generator gen = options.generator().defined() ? options.generator() : at::detail::createCPUGenerator(s.seed);
+  const torch::Tensor p_clean = kl ? clean_probabilities(f, x0, s.eot_samples) : torch::Tensor();
+  if (kl) check_labels("pgd", p_clean, y);
+  auto gradient = [&](const torch::Tensor& point, const torch::Tensor& labels, const torch::Tensor& p) {
+    return kl ? kl_gradient(f, point, p, s.eot_samples) : loss_gradient(f, point, labels, s);
+  };
+  auto step = [&](const torch::Tensor& current, const torch::Tensor& grad, const torch::Tensor& origin) {
+    torch::Tensor direction;
+    if (options.norm() == Norm::Linf) {
+      direction = grad.sign();
+    } else {
+      direction = grad / flat(grad).norm(2, 1).clamp_min(1e-12).view({-1, 1, 1, 1});
+    }
+    return project(current + options.step_size() * direction, origin, options.epsilon(), options.norm(), s.clip_min,
+                   s.clip_max);
+  };
+  const int64_t clean_queries = kl ? s.eot_samples : 0;
   AttackResult result;
+  if (options.last_iterate()) {
+    torch::Tensor current = start_point(x0, options, gen);
+    for (int64_t i = 0; i < options.steps(); ++i) {
+      auto [grad, logits] = gradient(current, y, p_clean);
+      if (i == 0 && !kl) check_labels("pgd", logits, y);
+      current = step(current, grad, x0);
+    }
+    result.adversarial = current;
+    result.queries = torch::full({n}, options.steps() * s.eot_samples + clean_queries, torch::kInt64);
+    result.norm = perturbation_norm(result.adversarial - x0, options.norm());
+    return result;
+  }
   result.adversarial = x0.clone();
   result.success = torch::zeros({n}, torch::kBool);
-  result.queries = torch::zeros({n}, torch::kInt64);
-  const double alpha = options.step_size();
-  bool labels_checked = false;
+  result.queries = torch::full({n}, clean_queries, torch::kInt64);
+  bool labels_checked = kl;
   for (int64_t restart = 0; restart < options.restarts(); ++restart) {
     const torch::Tensor active = (~result.success).nonzero().flatten();
     if (active.numel() == 0) break;
     const torch::Tensor xa = x0.index_select(0, active);
     const torch::Tensor ya = y.index_select(0, active);
-    torch::Tensor current = options.random_start() ? random_start_point(xa, options, gen) : xa.clone();
-    for (int64_t step = 0; step < options.steps(); ++step) {
-      auto [grad, logits] = loss_gradient(f, current, ya, s);
+    const torch::Tensor pa = kl ? p_clean.index_select(0, active) : torch::Tensor();
+    torch::Tensor current = start_point(xa, options, gen);
+    for (int64_t i = 0; i < options.steps(); ++i) {
+      auto [grad, logits] = gradient(current, ya, pa);
       if (!labels_checked) {
         check_labels("pgd", logits, ya);
         labels_checked = true;
       }
-      torch::Tensor direction;
-      if (options.norm() == Norm::Linf) {
-        direction = grad.sign();
-      } else {
-        direction = grad / flat(grad).norm(2, 1).clamp_min(1e-12).view({-1, 1, 1, 1});
-      }
-      current = project(current + alpha * direction, xa, options.epsilon(), options.norm(), s.clip_min, s.clip_max);
+      current = step(current, grad, xa);
     }
     const torch::Tensor fooled = is_success(evaluate(f, current), ya, s.targeted);
     result.queries.index_add_(0, active,

@@ -5,6 +5,7 @@
 #include <limits>
 #include <random>
 
+#include "parry/detail/chunks.hpp"
 #include "parry/detail/generator.hpp"
 #include "parry/detail/require.hpp"
 
@@ -23,17 +24,23 @@ struct QueryResult {
 
 QueryResult query(const Guard& guard, const torch::Tensor& x, const RequestContext& context) {
   std::vector<torch::Tensor> parts;
-  const int64_t chunk = guard.input_spec().max_batch();
-  for (int64_t begin = 0; begin < x.size(0); begin += chunk) {
-    const Response r = guard.predict(x.slice(0, begin, begin + chunk), context);
-    if (r.verdict == Verdict::Rejected) return {torch::Tensor(), r.reason};
-    if (!r.scores.defined() || r.top_classes.defined()) {
-      throw OptionError(
-          "square: the Guard's output policy does not reveal every class score; the Square Attack is "
-          "score-based (use a decision-based attack against label-only answers)");
-    }
-    parts.push_back(r.scores);
-  }
+  std::string rejected;
+  const bool answered =
+      parry::detail::for_each_chunk(x.size(0), guard.input_spec().max_batch(), [&](int64_t begin, int64_t end) {
+        const Response r = guard.predict(x.slice(0, begin, end), context);
+        if (r.verdict == Verdict::Rejected) {
+          rejected = r.reason;
+          return false;
+        }
+        if (!r.scores.defined() || r.top_classes.defined()) {
+          throw OptionError(
+              "square: the Guard's output policy does not reveal every class score; the Square Attack is "
+              "score-based (use a decision-based attack against label-only answers)");
+        }
+        parts.push_back(r.scores);
+        return true;
+      });
+  if (!answered) return {torch::Tensor(), rejected};
   return {torch::log(torch::cat(parts).to(torch::kFloat32).clamp_min(1e-12)), ""};
 }
 
@@ -95,9 +102,8 @@ AttackResult square(const Guard& guard, const torch::Tensor& x, const torch::Ten
   range.clip_max = spec.max_value();
   check_batch("square", x, y, range);
   // The whole batch may exceed one request's limit: check it request by request.
-  for (int64_t begin = 0; begin < x.size(0); begin += spec.max_batch()) {
-    spec.validate(x.detach().slice(0, begin, begin + spec.max_batch()));
-  }
+  parry::detail::for_each_chunk(x.size(0), spec.max_batch(),
+                                [&](int64_t begin, int64_t end) { spec.validate(x.detach().slice(0, begin, end)); });
   const torch::Tensor x0 = x.detach().contiguous();
   const int64_t n = x0.size(0), c = x0.size(1), h = x0.size(2), w = x0.size(3);
   const double eps = options.epsilon();

@@ -25,6 +25,28 @@ inline torch::Tensor flat(const torch::Tensor& t) {
   return t.reshape({t.size(0), -1});
 }
 
+// Gradient of loss_of(logits) (a scalar) with respect to x only, averaged
+// over eot_samples draws of f; no parameter gradients are computed or stored.
+// Returns {gradient, logits of the last draw (detached)}.
+template <class Loss>
+std::pair<torch::Tensor, torch::Tensor> objective_gradient(const LogitsFn& f, const torch::Tensor& x,
+                                                           int64_t eot_samples, Loss&& loss_of) {
+  torch::AutoGradMode enable_grad(true);
+  const torch::Tensor input = x.detach().requires_grad_(true);
+  torch::Tensor total;
+  torch::Tensor logits;
+  for (int64_t k = 0; k < eot_samples; ++k) {
+    logits = f(input);
+    const torch::Tensor loss = loss_of(logits);
+    total = k == 0 ? loss : total + loss;
+  }
+  if (eot_samples > 1) total = total / static_cast<double>(eot_samples);
+  torch::Tensor grad = torch::autograd::grad({total}, {input}, /*grad_outputs=*/{}, /*retain_graph=*/false,
+                                             /*create_graph=*/false, /*allow_unused=*/true)[0];
+  if (!grad.defined()) grad = torch::zeros_like(input);
+  return {grad.detach(), logits.detach()};
+}
+
 inline torch::Tensor evaluate(const LogitsFn& f, const torch::Tensor& x) {
   torch::NoGradGuard no_grad;
   return f(x);

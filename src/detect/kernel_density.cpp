@@ -8,6 +8,7 @@
 #include <limits>
 
 #include "detect/scoring.hpp"
+#include "parry/detail/chunks.hpp"
 #include "parry/detail/format.hpp"
 #include "parry/detail/require.hpp"
 
@@ -79,14 +80,13 @@ void KernelDensity::fit(const Model& model, const torch::Tensor& images, const t
   if (!model.has_feature_split()) {
     throw StateError("detector is misconfigured", "KernelDensity needs a model with a features/head split");
   }
-  std::vector<torch::Tensor> parts;
+  torch::Tensor features;
   {
     c10::InferenceMode inference;
-    for (int64_t start = 0; start < images.size(0); start += batch_size) {
-      parts.push_back(model.features(images.slice(0, start, start + batch_size)).flatten(1));
-    }
+    features = parry::detail::map_chunks(images, batch_size,
+                                         [&](const torch::Tensor& chunk) { return model.features(chunk).flatten(1); });
   }
-  fit_features(torch::cat(parts), labels);
+  fit_features(features, labels);
 }
 
 void KernelDensity::fit_features(const torch::Tensor& features, const torch::Tensor& labels) {
@@ -138,8 +138,8 @@ std::vector<double> log_sum_kernels(const RowMatrix& queries, const KernelDensit
   std::vector<double> running_sum(static_cast<size_t>(m), 0.0);
   constexpr int64_t kBlock = 2048;
   RowMatrix products;
-  for (int64_t start = 0; start < stored; start += kBlock) {
-    const int64_t width = std::min(kBlock, stored - start);
+  parry::detail::for_each_chunk(stored, kBlock, [&](int64_t start, int64_t end) {
+    const int64_t width = end - start;
     products.noalias() = queries * all_points.middleRows(start, width).transpose();
     for (int64_t i = 0; i < m; ++i) {
       // exponent_j = −(‖q‖² + ‖p_j‖² − 2 q·p_j) / (2σ²), distances clamped at 0.
@@ -158,7 +158,7 @@ std::vector<double> log_sum_kernels(const RowMatrix& queries, const KernelDensit
       for (int64_t j = 0; j < width; ++j) sum += std::exp(-products(i, j) * inverse_two_sigma_sq - new_top);
       top = new_top;
     }
-  }
+  });
   std::vector<double> result(static_cast<size_t>(m));
   for (int64_t i = 0; i < m; ++i) result[static_cast<size_t>(i)] = running_max[i] + std::log(running_sum[i]);
   return result;

@@ -5,6 +5,7 @@
 #include <cmath>
 
 #include "detect/scoring.hpp"
+#include "parry/detail/chunks.hpp"
 #include "parry/detail/format.hpp"
 #include "parry/detail/require.hpp"
 
@@ -64,15 +65,13 @@ torch::Tensor McDropout::probabilities(const torch::Tensor& batch) const {
   if (fast_path_) {
     check_fast_path(batch);
     const torch::Tensor features = stochastic_.features(batch);
-    for (int64_t done = 0; done < samples; done += passes_per_call) {
-      const int64_t passes = std::min(passes_per_call, samples - done);
-      logits.push_back(stochastic_.head(features.repeat(repeats_along_batch(features, passes))));
-    }
+    parry::detail::for_each_chunk(samples, passes_per_call, [&](int64_t done, int64_t end) {
+      logits.push_back(stochastic_.head(features.repeat(repeats_along_batch(features, end - done))));
+    });
   } else {
-    for (int64_t done = 0; done < samples; done += passes_per_call) {
-      const int64_t passes = std::min(passes_per_call, samples - done);
-      logits.push_back(stochastic_.logits(batch.repeat(repeats_along_batch(batch, passes))));
-    }
+    parry::detail::for_each_chunk(samples, passes_per_call, [&](int64_t done, int64_t end) {
+      logits.push_back(stochastic_.logits(batch.repeat(repeats_along_batch(batch, end - done))));
+    });
   }
   // Rows are pass-major: row t·N + i is pass t of sample i.
   return torch::softmax(torch::cat(logits, 0).to(torch::kFloat32), 1).view({samples, n, -1});

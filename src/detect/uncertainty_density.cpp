@@ -5,6 +5,7 @@
 #include <sstream>
 
 #include "detect/scoring.hpp"
+#include "parry/detail/chunks.hpp"
 #include "parry/detail/format.hpp"
 #include "parry/detail/generator.hpp"
 #include "parry/detail/require.hpp"
@@ -68,13 +69,9 @@ CombinerFitReport UncertaintyDensity::fit(const Model& model, const torch::Tenso
   const bool with_noisy = noisy.defined() && noisy.numel() > 0;
   if (with_noisy) check(noisy, "noisy", false);
   auto features_of = [&](const torch::Tensor& images) {
-    std::vector<torch::Tensor> parts;
     c10::InferenceMode inference;
-    for (int64_t start = 0; start < images.size(0); start += batch_size) {
-      const torch::Tensor chunk = images.slice(0, start, start + batch_size);
-      parts.push_back(features(chunk, model.logits(chunk), model));
-    }
-    return torch::cat(parts);
+    return parry::detail::map_chunks(
+        images, batch_size, [&](const torch::Tensor& chunk) { return features(chunk, model.logits(chunk), model); });
   };
   const torch::Tensor negatives =
       with_noisy ? torch::cat({features_of(clean), features_of(noisy)}) : features_of(clean);

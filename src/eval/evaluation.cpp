@@ -9,6 +9,7 @@
 #include "parry/attack/detector_aware.hpp"
 #include "parry/attack/fgsm.hpp"
 #include "parry/attack/pgd.hpp"
+#include "parry/detail/chunks.hpp"
 #include "parry/detect/kernel_density.hpp"
 #include "parry/detect/mc_dropout.hpp"
 #include "parry/detect/uncertainty_density.hpp"
@@ -35,14 +36,13 @@ struct Verdicts {
 
 Verdicts run_guard(const Guard& guard, const torch::Tensor& x) {
   std::vector<torch::Tensor> labels, flags;
-  const int64_t chunk = guard.input_spec().max_batch();
-  for (int64_t s = 0; s < x.size(0); s += chunk) {
-    const Response r = guard.predict(x.slice(0, s, s + chunk));
+  parry::detail::for_each_chunk(x.size(0), guard.input_spec().max_batch(), [&](int64_t begin, int64_t end) {
+    const Response r = guard.predict(x.slice(0, begin, end));
     labels.push_back(torch::tensor(r.labels, torch::kInt64));
     std::vector<int64_t> f(r.flagged.begin(), r.flagged.end());
     flags.push_back(f.empty() ? torch::zeros({static_cast<int64_t>(r.labels.size())}, torch::kBool)
                               : torch::tensor(f, torch::kInt64).to(torch::kBool));
-  }
+  });
   return {torch::cat(labels), torch::cat(flags)};
 }
 
@@ -51,9 +51,8 @@ double defended_rate(const Verdicts& v, const torch::Tensor& y) {
 }
 
 torch::Tensor preprocessed(const Guard& guard, const torch::Tensor& x) {
-  std::vector<torch::Tensor> parts;
-  for (int64_t s = 0; s < x.size(0); s += 256) parts.push_back(guard.preprocess(x.slice(0, s, s + 256)));
-  return torch::cat(parts);
+  // 256 rows bound the memory of the preprocessors (Guard::preprocess has no batch limit).
+  return parry::detail::map_chunks(x, 256, [&](const torch::Tensor& chunk) { return guard.preprocess(chunk); });
 }
 
 bool is_randomised(const config::DefenseSpec& d) {

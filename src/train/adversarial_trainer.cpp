@@ -8,6 +8,7 @@
 #include <sstream>
 
 #include "parry/attack/pgd.hpp"
+#include "parry/detail/chunks.hpp"
 #include "parry/detail/files.hpp"
 #include "parry/detail/require.hpp"
 #include "train/checkpoint.hpp"
@@ -199,70 +200,30 @@ AdversarialTrainer::AdversarialTrainer(AdversarialTrainerOptions options)
   }
 }
 
-namespace {
-
-/// Gradient of `loss_of(input)` with respect to the input only.
-torch::Tensor input_gradient(const std::function<torch::Tensor(const torch::Tensor&)>& loss_of,
-                             const torch::Tensor& x) {
-  torch::AutoGradMode enable_grad(true);
-  const torch::Tensor input = x.detach().requires_grad_(true);
-  const torch::Tensor loss = loss_of(input);
-  return torch::autograd::grad({loss}, {input}, /*grad_outputs=*/{}, /*retain_graph=*/false,
-                               /*create_graph=*/false)[0];
-}
-
-/// The L∞ ball around x intersected with the pixel range, as per-pixel bounds.
-struct Box {
-  torch::Tensor lower, upper;
-  Box(const torch::Tensor& x, double eps, double lo, double hi)
-      : lower((x - eps).clamp_min(lo)), upper((x + eps).clamp_max(hi)) {}
-  torch::Tensor project(const torch::Tensor& p) const { return torch::min(torch::max(p, lower), upper); }
-};
-
-}  // namespace
-
 torch::Tensor AdversarialTrainer::attack(Model& model, const torch::Tensor& x, const torch::Tensor& y) {
   const auto& o = options_;
-  const double eps = o.epsilon();
-  const double alpha = o.step_size();
-  const double lo = o.clip_min();
-  const double hi = o.clip_max();
-  const torch::Tensor x0 = x.detach();
-  torch::NoGradGuard no_grad_outside_gradients;
-  const Box box(x0, eps, lo, hi);
-  auto ce_sum = [&](const torch::Tensor& input) {
-    return torch::nn::functional::cross_entropy(
-        model.logits(input), y, torch::nn::functional::CrossEntropyFuncOptions().reduction(torch::kSum));
-  };
-  torch::Tensor adv;
+  attack::GradientSettings settings;
+  settings.clip_min = o.clip_min();
+  settings.clip_max = o.clip_max();
+  // The trainer's generator (a shared handle) draws the random starts, so a
+  // resumed run continues its stream; the last iterate is trained on.
+  auto pgd_options = attack::PgdOptions(o.epsilon())
+                         .step_size(o.step_size())
+                         .settings(settings)
+                         .generator(generator_)
+                         .last_iterate(true);
   switch (o.method()) {
-    case AdversarialMethod::Pgd:
-    case AdversarialMethod::FastFgsm: {
-      // Uniform random start in the ε-ball (both Madry et al. and Wong et al.).
-      adv = box.project(x0 + (torch::rand(x0.sizes(), generator_, x0.options()) * 2 - 1) * eps);
-      const int64_t steps = o.method() == AdversarialMethod::Pgd ? o.steps() : 1;
-      for (int64_t s = 0; s < steps; ++s) {
-        const torch::Tensor grad = input_gradient(ce_sum, adv);
-        adv = box.project(adv + alpha * grad.sign());
-      }
+    case AdversarialMethod::Pgd:  // Madry et al.: uniform start, `steps` sign steps
+      pgd_options.steps(o.steps());
       break;
-    }
-    case AdversarialMethod::Trades: {
-      const torch::Tensor clean_probability = torch::softmax(model.logits(x0), 1);
-      // KL(p_clean ‖ p_adv) summed; its gradient in x' is that of −Σ p_clean log p_adv.
-      auto kl = [&](const torch::Tensor& input) {
-        const torch::Tensor log_adv = torch::log_softmax(model.logits(input), 1);
-        return (clean_probability * (torch::log(clean_probability.clamp_min(1e-12)) - log_adv)).sum();
-      };
-      adv = box.project(x0 + 0.001 * torch::randn(x0.sizes(), generator_, x0.options()));
-      for (int64_t s = 0; s < o.steps(); ++s) {
-        const torch::Tensor grad = input_gradient(kl, adv);
-        adv = box.project(adv + alpha * grad.sign());
-      }
+    case AdversarialMethod::FastFgsm:  // Wong et al.: uniform start, one sign step of α
+      pgd_options.steps(1);
       break;
-    }
+    case AdversarialMethod::Trades:  // Zhang et al.: start at x + 0.001·N(0, I), ascend KL(p(x) ‖ p(x'))
+      pgd_options.steps(o.steps()).gaussian_start(0.001).loss(attack::PgdLoss::KlToClean);
+      break;
   }
-  return adv.detach();
+  return attack::pgd(attack::differentiable(model), x, y, pgd_options).adversarial;
 }
 
 TrainingBatch AdversarialTrainer::adversarial_batch(Model& model, const torch::Tensor& x, const torch::Tensor& y) {
@@ -371,10 +332,10 @@ AdversarialTrainingSummary AdversarialTrainer::fit(Model& model, const data::Lab
     int64_t seen = 0;
     double lr = o.learning_rate();
     int64_t step = (epoch - 1) * steps_per_epoch;
-    for (int64_t begin = 0; begin < n; begin += o.batch_size(), ++step) {
+    parry::detail::for_each_chunk(n, o.batch_size(), [&](int64_t begin, int64_t end) {
       lr = o.learning_rate_at(step, total_steps, epoch);
       set_learning_rate(*optimizer, lr);
-      const torch::Tensor index = order.slice(0, begin, begin + o.batch_size());
+      const torch::Tensor index = order.slice(0, begin, end);
       const torch::Tensor x = train.images.index_select(0, index);
       const torch::Tensor y = train.labels.index_select(0, index);
       optimizer->zero_grad();
@@ -387,7 +348,8 @@ AdversarialTrainingSummary AdversarialTrainer::fit(Model& model, const data::Lab
         o.on_progress()(StepProgress{epoch, o.epochs(), seen, n, loss_sum / static_cast<double>(seen),
                                      previous_seconds + seconds_since(start)});
       }
-    }
+      ++step;
+    });
     model.set_training(false);
     EpochReport report;
     report.epoch = epoch;
@@ -405,10 +367,10 @@ AdversarialTrainingSummary AdversarialTrainer::fit(Model& model, const data::Lab
       const auto pgd_options = attack::PgdOptions(o.epsilon()).steps(o.eval_steps()).settings(settings);
       const auto f = attack::differentiable(model);
       int64_t robust = 0;
-      for (int64_t begin = 0; begin < eval_n; begin += 500) {
-        const auto r = attack::pgd(f, ex.slice(0, begin, begin + 500), ey.slice(0, begin, begin + 500), pgd_options);
+      parry::detail::for_each_chunk(eval_n, 500, [&](int64_t begin, int64_t end) {
+        const auto r = attack::pgd(f, ex.slice(0, begin, end), ey.slice(0, begin, end), pgd_options);
         robust += (~r.success).sum().item<int64_t>();
-      }
+      });
       report.adversarial_accuracy = static_cast<double>(robust) / static_cast<double>(eval_n);
     }
     history.push_back(report);

@@ -6,6 +6,7 @@
 #include <cmath>
 #include <cstdio>
 
+#include "parry/detail/chunks.hpp"
 #include "parry/detail/require.hpp"
 
 namespace parry::train {
@@ -122,7 +123,7 @@ TrainingSummary fit_classifier(Model& model, const torch::Tensor& images, const 
     const torch::Tensor order = torch::randperm(n, generator, torch::kInt64);
     double loss_sum = 0;
     int64_t seen = 0;
-    for (int64_t begin = 0; begin < n; begin += options.batch_size(), ++step) {
+    parry::detail::for_each_chunk(n, options.batch_size(), [&](int64_t begin, int64_t end) {
       // Cosine annealing from lr to lr * final_lr_fraction.
       const double progress = static_cast<double>(step) / static_cast<double>(total_steps);
       const double lr =
@@ -131,7 +132,7 @@ TrainingSummary fit_classifier(Model& model, const torch::Tensor& images, const 
       for (auto& group : optimizer.param_groups()) {
         static_cast<torch::optim::AdamOptions&>(group.options()).lr(lr);
       }
-      const torch::Tensor index = order.slice(0, begin, begin + options.batch_size());
+      const torch::Tensor index = order.slice(0, begin, end);
       const torch::Tensor x =
           augment_batch(images.index_select(0, index), options.random_flip(), options.random_shift(), generator);
       const torch::Tensor y = labels.index_select(0, index);
@@ -145,7 +146,8 @@ TrainingSummary fit_classifier(Model& model, const torch::Tensor& images, const 
         options.on_progress()(
             StepProgress{epoch, options.epochs(), seen, n, loss_sum / static_cast<double>(seen), elapsed()});
       }
-    }
+      ++step;
+    });
     summary.final_loss = loss_sum / static_cast<double>(n);
   }
   model.set_training(false);
@@ -161,10 +163,10 @@ double accuracy(const Model& model, const torch::Tensor& images, const torch::Te
   if (batch_size < 1) throw OptionError("accuracy: batch_size must be at least 1");
   c10::InferenceMode inference;
   int64_t correct = 0;
-  for (int64_t begin = 0; begin < images.size(0); begin += batch_size) {
-    const torch::Tensor pred = model.logits(images.slice(0, begin, begin + batch_size)).argmax(1);
-    correct += pred.eq(labels.slice(0, begin, begin + batch_size)).sum().item<int64_t>();
-  }
+  parry::detail::for_each_chunk(images.size(0), batch_size, [&](int64_t begin, int64_t end) {
+    const torch::Tensor pred = model.logits(images.slice(0, begin, end)).argmax(1);
+    correct += pred.eq(labels.slice(0, begin, end)).sum().item<int64_t>();
+  });
   return static_cast<double>(correct) / static_cast<double>(images.size(0));
 }
 

@@ -3,6 +3,7 @@
 
 #include <cmath>
 
+#include "parry/detail/chunks.hpp"
 #include "parry/detail/require.hpp"
 #include "train/support.hpp"
 
@@ -93,9 +94,9 @@ data::LabeledImages DetectorTrainer::make_training_set(const Model& target, cons
                                                                                 : torch::zeros_like(clean.labels)};
   const auto f = attack::differentiable(attacked);
   for (const auto& a : options_.attacks()) {
-    for (int64_t begin = 0; begin < clean.images.size(0); begin += options_.attack_batch_size()) {
-      const torch::Tensor x = clean.images.slice(0, begin, begin + options_.attack_batch_size());
-      const torch::Tensor y = clean.labels.slice(0, begin, begin + options_.attack_batch_size());
+    parry::detail::for_each_chunk(clean.images.size(0), options_.attack_batch_size(), [&](int64_t begin, int64_t end) {
+      const torch::Tensor x = clean.images.slice(0, begin, end);
+      const torch::Tensor y = clean.labels.slice(0, begin, end);
       const attack::AttackResult r = a.run(f, x, y);
       if (!r.adversarial.defined() || r.adversarial.sizes() != x.sizes() || !r.success.defined() ||
           r.success.dim() != 1 || r.success.size(0) != x.size(0)) {
@@ -104,10 +105,10 @@ data::LabeledImages DetectorTrainer::make_training_set(const Model& target, cons
       const torch::Tensor keep =
           options_.keep_failed() ? torch::ones({x.size(0)}, torch::kBool) : r.success.to(torch::kBool);
       const torch::Tensor rows = keep.nonzero().flatten();
-      if (rows.numel() == 0) continue;
+      if (rows.numel() == 0) return;
       images.push_back(r.adversarial.detach().index_select(0, rows));
       labels.push_back(torch::full({rows.numel()}, adversarial_label, torch::kInt64));
-    }
+    });
   }
   data::LabeledImages out{torch::cat(images), torch::cat(labels)};
   if (out.images.size(0) == clean.images.size(0)) {

@@ -3,6 +3,7 @@
 
 #include <cmath>
 
+#include "parry/detail/chunks.hpp"
 #include "parry/detail/require.hpp"
 #include "train/support.hpp"
 
@@ -57,11 +58,10 @@ torch::Tensor soft_labels(const Model& teacher, const torch::Tensor& images, dou
   // A teacher in train mode is copied, not switched: it may be serving.
   const Model eval_teacher = eval_view(teacher);
   c10::InferenceMode inference;
-  std::vector<torch::Tensor> parts;
-  for (int64_t begin = 0; begin < images.size(0); begin += batch_size) {
-    parts.push_back(torch::softmax(eval_teacher.logits(images.slice(0, begin, begin + batch_size)) / temperature, 1));
-  }
-  return torch::cat(parts).to(torch::kFloat32);
+  return parry::detail::map_chunks(
+             images, batch_size,
+             [&](const torch::Tensor& chunk) { return torch::softmax(eval_teacher.logits(chunk) / temperature, 1); })
+      .to(torch::kFloat32);
 }
 
 torch::Tensor soft_cross_entropy(const torch::Tensor& logits, const torch::Tensor& targets, double temperature) {
@@ -127,10 +127,10 @@ DistillationSummary Distillation::fit(Model& teacher, Model& student, const torc
   {
     c10::InferenceMode inference;
     int64_t agree = 0;
-    for (int64_t begin = 0; begin < images.size(0); begin += 512) {
-      const torch::Tensor x = images.slice(0, begin, begin + 512);
+    parry::detail::for_each_chunk(images.size(0), 512, [&](int64_t begin, int64_t end) {
+      const torch::Tensor x = images.slice(0, begin, end);
       agree += teacher.logits(x).argmax(1).eq(student.logits(x).argmax(1)).sum().item<int64_t>();
-    }
+    });
     summary.label_agreement = static_cast<double>(agree) / static_cast<double>(images.size(0));
   }
   summary.seconds = seconds_since(start);

@@ -4,6 +4,7 @@
 #include <algorithm>
 #include <cmath>
 
+#include "parry/detail/chunks.hpp"
 #include "parry/detail/require.hpp"
 
 namespace parry::train::detail {
@@ -91,9 +92,9 @@ double run_training(Model& model, int64_t n, const LoopSettings& s,
     const torch::Tensor order = torch::randperm(n, generator, torch::kInt64);
     double loss_sum = 0;
     int64_t seen = 0;
-    for (int64_t begin = 0; begin < n; begin += s.batch_size, ++step) {
+    parry::detail::for_each_chunk(n, s.batch_size, [&](int64_t begin, int64_t end) {
       set_learning_rate(optimizer, cosine(s.learning_rate, s.final_lr_fraction, step, total_steps));
-      const torch::Tensor index = order.slice(0, begin, begin + s.batch_size);
+      const torch::Tensor index = order.slice(0, begin, end);
       optimizer.zero_grad();
       const torch::Tensor loss = batch_loss(index);
       loss.backward();
@@ -104,7 +105,8 @@ double run_training(Model& model, int64_t n, const LoopSettings& s,
         (*s.on_progress)(
             StepProgress{epoch, s.epochs, seen, n, loss_sum / static_cast<double>(seen), seconds_since(start)});
       }
-    }
+      ++step;
+    });
     last_loss = loss_sum / static_cast<double>(n);
   }
   model.set_training(false);

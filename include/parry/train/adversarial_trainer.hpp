@@ -14,6 +14,10 @@
 //    Principled Trade-off between Robustness and Accuracy", ICML 2019.
 //    x' maximises KL(f(x) ‖ f(x')) by PGD from x + 0.001·N(0, 1); the loss
 //    is CE(f(x), y) + β · KL(f(x) ‖ f(x')), β default 6.
+// All three examples are made by attack::pgd (parry/attack/pgd.hpp): the
+// cross-entropy or PgdLoss::KlToClean, L∞ sign steps projected onto the ball
+// and the pixel range, the last iterate kept, the random start drawn from the
+// trainer's own generator (checkpointed, so a resumed run continues exactly).
 //
 // Mode during the attack: the adversarial examples are generated with the
 // model in eval mode (BatchNorm uses its running statistics, dropout is off)
