@@ -3,6 +3,7 @@
 #include "parry/attack/pgd.hpp"
 
 #include "attack/support.hpp"
+#include "parry/detail/generator.hpp"
 
 namespace parry::attack {
 
@@ -132,7 +133,8 @@ AttackResult pgd(const LogitsFn& f, const torch::Tensor& x, const torch::Tensor&
   }
   const int64_t n = x.size(0);
   const torch::Tensor x0 = x.detach();
-  torch::Generator gen = options.generator().defined() ? options.generator() : at::detail::createCPUGenerator(s.seed);
+  torch::Generator gen =
+      options.generator().defined() ? options.generator() : parry::detail::make_generator(s.seed, x0.device());
   const torch::Tensor p_clean = kl ? clean_probabilities(f, x0, s.eot_samples) : torch::Tensor();
   if (kl) check_labels("pgd", p_clean, y);
   auto gradient = [&](const torch::Tensor& point, const torch::Tensor& labels, const torch::Tensor& p) {

@@ -4,6 +4,7 @@
 #include <algorithm>
 #include <cmath>
 
+#include "parry/detail/chunks.hpp"
 #include "parry/detail/files.hpp"
 #include "parry/detail/format.hpp"
 
@@ -51,11 +52,9 @@ CalibrationReport Detector::calibrate(const torch::Tensor& clean, const Model& m
   if (batch_size < 1) {
     throw OptionError(name() + "::calibrate: batch_size must be at least 1, but got " + std::to_string(batch_size));
   }
-  std::vector<torch::Tensor> parts;
-  for (int64_t start = 0; start < clean.size(0); start += batch_size) {
-    parts.push_back(score(clean.slice(0, start, start + batch_size), model));
-  }
-  return calibrate_from_scores(torch::cat(parts), target_fpr);
+  const torch::Tensor scores =
+      detail::map_chunks(clean, batch_size, [&](const torch::Tensor& part) { return score(part, model); });
+  return calibrate_from_scores(scores, target_fpr);
 }
 
 CalibrationReport Detector::calibrate_from_scores(const torch::Tensor& clean_scores, double target_fpr) {
