@@ -9,6 +9,7 @@
 #include "parry/attack/detector_aware.hpp"
 #include "parry/attack/fgsm.hpp"
 #include "parry/attack/pgd.hpp"
+#include "parry/config/registry.hpp"
 #include "parry/detect/kernel_density.hpp"
 #include "parry/detect/mc_dropout.hpp"
 #include "parry/detect/uncertainty_density.hpp"
@@ -54,13 +55,6 @@ torch::Tensor preprocessed(const Guard& guard, const torch::Tensor& x) {
   std::vector<torch::Tensor> parts;
   for (int64_t s = 0; s < x.size(0); s += 256) parts.push_back(guard.preprocess(x.slice(0, s, s + 256)));
   return torch::cat(parts);
-}
-
-bool is_randomised(const config::DefenseSpec& d) {
-  for (const auto& det : d.detectors) {
-    if (det.type == "mc_dropout" || det.type == "uncertainty_density") return true;
-  }
-  return false;
 }
 
 attack::AttackResult run_attack(const config::AttackSpec& spec, const attack::LogitsFn& f, const torch::Tensor& x,
@@ -204,7 +198,9 @@ Evaluation evaluate(config::Config& config, const Model& model, const Evaluation
       return out;
     };
     for (const auto& det : defense.detectors) {
-      adaptive = attack::detector_aware(adaptive, *det.detector, model, det.type == "kernel_density" ? 0.1 : 10.0,
+      if (det.descriptor().adaptive != config::AdaptiveAttack::DetectorAware) continue;
+      // The registry gives each detector's weight in the detector-aware loss.
+      adaptive = attack::detector_aware(adaptive, *det.detector, model, det.descriptor().detector_aware_weight,
                                         preprocess_path);
     }
     const bool targeted = !defense.detectors.empty();
@@ -219,7 +215,7 @@ Evaluation evaluate(config::Config& config, const Model& model, const Evaluation
       attack::GradientSettings gs;
       gs.seed = settings.seed;
       gs.targeted = targeted;
-      gs.eot_samples = is_randomised(defense) ? spec.eot_samples : 1;
+      gs.eot_samples = defense.is_randomised() ? spec.eot_samples : 1;
       const auto adv = run_attack(spec, adaptive, x, targeted ? wrong_targets : y, t.epsilon, gs).adversarial;
       // Worst case per image: an image counts as defended only if it
       // withstands both the adaptive attack and the transferred one.
