@@ -425,6 +425,11 @@ std::string option_rule(const OptionDescriptor& o) {
   return o.rule;
 }
 
+std::string capitalised(std::string text) {
+  if (!text.empty() && text[0] >= 'a' && text[0] <= 'z') text[0] = static_cast<char>(text[0] - 'a' + 'A');
+  return text;
+}
+
 std::string flags(const ComponentDescriptor& d) {
   std::string text = std::string("adaptive attack: ") + to_string(d.adaptive);
   if (d.randomised) text += " with EOT (randomised)";
@@ -594,7 +599,7 @@ std::string components_markdown() {
     out << "### " << title << " (`" << config_key(kind) << "`, named by `" << type_key(kind) << "`)\n\n";
     for (const auto& d : components()) {
       if (d.kind != kind) continue;
-      out << "#### `" << d.type << "`\n\n" << d.description << ". " << flags(d) << ".\n\n";
+      out << "#### `" << d.type << "`\n\n" << capitalised(d.description) << ". " << capitalised(flags(d)) << ".\n\n";
       if (d.options.empty()) {
         out << "No options.\n\n";
         continue;
