@@ -4,6 +4,7 @@
 //   parry eval       evaluate a model under a defense config; write the report
 //   parry calibrate  fit and calibrate a config's detectors; save them beside it
 //   parry predict    defended label-only predictions for image or IDX files
+//   parry components the defense components a config can use, with their options
 //   parry demo       the main job: train (first run) or load the reference
 //                    model, evaluate each defense family, write the report
 #include <CLI/CLI.hpp>
@@ -353,6 +354,18 @@ int run_demo(const CommonOptions& common, std::string cache_dir, const std::stri
   return 0;
 }
 
+// One line per component kind: "preprocess: bit_depth, median_smoothing, …".
+std::string component_summary() {
+  std::string text = "Components of the config (parry components lists their options):\n";
+  for (auto kind : {config::ComponentKind::Gate, config::ComponentKind::Preprocessor, config::ComponentKind::Detector,
+                    config::ComponentKind::OutputPolicy}) {
+    std::string names;
+    for (const auto& type : config::component_types(kind)) names += (names.empty() ? "" : ", ") + type;
+    text += std::string("  ") + config::config_key(kind) + ": " + names + "\n";
+  }
+  return text;
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -406,12 +419,21 @@ int main(int argc, char** argv) {
   eval_cmd->add_option("--out", eval_opts.out, "Report directory")->capture_default_str();
   eval_cmd->add_option("--images", eval_opts.images, "Override evaluation.images")->check(CLI::PositiveNumber);
 
+  eval_cmd->footer(component_summary());
+
+  bool components_markdown = false;
+  auto* components_cmd =
+      app.add_subcommand("components", "List the components a defense config can use, with options and rules");
+  components_cmd->add_flag("--markdown", components_markdown,
+                           "Print the component reference of docs/configuration.md (Markdown)");
+
   EvalOptions calibrate_opts;
   auto* calibrate_cmd = app.add_subcommand(
       "calibrate",
       "Fit detector densities and combiners, set thresholds, save them beside the config (<config>.state/)");
   calibrate_cmd->add_option("--model", calibrate_opts.model, "Saved reference model or TorchScript file")->required();
   calibrate_cmd->add_option("--config", calibrate_opts.config, "Defense configuration (JSON)")->required();
+  calibrate_cmd->footer(component_summary());
 
   PredictOptions predict_opts;
   auto* predict_cmd =
@@ -429,6 +451,10 @@ int main(int argc, char** argv) {
     if (*eval_cmd) return run_eval(common, eval_opts);
     if (*calibrate_cmd) return run_calibrate(common, calibrate_opts);
     if (*predict_cmd) return run_predict(common, predict_opts);
+    if (*components_cmd) {
+      std::fputs((components_markdown ? config::components_markdown() : config::components_text()).c_str(), stdout);
+      return 0;
+    }
   } catch (const Error& e) {
     std::fprintf(stderr, "parry: %s\n  detail: %s\n", e.public_message(), e.detail().c_str());
     return 1;

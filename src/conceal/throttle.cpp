@@ -4,37 +4,8 @@
 #include <cmath>
 #include <limits>
 
-#include "parry/detail/require.hpp"
-
 namespace parry::conceal {
 
-using parry::detail::require;
-
-ThrottleOptions& ThrottleOptions::rate(double v) {
-  require(v > 0 && std::isfinite(v), "ThrottleOptions::rate", "images per second must be positive", v);
-  rate_ = v;
-  return *this;
-}
-ThrottleOptions& ThrottleOptions::burst(double v) {
-  require(v >= 1 && std::isfinite(v), "ThrottleOptions::burst", "must be at least 1 image", v);
-  burst_ = v;
-  return *this;
-}
-ThrottleOptions& ThrottleOptions::global_rate(double v) {
-  require(v >= 0 && std::isfinite(v), "ThrottleOptions::global_rate", "must be non-negative (0 disables it)", v);
-  global_rate_ = v;
-  return *this;
-}
-ThrottleOptions& ThrottleOptions::global_burst(double v) {
-  require(v >= 1 && std::isfinite(v), "ThrottleOptions::global_burst", "must be at least 1 image", v);
-  global_burst_ = v;
-  return *this;
-}
-ThrottleOptions& ThrottleOptions::max_clients(size_t v) {
-  require(v >= 1, "ThrottleOptions::max_clients", "must be at least 1", static_cast<double>(v));
-  max_clients_ = v;
-  return *this;
-}
 ThrottleOptions& ThrottleOptions::clock(Clock c) {
   if (!c) throw OptionError("ThrottleOptions::clock: the clock function is empty");
   clock_ = std::move(c);

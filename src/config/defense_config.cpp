@@ -1,25 +1,15 @@
 // JSON defense configuration (nlohmann-json): strict parsing with the path of
-// every bad key in the error message.
+// every bad key in the error message. Components (gates, preprocessors,
+// detectors, output policies) are built by their registry entries
+// (parry/config/registry.hpp), whose ranges are the Options setters' own.
 #include "parry/config/defense_config.hpp"
 
 #include <fstream>
 #include <sstream>
 
 #include "config/json_object.hpp"
-#include "parry/conceal/output_policies.hpp"
-#include "parry/conceal/query_monitor.hpp"
-#include "parry/conceal/throttle.hpp"
-#include "parry/detect/feature_squeezing.hpp"
-#include "parry/detect/kernel_density.hpp"
-#include "parry/detect/mc_dropout.hpp"
-#include "parry/detect/softmax_confidence.hpp"
-#include "parry/detect/uncertainty_density.hpp"
-#include "parry/preprocess/bit_depth.hpp"
-#include "parry/preprocess/gaussian_blur.hpp"
-#include "parry/preprocess/jpeg.hpp"
-#include "parry/preprocess/median_smoothing.hpp"
-#include "parry/preprocess/normalize.hpp"
-#include "parry/preprocess/resize.hpp"
+#include "config/reader.hpp"
+#include "parry/config/registry.hpp"
 
 namespace parry::config {
 
@@ -27,182 +17,6 @@ using namespace detail;
 using json = nlohmann::json;
 
 namespace {
-
-std::shared_ptr<const Preprocessor> parse_preprocessor(const json& value, const std::string& path) {
-  Object o(value, path);
-  const std::string type =
-      o.text("type", "", {"bit_depth", "median_smoothing", "gaussian_blur", "jpeg", "resize", "normalize"});
-  std::shared_ptr<const Preprocessor> result;
-  if (type == "bit_depth") {
-    const auto bits = o.integer("bits", 4, 1, 8);
-    const auto policy = gradient_policy(o, GradientPolicy::StraightThrough);
-    result = at_path(path, [&] {
-      return std::make_shared<preprocess::BitDepth>(
-          preprocess::BitDepthOptions(static_cast<int>(bits)).gradient_policy(policy));
-    });
-  } else if (type == "median_smoothing") {
-    const auto window = o.integer("window", 2, 1, 15);
-    const auto policy = gradient_policy(o, GradientPolicy::StraightThrough);
-    result = at_path(path, [&] {
-      return std::make_shared<preprocess::MedianSmoothing>(
-          preprocess::MedianSmoothingOptions(static_cast<int>(window)).gradient_policy(policy));
-    });
-  } else if (type == "gaussian_blur") {
-    const auto kernel = o.integer("kernel_size", 3, 1, 31);
-    const double sigma = o.number("sigma", 1.0, positive, "must be finite and > 0");
-    const auto policy = gradient_policy(o, GradientPolicy::Exact);
-    result = at_path(path, [&] {
-      return std::make_shared<preprocess::GaussianBlur>(
-          preprocess::GaussianBlurOptions(static_cast<int>(kernel), sigma).gradient_policy(policy));
-    });
-  } else if (type == "jpeg") {
-    const auto quality = o.integer("quality", 75, 1, 100);
-    const auto policy = gradient_policy(o, GradientPolicy::StraightThrough);
-    result = at_path(path, [&] {
-      return std::make_shared<preprocess::Jpeg>(
-          preprocess::JpegOptions(static_cast<int>(quality)).gradient_policy(policy));
-    });
-  } else if (type == "resize") {
-    const auto height = o.integer("height", 14, 1, 4096);
-    const auto width = o.integer("width", 14, 1, 4096);
-    const std::string mode = o.text("mode", "area", {"area", "bilinear"});
-    const bool antialias = o.boolean("antialias", true);
-    const bool restore = o.boolean("restore", true);
-    const auto policy = gradient_policy(o, GradientPolicy::Exact);
-    result = at_path(path, [&] {
-      return std::make_shared<preprocess::Resize>(
-          preprocess::ResizeOptions(height, width)
-              .mode(mode == "area" ? preprocess::ResizeMode::Area : preprocess::ResizeMode::Bilinear)
-              .antialias(antialias)
-              .restore(restore)
-              .gradient_policy(policy));
-    });
-  } else {  // normalize
-    const auto mean = o.numbers("mean", {});
-    const auto std = o.numbers("std", {});
-    if (!o.has("mean") || !o.has("std")) fail(path, "normalize needs mean and std");
-    const auto policy = gradient_policy(o, GradientPolicy::Exact);
-    result = at_path(path, [&] {
-      return std::make_shared<preprocess::Normalize>(preprocess::NormalizeOptions(mean, std).gradient_policy(policy));
-    });
-  }
-  o.finish();
-  return result;
-}
-
-DetectorSpec parse_detector(const json& value, const std::string& path, const Model& model) {
-  Object o(value, path);
-  DetectorSpec spec;
-  spec.type = o.text(
-      "type", "", {"softmax_confidence", "mc_dropout", "kernel_density", "feature_squeezing", "uncertainty_density"});
-  spec.target_fpr = o.number("target_fpr", 0.05, probability, "must be in [0, 1)");
-  if (spec.type == "softmax_confidence") {
-    spec.detector = std::make_shared<detect::SoftmaxConfidence>();
-  } else if (spec.type == "mc_dropout" || spec.type == "uncertainty_density") {
-    const auto samples = o.integer("samples", 50, 2, 10000);
-    const bool fast = o.boolean("fast_path", true);
-    auto uncertainty = at_path(path, [&] {
-      return std::make_shared<detect::McDropout>(model, detect::McDropoutOptions().samples(samples).fast_path(fast));
-    });
-    if (spec.type == "mc_dropout") {
-      spec.detector = uncertainty;
-    } else {
-      const double bandwidth = o.number("bandwidth", 1.20, positive, "must be finite and > 0");
-      spec.fit_images = o.integer("fit_images", 10000, 10, 60000);
-      spec.combiner_images = o.integer("combiner_images", 300, 10, 10000);
-      spec.fit_epsilon = o.number("fit_epsilon", 0.1, positive, "must be finite and > 0");
-      spec.detector = std::make_shared<detect::UncertaintyDensity>(
-          uncertainty, std::make_shared<detect::KernelDensity>(detect::KernelDensityOptions().bandwidth(bandwidth)));
-    }
-  } else if (spec.type == "kernel_density") {
-    const double bandwidth = o.number("bandwidth", 1.20, positive, "must be finite and > 0");
-    spec.fit_images = o.integer("fit_images", 10000, 10, 60000);
-    spec.detector = std::make_shared<detect::KernelDensity>(detect::KernelDensityOptions().bandwidth(bandwidth));
-  } else {  // feature_squeezing
-    std::vector<std::shared_ptr<const Preprocessor>> squeezers;
-    const json& list = o.array("squeezers");
-    for (size_t i = 0; i < list.size(); ++i) {
-      squeezers.push_back(parse_preprocessor(list[i], o.child("squeezers") + "[" + std::to_string(i) + "]"));
-    }
-    spec.detector = squeezers.empty()
-                        ? std::make_shared<detect::FeatureSqueezing>(detect::FeatureSqueezing::for_grayscale())
-                        : std::make_shared<detect::FeatureSqueezing>(squeezers);
-  }
-  o.finish();
-  return spec;
-}
-
-std::shared_ptr<Gate> parse_query_monitor(Object& o, const std::string& path, const InputSpec& input) {
-  conceal::QueryMonitorOptions defaults;
-  const double step = o.number(
-      "quantization_step", defaults.quantization_step(), [](double v) { return v > 0 && v <= 255; },
-      "must be in (0, 255]");
-  const auto window = o.integer("window", defaults.window(), 1, 1 << 24);
-  const auto window_step = o.integer("window_step", defaults.window_step(), 1, 1 << 24);
-  const auto hashes_kept = o.integer("hashes_kept", defaults.hashes_kept(), 1, 100000);
-  const auto threshold = o.integer("threshold", defaults.threshold(), 1, 100000);
-  const auto max_stored = o.integer("max_stored_queries", defaults.max_stored_queries(), 1, int64_t{1} << 32);
-  const std::string scope = o.text("scope", "global", {"global", "per_client", "both"});
-  const std::string action = o.text("action", "flag", {"flag", "reject", "silent"});
-  o.finish();
-  return at_path(path, [&] {
-    return std::make_shared<conceal::QueryMonitor>(conceal::QueryMonitorOptions()
-                                                       .quantization_step(step)
-                                                       .window(window)
-                                                       .window_step(window_step)
-                                                       .hashes_kept(hashes_kept)
-                                                       .threshold(threshold)
-                                                       .max_stored_queries(max_stored)
-                                                       .match_spec(input)
-                                                       .scope(scope == "global"       ? conceal::MonitorScope::Global
-                                                              : scope == "per_client" ? conceal::MonitorScope::PerClient
-                                                                                      : conceal::MonitorScope::Both)
-                                                       .action(action == "flag"     ? conceal::MonitorAction::Flag
-                                                               : action == "reject" ? conceal::MonitorAction::Reject
-                                                                                    : conceal::MonitorAction::Silent));
-  });
-}
-
-std::shared_ptr<Gate> parse_gate(const json& value, const std::string& path, const InputSpec& input) {
-  Object o(value, path);
-  const std::string type = o.text("type", "", {"throttle", "query_monitor"});
-  if (type == "query_monitor") return parse_query_monitor(o, path, input);
-  conceal::ThrottleOptions options;
-  const double rate = o.number("rate", options.rate(), positive, "must be finite and > 0");
-  const double burst = o.number(
-      "burst", options.burst(), [](double v) { return std::isfinite(v) && v >= 1; }, "must be finite and >= 1");
-  const double global_rate = o.number(
-      "global_rate", 0.0, [](double v) { return std::isfinite(v) && v >= 0; },
-      "must be finite and >= 0 (0: no global limit)");
-  const double global_burst = o.number(
-      "global_burst", 0.0, [](double v) { return std::isfinite(v) && v >= 0; }, "must be finite and >= 0");
-  const auto max_clients = o.integer("max_clients", static_cast<int64_t>(options.max_clients()), 1, 100000000);
-  o.finish();
-  return at_path(path, [&] {
-    options.rate(rate).burst(burst).max_clients(static_cast<size_t>(max_clients));
-    if (global_rate > 0) options.global_rate(global_rate).global_burst(global_burst > 0 ? global_burst : global_rate);
-    return std::make_shared<conceal::Throttle>(options);
-  });
-}
-
-std::shared_ptr<const OutputPolicy> parse_output(const json& value, const std::string& path) {
-  Object o(value, path);
-  const std::string policy = o.text("policy", "", {"label_only", "top_k", "rounded_scores", "full"});
-  std::shared_ptr<const OutputPolicy> result;
-  if (policy == "label_only") {
-    result = std::make_shared<conceal::LabelOnly>();
-  } else if (policy == "top_k") {
-    const auto k = o.integer("k", 3, 1, 100000);
-    result = std::make_shared<conceal::TopK>(k);
-  } else if (policy == "rounded_scores") {
-    const auto decimals = o.integer("decimals", 2, 0, 8);
-    result = at_path(path, [&] { return std::make_shared<conceal::RoundedScores>(static_cast<int>(decimals)); });
-  } else {
-    result = std::make_shared<conceal::Full>();
-  }
-  o.finish();
-  return result;
-}
 
 InputSpec parse_input(const json& value, const std::string& path) {
   Object o(value, path);
@@ -218,6 +32,16 @@ InputSpec parse_input(const json& value, const std::string& path) {
   return InputSpec(channels, height, width).value_range(lo, hi).max_batch(max_batch);
 }
 
+// The entries of `key` (an array of components of `kind`), built by the registry.
+std::vector<Component> parse_components(Object& o, const char* key, ComponentKind kind, const BuildContext& context) {
+  std::vector<Component> out;
+  const json& list = o.array(key);
+  for (size_t i = 0; i < list.size(); ++i) {
+    out.push_back(build_any(kind, list[i], o.child(key) + "[" + std::to_string(i) + "]", context));
+  }
+  return out;
+}
+
 DefenseSpec parse_defense(const json& value, const std::string& path, const Model& model,
                           const std::vector<std::shared_ptr<const Preprocessor>>& model_input) {
   Object o(value, path);
@@ -226,25 +50,28 @@ DefenseSpec parse_defense(const json& value, const std::string& path, const Mode
   spec.name = o.text("name", "", {});
   if (spec.name.empty()) fail(o.child("name"), "is required and must not be empty");
   if (o.has("input")) spec.input = parse_input(o.get("input"), o.child("input"));
-  const json& gates = o.array("gates");
-  for (size_t i = 0; i < gates.size(); ++i)
-    spec.gates.push_back(parse_gate(gates[i], o.child("gates") + "[" + std::to_string(i) + "]", spec.input));
+  BuildContext context;
+  context.model = &model;
+  context.input = spec.input;
+  for (auto& c : parse_components(o, "gates", ComponentKind::Gate, context)) spec.gates.push_back(c.gate);
   const json& pre = o.array("preprocess");
   for (size_t i = 0; i < pre.size(); ++i) {
-    const std::string at = o.child("preprocess") + "[" + std::to_string(i) + "]";
-    auto preprocessor = parse_preprocessor(pre[i], at);
+    const std::string entry = o.child("preprocess") + "[" + std::to_string(i) + "]";
+    auto preprocessor = build_any(ComponentKind::Preprocessor, pre[i], entry, context).preprocessor;
     if (!preprocessor->works_in_pixel_space()) {
-      fail(at, preprocessor->describe() +
-                   " works in model space (it maps pixels out of their range or shape): list it under the top-level "
-                   "model_input, the model's own input transform");
+      fail(entry, preprocessor->describe() +
+                      " works in model space (it maps pixels out of their range or shape): list it under the "
+                      "top-level model_input, the model's own input transform");
     }
     spec.preprocessors.push_back(std::move(preprocessor));
+    spec.preprocessor_types.push_back(pre[i].at(type_key(ComponentKind::Preprocessor)).get<std::string>());
   }
-  const json& det = o.array("detectors");
-  for (size_t i = 0; i < det.size(); ++i) {
-    spec.detectors.push_back(parse_detector(det[i], o.child("detectors") + "[" + std::to_string(i) + "]", model));
+  for (auto& c : parse_components(o, "detectors", ComponentKind::Detector, context)) {
+    spec.detectors.push_back(std::move(c.detector));
   }
-  if (o.has("output")) spec.output = parse_output(o.get("output"), o.child("output"));
+  if (o.has("output")) {
+    spec.output = build_any(ComponentKind::OutputPolicy, o.get("output"), o.child("output"), context).output;
+  }
   o.finish();
   return spec;
 }
@@ -303,6 +130,24 @@ Model Config::model_for(const Model& model) const {
   return with_transforms(model, model_input);
 }
 
+const ComponentDescriptor& DetectorSpec::descriptor() const {
+  return component(ComponentKind::Detector, type);
+}
+
+bool DetectorSpec::needs_fit() const {
+  return descriptor().needs_fit;
+}
+
+bool DefenseSpec::is_randomised() const {
+  for (const auto& type : preprocessor_types) {
+    if (component(ComponentKind::Preprocessor, type).randomised) return true;
+  }
+  for (const auto& d : detectors) {
+    if (d.descriptor().randomised) return true;
+  }
+  return false;
+}
+
 std::shared_ptr<const Guard> DefenseSpec::build_guard(const Model& model) const {
   GuardBuilder builder(model_for(model), input);
   for (const auto& g : gates) builder.add_gate(g);
@@ -327,9 +172,12 @@ Config parse_config(const std::string& json_text, const Model& model) {
     config.attacks.push_back(parse_attack(attacks[i], "attacks[" + std::to_string(i) + "]"));
   }
   const json& model_input = o.array("model_input");
+  BuildContext model_input_context;
+  model_input_context.model = &model;
   for (size_t i = 0; i < model_input.size(); ++i) {
     const std::string at = "model_input[" + std::to_string(i) + "]";
-    config.model_input.push_back(parse_preprocessor(model_input[i], at));
+    config.model_input.push_back(
+        build_any(ComponentKind::Preprocessor, model_input[i], at, model_input_context).preprocessor);
     at_path(at, [&] { return config.model_for(model); });  // differentiable with policy exact
   }
   const Model defended_model = config.model_for(model);

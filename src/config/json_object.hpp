@@ -123,16 +123,6 @@ class Object {
 };
 
 inline const auto positive = [](double v) { return std::isfinite(v) && v > 0; };
-inline const auto probability = [](double v) { return v >= 0 && v < 1; };
-
-inline GradientPolicy gradient_policy(Object& o, GradientPolicy fallback) {
-  const std::string name = o.text("gradient", "", {});
-  if (name.empty()) return fallback;
-  if (name == "exact") return GradientPolicy::Exact;
-  if (name == "straight_through") return GradientPolicy::StraightThrough;
-  if (name == "blocked") return GradientPolicy::Blocked;
-  fail(o.child("gradient"), "must be one of exact, straight_through, blocked, but got \"" + name + "\"");
-}
 
 // Runs a component's own validation and re-throws its message under the path.
 template <typename F>

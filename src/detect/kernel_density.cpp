@@ -19,12 +19,6 @@ using detail::repeats_along_batch;
 using parry::detail::format_number;
 using parry::detail::require;
 
-KernelDensityOptions& KernelDensityOptions::bandwidth(double sigma) {
-  require(std::isfinite(sigma) && sigma > 0.0, "KernelDensityOptions", "bandwidth must be finite and > 0", sigma);
-  bandwidth_ = sigma;
-  return *this;
-}
-
 struct KernelDensity::Fit {
   double bandwidth = 1.0;
   int64_t dim = 0;

@@ -7,26 +7,12 @@
 #include "detect/scoring.hpp"
 #include "parry/detail/chunks.hpp"
 #include "parry/detail/format.hpp"
-#include "parry/detail/require.hpp"
 
 namespace parry::detect {
 
 using detail::check_scoring_batch;
 using detail::repeats_along_batch;
 using parry::detail::format_number;
-using parry::detail::require;
-
-McDropoutOptions& McDropoutOptions::samples(int64_t t) {
-  require(t >= 2 && t <= 10000, "McDropoutOptions", "samples must be in 2..10000", t);
-  samples_ = t;
-  return *this;
-}
-
-McDropoutOptions& McDropoutOptions::max_rows(int64_t rows) {
-  require(rows >= 1, "McDropoutOptions", "max_rows must be at least 1", rows);
-  max_rows_ = rows;
-  return *this;
-}
 
 McDropout::McDropout(const Model& model, McDropoutOptions options)
     : options_(options), stochastic_(model.with_active_dropout()) {

@@ -9,6 +9,7 @@
 #include "parry/attack/detector_aware.hpp"
 #include "parry/attack/fgsm.hpp"
 #include "parry/attack/pgd.hpp"
+#include "parry/config/registry.hpp"
 #include "parry/detail/chunks.hpp"
 #include "parry/detect/kernel_density.hpp"
 #include "parry/detect/mc_dropout.hpp"
@@ -53,13 +54,6 @@ double defended_rate(const Verdicts& v, const torch::Tensor& y) {
 torch::Tensor preprocessed(const Guard& guard, const torch::Tensor& x) {
   // 256 rows bound the memory of the preprocessors (Guard::preprocess has no batch limit).
   return parry::detail::map_chunks(x, 256, [&](const torch::Tensor& chunk) { return guard.preprocess(chunk); });
-}
-
-bool is_randomised(const config::DefenseSpec& d) {
-  for (const auto& det : d.detectors) {
-    if (det.type == "mc_dropout" || det.type == "uncertainty_density") return true;
-  }
-  return false;
 }
 
 attack::AttackResult run_attack(const config::AttackSpec& spec, const attack::LogitsFn& f, const torch::Tensor& x,
@@ -205,7 +199,9 @@ Evaluation evaluate(config::Config& config, const Model& raw_model, const Evalua
       return out;
     };
     for (const auto& det : defense.detectors) {
-      adaptive = attack::detector_aware(adaptive, *det.detector, model, det.type == "kernel_density" ? 0.1 : 10.0,
+      if (det.descriptor().adaptive != config::AdaptiveAttack::DetectorAware) continue;
+      // The registry gives each detector's weight in the detector-aware loss.
+      adaptive = attack::detector_aware(adaptive, *det.detector, model, det.descriptor().detector_aware_weight,
                                         preprocess_path);
     }
     const bool targeted = !defense.detectors.empty();
@@ -220,7 +216,7 @@ Evaluation evaluate(config::Config& config, const Model& raw_model, const Evalua
       attack::GradientSettings gs;
       gs.seed = settings.seed;
       gs.targeted = targeted;
-      gs.eot_samples = is_randomised(defense) ? spec.eot_samples : 1;
+      gs.eot_samples = defense.is_randomised() ? spec.eot_samples : 1;
       const auto adv = run_attack(spec, adaptive, x, targeted ? wrong_targets : y, t.epsilon, gs).adversarial;
       // Worst case per image: an image counts as defended only if it
       // withstands both the adaptive attack and the transferred one.

@@ -14,19 +14,26 @@
 #include <string>
 
 #include "parry/core/output_policy.hpp"
+#include "parry/detail/arg.hpp"
 
 namespace parry::conceal {
 
 /// Only the top-1 label. The default for a deployed Guard (parry::LabelOnly, core).
 using LabelOnly = parry::LabelOnly;
 
+struct TopKOptions {
+  PARRY_OPTIONS(TopKOptions);
+  /// Number of classes revealed (all of them if there are fewer).
+  PARRY_CHECKED_ARG(int64_t, k, 3, v >= 1, "must be at least 1");
+};
+
 /// Label plus the k most probable classes and their probabilities (N×k).
 class TopK final : public OutputPolicy {
  public:
-  /// @param k number of classes revealed, at least 1.
-  explicit TopK(int64_t k) : k_(k) {
-    if (k < 1) throw OptionError("TopK: k must be at least 1, but got " + std::to_string(k));
-  }
+  /// @param options how many classes are revealed.
+  explicit TopK(TopKOptions options) : k_(options.k()) {}
+  /// @param k number of classes revealed, at least 1. @throws parry::OptionError otherwise.
+  explicit TopK(int64_t k) : TopK(TopKOptions().k(k)) {}
   void fill(const torch::Tensor& logits, Response& response) const override {
     parry::detail::fill_labels(logits, response);
     const auto k = std::min<int64_t>(k_, logits.size(1));
@@ -40,15 +47,19 @@ class TopK final : public OutputPolicy {
   int64_t k_;
 };
 
+struct RoundedScoresOptions {
+  PARRY_OPTIONS(RoundedScoresOptions);
+  /// Decimal places kept of every probability.
+  PARRY_CHECKED_ARG(int, decimals, 2, v >= 0 && v <= 6, "must be in [0, 6]");
+};
+
 /// Label plus all probabilities rounded to `decimals` decimal places.
 class RoundedScores final : public OutputPolicy {
  public:
-  /// @param decimals in [0, 6].
-  explicit RoundedScores(int decimals) : decimals_(decimals) {
-    if (decimals < 0 || decimals > 6) {
-      throw OptionError("RoundedScores: decimals must be in [0, 6], but got " + std::to_string(decimals));
-    }
-  }
+  /// @param options the decimal places kept.
+  explicit RoundedScores(RoundedScoresOptions options) : decimals_(options.decimals()) {}
+  /// @param decimals in [0, 6]. @throws parry::OptionError otherwise.
+  explicit RoundedScores(int decimals) : RoundedScores(RoundedScoresOptions().decimals(decimals)) {}
   void fill(const torch::Tensor& logits, Response& response) const override {
     parry::detail::fill_labels(logits, response);
     const double scale = std::pow(10.0, decimals_);

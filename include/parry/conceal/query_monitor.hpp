@@ -56,6 +56,7 @@
 
 #include "parry/core/gate.hpp"
 #include "parry/core/input_spec.hpp"
+#include "parry/detail/arg.hpp"
 
 namespace parry::conceal {
 
@@ -92,77 +93,69 @@ struct QueryMonitorDetection {
 using DetectionCallback = std::function<void(const QueryMonitorDetection&)>;
 
 struct QueryMonitorOptions {
+  PARRY_OPTIONS(QueryMonitorOptions);
   /// Quantisation step in 8-bit units (the value range is mapped onto
-  /// [0, 255]), in (0, 255]. Default 50 (the paper's). Larger steps make
-  /// fingerprints more tolerant of perturbations and of unrelated images alike.
-  QueryMonitorOptions& quantization_step(double step);
-  /// Sliding-window length in values of the flattened image (>= 1). Default 20
-  /// (the paper's for 28×28 images). An image with fewer values is one window.
-  QueryMonitorOptions& window(int64_t values);
-  /// Stride of the sliding window in values (>= 1). Default 1.
-  QueryMonitorOptions& window_step(int64_t values);
-  /// Hashes kept per image, N, in [1, 1024]. Default 50.
-  QueryMonitorOptions& hashes_kept(int64_t n);
-  /// Shared hashes with one stored image at which an image is a detection, in
-  /// [1, hashes_kept] (checked when the QueryMonitor is built). Default 25;
-  /// docs/concealment.md has the measurements behind it.
-  QueryMonitorOptions& threshold(int64_t matches);
+  /// [0, 255]). Default 50 (the paper's). Larger steps make fingerprints more
+  /// tolerant of perturbations and of unrelated images alike.
+  PARRY_CHECKED_ARG(double, quantization_step, 50.0, v >= 1 && v <= 255 && std::isfinite(v),
+                    "must lie in [1, 255] (8-bit units)");
+  /// Sliding-window length in values of the flattened image. Default 20 (the
+  /// paper's for 28×28 images). An image with fewer values is one window.
+  PARRY_CHECKED_ARG(int64_t, window, 20, v >= 1, "must be at least 1 value");
+  /// Stride of the sliding window in values. Default 1.
+  PARRY_CHECKED_ARG(int64_t, window_step, 1, v >= 1, "must be at least 1 value");
+  /// Hashes kept per image, N. Default 50.
+  PARRY_CHECKED_ARG(int64_t, hashes_kept, 50, v >= 1 && v <= 1024, "must lie in [1, 1024]");
+  /// Shared hashes with one stored image at which an image is a detection; at
+  /// most hashes_kept, which is checked when the QueryMonitor is built.
+  /// Default 25; docs/concealment.md has the measurements behind it.
+  PARRY_CHECKED_ARG(int64_t, threshold, 25, v >= 1 && v <= 1024, "must lie in [1, 1024] and not exceed hashes_kept");
+  /// Largest batch fingerprinted (default 256); larger ones are not.
+  PARRY_CHECKED_ARG(int64_t, max_batch, 256, v >= 1, "must be at least 1 image");
+  /// Global, per client, or both. Default Global.
+  PARRY_CHECKED_ARG(MonitorScope, scope, MonitorScope::Global,
+                    v == MonitorScope::Global || v == MonitorScope::PerClient || v == MonitorScope::Both,
+                    "must be Global, PerClient or Both");
+  /// Flag, Reject or Silent. Default Flag.
+  PARRY_CHECKED_ARG(MonitorAction, action, MonitorAction::Flag,
+                    v == MonitorAction::Flag || v == MonitorAction::Reject || v == MonitorAction::Silent,
+                    "must be Flag, Reject or Silent");
+  /// Most images stored at once (also max_stored_queries × hashes_kept ×
+  /// indexes < 2^32, checked when the QueryMonitor is built). Beyond it the
+  /// oldest is evicted. Default 100,000.
+  PARRY_CHECKED_ARG(int64_t, max_stored_queries, 100000, v >= 1, "must be at least 1 image");
+  /// Most stored images visited per walked posting list when counting
+  /// matches, newest first. Bounds the work when even the shortest lists of a
+  /// query are long (hashes shared by very many stored images); images older
+  /// than the newest `n` of such a list may be missed. Default 1024.
+  PARRY_CHECKED_ARG(int64_t, max_scan_per_hash, 1024, v >= 1, "must be at least 1");
+
+ public:
   /// Value range mapped onto the 256 quantisation levels; lo < hi, finite.
   /// Default [0, 1]. Images with a value outside it are not fingerprinted.
   QueryMonitorOptions& value_range(double lo, double hi);
   /// Expected image shape C×H×W (all > 0); other shapes are not
   /// fingerprinted. Unset (any shape) by default.
   QueryMonitorOptions& image_shape(int64_t channels, int64_t height, int64_t width);
-  /// Largest batch fingerprinted (>= 1, default 256); larger ones are not.
-  QueryMonitorOptions& max_batch(int64_t images);
   /// Copies value range, image shape and batch limit from the Guard's spec, so
   /// exactly the inputs the Guard would answer are fingerprinted.
   QueryMonitorOptions& match_spec(const InputSpec& spec);
-  /// Global, per client, or both. Default Global.
-  QueryMonitorOptions& scope(MonitorScope scope);
-  /// Flag, Reject or Silent. Default Flag.
-  QueryMonitorOptions& action(MonitorAction action);
-  /// Most images stored at once (>= 1, and max_stored_queries × hashes_kept ×
-  /// indexes < 2^32). Beyond it the oldest is evicted. Default 100,000.
-  QueryMonitorOptions& max_stored_queries(int64_t images);
-  /// Most stored images visited per walked posting list when counting
-  /// matches (>= 1), newest first. Bounds the work when even the shortest
-  /// lists of a query are long (hashes shared by very many stored images);
-  /// images older than the newest `n` of such a list may be missed. Default 1024.
-  QueryMonitorOptions& max_scan_per_hash(int64_t n);
   /// Called for each detected image (default none).
   QueryMonitorOptions& on_detection(DetectionCallback callback);
 
-  double quantization_step() const { return quantization_step_; }
-  int64_t window() const { return window_; }
-  int64_t window_step() const { return window_step_; }
-  int64_t hashes_kept() const { return hashes_kept_; }
-  int64_t threshold() const { return threshold_; }
+  /// Lower end of the value range mapped onto the quantisation levels.
   double min_value() const { return min_value_; }
+  /// Upper end of that range.
   double max_value() const { return max_value_; }
   /// {C, H, W}, or empty when any shape is accepted.
   const std::vector<int64_t>& image_shape() const { return image_shape_; }
-  int64_t max_batch() const { return max_batch_; }
-  MonitorScope scope() const { return scope_; }
-  MonitorAction action() const { return action_; }
-  int64_t max_stored_queries() const { return max_stored_queries_; }
-  int64_t max_scan_per_hash() const { return max_scan_per_hash_; }
+  /// The detection callback (empty by default).
   const DetectionCallback& on_detection() const { return on_detection_; }
 
  private:
-  double quantization_step_ = 50.0;
-  int64_t window_ = 20;
-  int64_t window_step_ = 1;
-  int64_t hashes_kept_ = 50;
-  int64_t threshold_ = 25;
   double min_value_ = 0.0;
   double max_value_ = 1.0;
   std::vector<int64_t> image_shape_;
-  int64_t max_batch_ = 256;
-  MonitorScope scope_ = MonitorScope::Global;
-  MonitorAction action_ = MonitorAction::Flag;
-  int64_t max_stored_queries_ = 100000;
-  int64_t max_scan_per_hash_ = 1024;
   DetectionCallback on_detection_;
 };
 

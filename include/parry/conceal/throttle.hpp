@@ -18,6 +18,7 @@
 #include <unordered_map>
 
 #include "parry/core/gate.hpp"
+#include "parry/detail/arg.hpp"
 
 namespace parry::conceal {
 
@@ -30,32 +31,26 @@ inline double steady_seconds() {
 }
 
 struct ThrottleOptions {
-  /// Sustained images per second per client (> 0).
-  ThrottleOptions& rate(double images_per_second);
-  /// Bucket size per client in images (>= 1): how many may come at once.
-  ThrottleOptions& burst(double images);
+  PARRY_OPTIONS(ThrottleOptions);
+  /// Sustained images per second per client.
+  PARRY_CHECKED_ARG(double, rate, 10.0, v > 0 && std::isfinite(v), "must be finite and > 0");
+  /// Bucket size per client in images: how many may come at once.
+  PARRY_CHECKED_ARG(double, burst, 20.0, v >= 1 && std::isfinite(v), "must be finite and at least 1 image");
   /// Sustained images per second over all clients; 0 disables the global bucket.
-  ThrottleOptions& global_rate(double images_per_second);
-  /// Global bucket size in images (>= 1 when the global bucket is enabled).
-  ThrottleOptions& global_burst(double images);
-  /// Most clients tracked at once (>= 1); beyond it the least recently seen is evicted.
-  ThrottleOptions& max_clients(size_t clients);
-  /// Clock in seconds (default steady_seconds).
-  ThrottleOptions& clock(Clock clock);
+  PARRY_CHECKED_ARG(double, global_rate, 0.0, v >= 0 && std::isfinite(v),
+                    "must be finite and non-negative (0 disables it)");
+  /// Global bucket size in images (used when the global bucket is enabled).
+  PARRY_CHECKED_ARG(double, global_burst, 1.0, v >= 1 && std::isfinite(v), "must be finite and at least 1 image");
+  /// Most clients tracked at once; beyond it the least recently seen is evicted.
+  PARRY_CHECKED_ARG(size_t, max_clients, 100000, v >= 1, "must be at least 1");
 
-  double rate() const { return rate_; }
-  double burst() const { return burst_; }
-  double global_rate() const { return global_rate_; }
-  double global_burst() const { return global_burst_; }
-  size_t max_clients() const { return max_clients_; }
+ public:
+  /// Clock in seconds (default steady_seconds). @throws parry::OptionError if empty.
+  ThrottleOptions& clock(Clock clock);
+  /// The clock in seconds.
   const Clock& clock() const { return clock_; }
 
  private:
-  double rate_ = 10.0;
-  double burst_ = 20.0;
-  double global_rate_ = 0.0;
-  double global_burst_ = 1.0;
-  size_t max_clients_ = 100000;
   Clock clock_ = steady_seconds;
 };
 

@@ -21,9 +21,11 @@
 
 namespace parry::config {
 
+struct ComponentDescriptor;  // parry/config/registry.hpp
+
 /// One detector of a defense and how to prepare it.
 struct DetectorSpec {
-  /// "softmax_confidence", "mc_dropout", "kernel_density", "feature_squeezing" or "uncertainty_density".
+  /// Its registry type: config::component_types(ComponentKind::Detector).
   std::string type;
   /// False-positive rate on clean data that calibration aims for, in [0, 1).
   double target_fpr = 0.05;
@@ -35,8 +37,10 @@ struct DetectorSpec {
   double fit_epsilon = 0.1;
   /// The detector (unfitted and uncalibrated after parsing).
   std::shared_ptr<Detector> detector;
-  /// True if it needs fit() on training data before calibration.
-  bool needs_fit() const { return type == "kernel_density" || type == "uncertainty_density"; }
+  /// True if it needs fit() on training data before calibration (the registry says so).
+  bool needs_fit() const;
+  /// The registry entry of `type`. @throws parry::OptionError for an unregistered type.
+  const ComponentDescriptor& descriptor() const;
 };
 
 /// One defense: everything needed to build its Guard.
@@ -45,8 +49,13 @@ struct DefenseSpec {
   InputSpec input{1, 28, 28};
   std::vector<std::shared_ptr<Gate>> gates;
   std::vector<std::shared_ptr<const Preprocessor>> preprocessors;
+  /// Registry type of each preprocessor parsed from JSON (empty for hand-added ones).
+  std::vector<std::string> preprocessor_types;
   std::vector<DetectorSpec> detectors;
   std::shared_ptr<const OutputPolicy> output;  ///< null: LabelOnly
+  /// True if a preprocessor or detector of the registry is randomised, so an
+  /// adaptive attacker averages gradients over draws (EOT).
+  bool is_randomised() const;
   /// The model's own input transform (the config's top-level model_input):
   /// model space, applied inside the model, after every defense.
   std::vector<std::shared_ptr<const Preprocessor>> model_input;

@@ -29,16 +29,14 @@
 #include <vector>
 
 #include "parry/core/detector.hpp"
+#include "parry/detail/arg.hpp"
 
 namespace parry::detect {
 
 struct KernelDensityOptions {
-  /// Kernel bandwidth σ in feature units, finite and > 0 (default 1.20).
-  KernelDensityOptions& bandwidth(double sigma);
-  double bandwidth() const { return bandwidth_; }
-
- private:
-  double bandwidth_ = 1.20;
+  PARRY_OPTIONS(KernelDensityOptions);
+  /// Kernel bandwidth σ in feature units (default 1.20).
+  PARRY_CHECKED_ARG(double, bandwidth, 1.20, std::isfinite(v) && v > 0.0, "must be finite and > 0");
 };
 
 class KernelDensity final : public Detector {

@@ -38,32 +38,23 @@
 #include <string>
 
 #include "parry/core/detector.hpp"
+#include "parry/detail/arg.hpp"
 
 namespace parry::detect {
 
 struct McDropoutOptions {
-  /// Stochastic passes T, in 2..10000 (default 50, as in the paper).
-  McDropoutOptions& samples(int64_t t);
-  int64_t samples() const { return samples_; }
+  PARRY_OPTIONS(McDropoutOptions);
+  /// Stochastic passes T (default 50, as in the paper).
+  PARRY_CHECKED_ARG(int64_t, samples, 50, v >= 2 && v <= 10000, "must be in 2..10000");
   /// Use the features/head split when the model has one (default true).
-  McDropoutOptions& fast_path(bool on) {
-    fast_path_ = on;
-    return *this;
-  }
-  bool fast_path() const { return fast_path_; }
+  PARRY_ARG(bool, fast_path) = true;
   /// Rows per batched model call (T·N is split into calls of at most this
   /// many rows, bounding memory: a row is one feature vector on the fast path,
-  /// one image otherwise), at least 1 (default 256). Keep a call's
-  /// activations under the allocator's mmap threshold (32 MB after
-  /// parry::configure_runtime): larger calls page-fault on every pass. On the
-  /// reference CNN 2,048 rows per call made the replicated path 7.5× slower.
-  McDropoutOptions& max_rows(int64_t rows);
-  int64_t max_rows() const { return max_rows_; }
-
- private:
-  int64_t samples_ = 50;
-  bool fast_path_ = true;
-  int64_t max_rows_ = 256;
+  /// one image otherwise), default 256. Keep a call's activations under the
+  /// allocator's mmap threshold (32 MB after parry::configure_runtime): larger
+  /// calls page-fault on every pass. On the reference CNN 2,048 rows per call
+  /// made the replicated path 7.5× slower.
+  PARRY_CHECKED_ARG(int64_t, max_rows, 256, v >= 1, "must be at least 1");
 };
 
 class McDropout final : public Detector {

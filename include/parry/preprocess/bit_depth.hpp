@@ -17,28 +17,18 @@
 #include <string>
 
 #include "parry/core/preprocessor.hpp"
+#include "parry/detail/arg.hpp"
 
 namespace parry::preprocess {
 
 struct BitDepthOptions {
+  PARRY_OPTIONS(BitDepthOptions);
   /// @param bits bits per channel kept, in 1..8.
   explicit BitDepthOptions(int bits = 4) { this->bits(bits); }
-  BitDepthOptions& bits(int b) {
-    if (b < 1 || b > 8) throw OptionError("BitDepthOptions: bits must be in 1..8, but got " + std::to_string(b));
-    bits_ = b;
-    return *this;
-  }
+  /// Bits per channel kept.
+  PARRY_CHECKED_ARG(int, bits, 4, v >= 1 && v <= 8, "must be in 1..8");
   /// Attack-path gradient: StraightThrough (BPDA, default) or Blocked.
-  BitDepthOptions& gradient_policy(GradientPolicy p) {
-    policy_ = p;
-    return *this;
-  }
-  int bits() const { return bits_; }
-  GradientPolicy gradient_policy() const { return policy_; }
-
- private:
-  int bits_ = 4;
-  GradientPolicy policy_ = GradientPolicy::StraightThrough;
+  PARRY_ARG(GradientPolicy, gradient_policy) = GradientPolicy::StraightThrough;
 };
 
 class BitDepth final : public Preprocessor {

@@ -20,44 +20,25 @@
 #include <string>
 
 #include "parry/core/preprocessor.hpp"
+#include "parry/detail/arg.hpp"
 #include "parry/detail/padding.hpp"
 
 namespace parry::preprocess {
 
 struct GaussianBlurOptions {
+  PARRY_OPTIONS(GaussianBlurOptions);
   /// @param kernel_size odd side of the kernel in pixels (1..31);
   /// @param sigma standard deviation in pixels (> 0).
   GaussianBlurOptions(int kernel_size = 3, double sigma = 1.0) {
     this->kernel_size(kernel_size);
     this->sigma(sigma);
   }
-  GaussianBlurOptions& kernel_size(int k) {
-    if (k < 1 || k > 31 || k % 2 == 0) {
-      throw OptionError("GaussianBlurOptions: kernel_size must be odd and in 1..31, but got " + std::to_string(k));
-    }
-    kernel_size_ = k;
-    return *this;
-  }
-  GaussianBlurOptions& sigma(double s) {
-    if (!(s > 0) || !std::isfinite(s)) {
-      throw OptionError("GaussianBlurOptions: sigma must be positive and finite, but got " + std::to_string(s));
-    }
-    sigma_ = s;
-    return *this;
-  }
+  /// Side of the square kernel in pixels.
+  PARRY_CHECKED_ARG(int, kernel_size, 3, v >= 1 && v <= 31 && v % 2 == 1, "must be odd and in 1..31");
+  /// Standard deviation of the Gaussian in pixels.
+  PARRY_CHECKED_ARG(double, sigma, 1.0, v > 0 && std::isfinite(v), "must be positive and finite");
   /// Attack-path gradient: Exact (default), StraightThrough or Blocked.
-  GaussianBlurOptions& gradient_policy(GradientPolicy p) {
-    policy_ = p;
-    return *this;
-  }
-  int kernel_size() const { return kernel_size_; }
-  double sigma() const { return sigma_; }
-  GradientPolicy gradient_policy() const { return policy_; }
-
- private:
-  int kernel_size_ = 3;
-  double sigma_ = 1.0;
-  GradientPolicy policy_ = GradientPolicy::Exact;
+  PARRY_ARG(GradientPolicy, gradient_policy) = GradientPolicy::Exact;
 };
 
 class GaussianBlur final : public Preprocessor {

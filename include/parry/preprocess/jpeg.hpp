@@ -14,28 +14,18 @@
 #include <string>
 
 #include "parry/core/preprocessor.hpp"
+#include "parry/detail/arg.hpp"
 
 namespace parry::preprocess {
 
 struct JpegOptions {
+  PARRY_OPTIONS(JpegOptions);
   /// @param quality libjpeg quality, 1 (smallest) .. 100 (best).
   explicit JpegOptions(int quality = 75) { this->quality(quality); }
-  JpegOptions& quality(int q) {
-    if (q < 1 || q > 100) throw OptionError("JpegOptions: quality must be in 1..100, but got " + std::to_string(q));
-    quality_ = q;
-    return *this;
-  }
+  /// libjpeg quality, 1 (smallest) .. 100 (best).
+  PARRY_CHECKED_ARG(int, quality, 75, v >= 1 && v <= 100, "must be in 1..100");
   /// Attack-path gradient: StraightThrough (BPDA, default) or Blocked.
-  JpegOptions& gradient_policy(GradientPolicy p) {
-    policy_ = p;
-    return *this;
-  }
-  int quality() const { return quality_; }
-  GradientPolicy gradient_policy() const { return policy_; }
-
- private:
-  int quality_ = 75;
-  GradientPolicy policy_ = GradientPolicy::StraightThrough;
+  PARRY_ARG(GradientPolicy, gradient_policy) = GradientPolicy::StraightThrough;
 };
 
 class Jpeg final : public Preprocessor {

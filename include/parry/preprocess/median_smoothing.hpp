@@ -20,31 +20,19 @@
 #include <string>
 
 #include "parry/core/preprocessor.hpp"
+#include "parry/detail/arg.hpp"
 #include "parry/detail/padding.hpp"
 
 namespace parry::preprocess {
 
 struct MedianSmoothingOptions {
+  PARRY_OPTIONS(MedianSmoothingOptions);
   /// @param window side k of the square window, in 1..15 (even sizes allowed).
   explicit MedianSmoothingOptions(int window = 2) { this->window(window); }
-  MedianSmoothingOptions& window(int k) {
-    if (k < 1 || k > 15) {
-      throw OptionError("MedianSmoothingOptions: window must be in 1..15, but got " + std::to_string(k));
-    }
-    window_ = k;
-    return *this;
-  }
+  /// Side k of the square window in pixels (even sizes allowed).
+  PARRY_CHECKED_ARG(int, window, 2, v >= 1 && v <= 15, "must be in 1..15");
   /// Attack-path gradient: StraightThrough (BPDA, default), Exact or Blocked.
-  MedianSmoothingOptions& gradient_policy(GradientPolicy p) {
-    policy_ = p;
-    return *this;
-  }
-  int window() const { return window_; }
-  GradientPolicy gradient_policy() const { return policy_; }
-
- private:
-  int window_ = 2;
-  GradientPolicy policy_ = GradientPolicy::StraightThrough;
+  PARRY_ARG(GradientPolicy, gradient_policy) = GradientPolicy::StraightThrough;
 };
 
 class MedianSmoothing final : public Preprocessor {

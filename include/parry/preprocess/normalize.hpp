@@ -12,10 +12,15 @@
 #include <vector>
 
 #include "parry/core/preprocessor.hpp"
+#include "parry/detail/arg.hpp"
 
 namespace parry::preprocess {
 
 struct NormalizeOptions {
+  PARRY_OPTIONS(NormalizeOptions);
+  /// What the constructor requires of `mean` and of `std`, as its errors state it.
+  static constexpr const char* mean_rule() { return "every mean must be finite"; }
+  static constexpr const char* std_rule() { return "every std must be positive and finite"; }
   /// @param mean per-channel means, @param std per-channel standard deviations
   ///   (positive), both of length C (the input's channel count).
   NormalizeOptions(std::vector<double> mean, std::vector<double> std) : mean_(std::move(mean)), std_(std::move(std)) {
@@ -25,27 +30,24 @@ struct NormalizeOptions {
     }
     for (double s : std_) {
       if (!(s > 0) || !std::isfinite(s)) {
-        throw OptionError("NormalizeOptions: every std must be positive and finite, but got " + std::to_string(s));
+        throw OptionError(std::string("NormalizeOptions: ") + std_rule() + ", but got " + std::to_string(s));
       }
     }
     for (double m : mean_) {
       if (!std::isfinite(m))
-        throw OptionError("NormalizeOptions: every mean must be finite, but got " + std::to_string(m));
+        throw OptionError(std::string("NormalizeOptions: ") + mean_rule() + ", but got " + std::to_string(m));
     }
   }
-  /// Gradient policy on the attack path (default Exact).
-  NormalizeOptions& gradient_policy(GradientPolicy policy) {
-    policy_ = policy;
-    return *this;
-  }
+  /// Per-channel means.
   const std::vector<double>& mean() const { return mean_; }
+  /// Per-channel standard deviations.
   const std::vector<double>& std() const { return std_; }
-  GradientPolicy gradient_policy() const { return policy_; }
+  /// Gradient policy on the attack path (default Exact).
+  PARRY_ARG(GradientPolicy, gradient_policy) = GradientPolicy::Exact;
 
  private:
   std::vector<double> mean_;
   std::vector<double> std_;
-  GradientPolicy policy_ = GradientPolicy::Exact;
 };
 
 class Normalize final : public Preprocessor {

@@ -27,54 +27,31 @@
 #include <string>
 
 #include "parry/core/preprocessor.hpp"
+#include "parry/detail/arg.hpp"
 
 namespace parry::preprocess {
 
 enum class ResizeMode { Area, Bilinear };
 
 struct ResizeOptions {
+  PARRY_OPTIONS(ResizeOptions);
   /// @param height, @param width intermediate size in pixels (>= 1).
   ResizeOptions(int64_t height, int64_t width) {
-    if (height < 1 || width < 1) {
-      throw OptionError("ResizeOptions: height and width must be at least 1, but got " + std::to_string(height) + "x" +
-                        std::to_string(width));
-    }
-    height_ = height;
-    width_ = width;
+    this->height(height);
+    this->width(width);
   }
-  ResizeOptions& mode(ResizeMode m) {
-    mode_ = m;
-    return *this;
-  }
+  /// Intermediate height in pixels.
+  PARRY_CHECKED_ARG(int64_t, height, 1, v >= 1, "must be at least 1");
+  /// Intermediate width in pixels.
+  PARRY_CHECKED_ARG(int64_t, width, 1, v >= 1, "must be at least 1");
+  /// Area (default) or Bilinear.
+  PARRY_ARG(ResizeMode, mode) = ResizeMode::Area;
   /// Bilinear mode only: antialias when shrinking (default true).
-  ResizeOptions& antialias(bool on) {
-    antialias_ = on;
-    return *this;
-  }
+  PARRY_ARG(bool, antialias) = true;
   /// Resize back to the input size afterwards (default true).
-  ResizeOptions& restore(bool on) {
-    restore_ = on;
-    return *this;
-  }
+  PARRY_ARG(bool, restore) = true;
   /// Attack-path gradient: Exact (default), StraightThrough or Blocked.
-  ResizeOptions& gradient_policy(GradientPolicy p) {
-    policy_ = p;
-    return *this;
-  }
-  int64_t height() const { return height_; }
-  int64_t width() const { return width_; }
-  ResizeMode mode() const { return mode_; }
-  bool antialias() const { return antialias_; }
-  bool restore() const { return restore_; }
-  GradientPolicy gradient_policy() const { return policy_; }
-
- private:
-  int64_t height_ = 1;
-  int64_t width_ = 1;
-  ResizeMode mode_ = ResizeMode::Area;
-  bool antialias_ = true;
-  bool restore_ = true;
-  GradientPolicy policy_ = GradientPolicy::Exact;
+  PARRY_ARG(GradientPolicy, gradient_policy) = GradientPolicy::Exact;
 };
 
 }  // namespace parry::preprocess
