@@ -9,7 +9,7 @@ kind=${1:?usage: sanitize.sh thread [gtest-filter]}
 case "$kind" in
   thread)
     flags="-fsanitize=thread -fno-omit-frame-pointer -g1"
-    filter=${2:-"*Concurrent*:*Threads*:*ThreadSafe*:*Calibration*:*FailingGate*"}
+    filter=${2:-"*Concurren*:*Threads*:*Calibration*:*FailingGate*"}
     ;;
   *) echo "unknown sanitizer '$kind' (thread)" >&2; exit 2 ;;
 esac
@@ -21,6 +21,8 @@ cmake -S "$root" -B "$build_dir" -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo "${l
   -DPARRY_BUILD_APPS=OFF -DPARRY_BUILD_BENCHMARKS=OFF -DPARRY_BUILD_EXAMPLES=OFF -DPARRY_INSTALL=OFF \
   -DCMAKE_CXX_FLAGS="$flags" -DCMAKE_EXE_LINKER_FLAGS="-fsanitize=$kind" >/dev/null
 cmake --build "$build_dir" -j 2 --target parry_tests
-export TSAN_OPTIONS="halt_on_error=1 second_deadlock_stack=1 suppressions=$root/scripts/tsan.supp"
+# No suppressions: with one intra-op thread nothing is reported (measured), and
+# with OpenMP workers TSan reports their uninstrumented hand-offs as races.
+export TSAN_OPTIONS="halt_on_error=1 second_deadlock_stack=1"
 export OMP_NUM_THREADS=1 PARRY_TEST_THREADS=1
 "$build_dir/tests/parry_tests" --gtest_filter="$filter"

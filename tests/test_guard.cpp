@@ -310,7 +310,7 @@ TEST_F(GuardTest, ConcurrentPredictionsMatchSequential) {
     sequential.push_back(guard.predict(inputs.back()));
   }
   std::vector<Response> concurrent(inputs.size());
-  torch::set_num_threads(2);
+  torch::set_num_threads(parry::testing::intra_op_threads(2));
   std::vector<std::thread> threads;
   std::atomic<int> failures{0};
   for (int t = 0; t < kThreads; ++t) {
@@ -336,15 +336,15 @@ TEST_F(GuardTest, ConcurrentPredictionsMatchSequential) {
 }
 
 TEST_F(GuardTest, DescribeListsEveryStage) {
-  const Model normalising = Model(reference()).with_input_transform(
-      std::make_shared<preprocess::Normalize>(preprocess::NormalizeOptions({0.5}, {0.25})));
+  const Model normalising =
+      Model(reference())
+          .with_input_transform(std::make_shared<preprocess::Normalize>(preprocess::NormalizeOptions({0.5}, {0.25})));
   Guard guard = GuardBuilder(normalising, InputSpec(1, 28, 28))
                     .add_preprocessor(std::make_shared<preprocess::BitDepth>(preprocess::BitDepthOptions(5)))
                     .add_gate(std::make_shared<conceal::Throttle>())
                     .build();
   const auto text = guard.describe();
-  EXPECT_NE(text.find("model: module after Normalize(mean=[0.5], std=[0.25], grad=exact)"), std::string::npos)
-      << text;
+  EXPECT_NE(text.find("model: module after Normalize(mean=[0.5], std=[0.25], grad=exact)"), std::string::npos) << text;
   EXPECT_NE(text.find("preprocess: BitDepth(bits=5"), std::string::npos) << text;
   EXPECT_NE(text.find("Throttle(rate=10/s"), std::string::npos) << text;
   EXPECT_NE(text.find("LabelOnly"), std::string::npos) << text;

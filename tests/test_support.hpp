@@ -99,4 +99,12 @@ inline double gradcheck_error(const std::function<torch::Tensor(const torch::Ten
   return worst;
 }
 
+/// Intra-op threads for a test that wants `wanted`: PARRY_TEST_THREADS
+/// overrides it (scripts/sanitize.sh sets 1, because ThreadSanitizer cannot
+/// see the synchronisation of LibTorch's uninstrumented OpenMP workers).
+inline int intra_op_threads(int wanted) {
+  const char* forced = std::getenv("PARRY_TEST_THREADS");
+  return forced && std::atoi(forced) > 0 ? std::atoi(forced) : wanted;
+}
+
 }  // namespace parry::testing
