@@ -6,6 +6,7 @@
 #include <opencv2/imgproc.hpp>
 
 #include "detail/opencv_bytes.hpp"
+#include "parry/detail/require.hpp"
 
 namespace parry::data {
 
@@ -14,10 +15,6 @@ using detail::opencv_type;
 using detail::to_opencv_bytes;
 
 namespace {
-
-void require_limit(bool ok, const std::string& name, int64_t v) {
-  if (!ok) throw OptionError("ImageLimits::" + name + ": must be positive, but got " + std::to_string(v));
-}
 
 uint32_t be32(const std::string& b, size_t at) {
   return (uint32_t(uint8_t(b[at])) << 24) | (uint32_t(uint8_t(b[at + 1])) << 16) | (uint32_t(uint8_t(b[at + 2])) << 8) |
@@ -48,17 +45,17 @@ bool is_complete(const std::string& b) {
 }  // namespace
 
 ImageLimits& ImageLimits::max_bytes(int64_t v) {
-  require_limit(v > 0, "max_bytes", v);
+  parry::detail::require(v > 0, "ImageLimits::max_bytes", "must be positive", v);
   max_bytes_ = v;
   return *this;
 }
 ImageLimits& ImageLimits::max_pixels(int64_t v) {
-  require_limit(v > 0, "max_pixels", v);
+  parry::detail::require(v > 0, "ImageLimits::max_pixels", "must be positive", v);
   max_pixels_ = v;
   return *this;
 }
 ImageLimits& ImageLimits::max_side(int64_t v) {
-  require_limit(v > 0, "max_side", v);
+  parry::detail::require(v > 0, "ImageLimits::max_side", "must be positive", v);
   max_side_ = v;
   return *this;
 }

@@ -5,11 +5,13 @@
 #include <cmath>
 #include <cstdio>
 #include <filesystem>
+#include <limits>
 #include <sstream>
 
 #include "parry/attack/pgd.hpp"
 #include "parry/detail/chunks.hpp"
 #include "parry/detail/files.hpp"
+#include "parry/detail/generator.hpp"
 #include "parry/detail/require.hpp"
 #include "train/checkpoint.hpp"
 #include "train/support.hpp"
@@ -205,12 +207,19 @@ torch::Tensor AdversarialTrainer::attack(Model& model, const torch::Tensor& x, c
   attack::GradientSettings settings;
   settings.clip_min = o.clip_min();
   settings.clip_max = o.clip_max();
-  // The trainer's generator (a shared handle) draws the random starts, so a
-  // resumed run continues its stream; the last iterate is trained on.
+  // The trainer's generator (a shared handle, checkpointed) draws the random
+  // starts, so a resumed run continues its stream; the last iterate is
+  // trained on. Off the CPU, the CPU generator draws the seed of a generator
+  // on the input's device, which keeps the run reproducible and resumable.
+  torch::Generator start_generator = generator_;
+  if (!x.device().is_cpu()) {
+    const auto seed = torch::randint(0, std::numeric_limits<int64_t>::max(), {1}, generator_, torch::kInt64);
+    start_generator = parry::detail::make_generator(static_cast<uint64_t>(seed.item<int64_t>()), x.device());
+  }
   auto pgd_options = attack::PgdOptions(o.epsilon())
                          .step_size(o.step_size())
                          .settings(settings)
-                         .generator(generator_)
+                         .generator(start_generator)
                          .last_iterate(true);
   switch (o.method()) {
     case AdversarialMethod::Pgd:  // Madry et al.: uniform start, `steps` sign steps
@@ -245,7 +254,9 @@ TrainingBatch AdversarialTrainer::adversarial_batch(Model& model, const torch::T
     batch.adversarial = torch::ones({n}, torch::kBool);
     return batch;
   }
-  const torch::Tensor rows = std::get<0>(torch::randperm(n, generator_, torch::kInt64).slice(0, 0, k).sort());
+  // Drawn on the CPU (the checkpointed generator), then moved to the batch's device.
+  const torch::Tensor rows =
+      std::get<0>(torch::randperm(n, generator_, torch::kInt64).slice(0, 0, k).sort()).to(x.device());
   const torch::Tensor adv = attack(model, x.index_select(0, rows), y.index_select(0, rows));
   batch.images = x.detach().clone().index_copy_(0, rows, adv);
   batch.adversarial = torch::zeros({n}, torch::kBool).index_fill_(0, rows, true);
