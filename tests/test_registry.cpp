@@ -98,11 +98,11 @@ TEST(Registry, TheConfigAcceptsExactlyTheValuesTheOptionsSettersAccept) {
   for (const auto& d : components()) {
     for (const auto& o : d.options) {
       const std::string where = d.type + "." + o.key;
-      if (o.type == OptionType::Integer) {
-        ASSERT_TRUE(o.check_integer) << where;
+      // Every probe: the config accepts it exactly when the setter does.
+      auto probe_all = [&](const auto& probes, const auto& check) {
         int accepted = 0, rejected = 0;
-        for (int64_t v : integer_probes(o)) {
-          const bool setter = setter_accepts([&] { o.check_integer(v); });
+        for (const auto v : probes) {
+          const bool setter = setter_accepts([&] { check(v); });
           EXPECT_EQ(config_accepts(d, o.key, v), setter)
               << where << " = " << v << ": the config range differs from the Options validation";
           (setter ? accepted : rejected)++;
@@ -110,21 +110,16 @@ TEST(Registry, TheConfigAcceptsExactlyTheValuesTheOptionsSettersAccept) {
         }
         EXPECT_GT(accepted, 0) << where;
         EXPECT_GT(rejected, 0) << where << ": no boundary probed";
+      };
+      if (o.type == OptionType::Integer) {
+        ASSERT_TRUE(o.check_integer) << where;
+        probe_all(integer_probes(o), o.check_integer);
         for (double not_integer : {0.5, std::nan(""), std::numeric_limits<double>::infinity()}) {
           EXPECT_FALSE(config_accepts(d, o.key, not_integer)) << where << " = " << not_integer;
         }
       } else if (o.type == OptionType::Number) {
         ASSERT_TRUE(o.check_number) << where;
-        int accepted = 0, rejected = 0;
-        for (double v : number_probes(o)) {
-          const bool setter = setter_accepts([&] { o.check_number(v); });
-          EXPECT_EQ(config_accepts(d, o.key, v), setter)
-              << where << " = " << v << ": the config range differs from the Options validation";
-          (setter ? accepted : rejected)++;
-          ++probed;
-        }
-        EXPECT_GT(accepted, 0) << where;
-        EXPECT_GT(rejected, 0) << where << ": no boundary probed";
+        probe_all(number_probes(o), o.check_number);
       }
     }
   }
