@@ -1,0 +1,95 @@
+// parry eval (evaluate a model under a config's defenses and write the report)
+// and parry calibrate (fit and calibrate the detectors, save them beside the config).
+#include <cstdio>
+#include <filesystem>
+
+#include "commands.hpp"
+
+namespace fs = std::filesystem;
+
+namespace parry::cli {
+
+namespace {
+
+int64_t train_images_needed(const config::Config& config) {
+  int64_t needed = 1000;
+  for (const auto& d : config.defenses) {
+    for (const auto& det : d.detectors) needed = std::max(needed, det.fit_images + det.combiner_images);
+  }
+  return std::min<int64_t>(needed, 60000);
+}
+
+struct EvalOptions {
+  std::string model, config, out = "parry-report";
+  int64_t images = 0;
+};
+
+int run_eval(const CommonOptions& common, const EvalOptions& opts) {
+  const Model model = load_model(opts.model);
+  auto config = config::load_config(opts.config, model);
+  if (opts.images > 0) config.evaluation.images = opts.images;
+  const auto data = load_data(common, train_images_needed(config));
+  // Detectors saved by `parry calibrate` beside the config are used as they are.
+  const std::string state = state_dir_for(opts.config);
+  bool ready = fs::is_directory(state);
+  if (ready) {
+    for (auto& d : config.defenses) {
+      for (size_t i = 0; i < d.detectors.size(); ++i) d.detectors[i].detector->load(state_file(state, d, i));
+    }
+    print_progress("using calibrated detectors from " + state);
+  }
+  const auto evaluation = eval::evaluate(config, model, data, print_progress, ready);
+  eval::write_report(evaluation, opts.out);
+  std::printf("%s\nreport: %s/report.html (also report.md, metrics.json, *.png)\n",
+              eval::summary_table(evaluation).c_str(), opts.out.c_str());
+  return 0;
+}
+
+int run_calibrate(const CommonOptions& common, const EvalOptions& opts) {
+  const Model model = load_model(opts.model);
+  auto config = config::load_config(opts.config, model);
+  const auto data = load_data(common, train_images_needed(config));
+  const std::string state = state_dir_for(opts.config);
+  fs::create_directories(state);
+  for (auto& d : config.defenses) {
+    print_progress("defense " + d.name);
+    eval::prepare_detectors(d, model, data, config.evaluation, print_progress);
+    for (size_t i = 0; i < d.detectors.size(); ++i) {
+      d.detectors[i].detector->save(state_file(state, d, i));
+      std::printf("saved %s\n", state_file(state, d, i).c_str());
+    }
+  }
+  return 0;
+}
+
+}  // namespace
+
+Command add_eval_command(CLI::App& app, const CommonOptions& common) {
+  auto opts = std::make_shared<EvalOptions>();
+  auto& eval_opts = *opts;
+  auto* eval_cmd = app.add_subcommand("eval", "Evaluate a model under the defenses of a config and write the report");
+  eval_cmd->add_option("--model", eval_opts.model, "Saved reference model or TorchScript file")->required();
+  eval_cmd->add_option("--config", eval_opts.config, "Defense configuration (JSON, see docs/configuration.md)")
+      ->required();
+  eval_cmd->add_option("--out", eval_opts.out, "Report directory")->capture_default_str();
+  eval_cmd->add_option("--images", eval_opts.images, "Override evaluation.images")->check(CLI::PositiveNumber);
+
+  eval_cmd->footer(component_summary());
+
+  return {eval_cmd, [&common, opts] { return run_eval(common, *opts); }};
+}
+
+Command add_calibrate_command(CLI::App& app, const CommonOptions& common) {
+  auto opts = std::make_shared<EvalOptions>();
+  auto& calibrate_opts = *opts;
+  auto* calibrate_cmd = app.add_subcommand(
+      "calibrate",
+      "Fit detector densities and combiners, set thresholds, save them beside the config (<config>.state/)");
+  calibrate_cmd->add_option("--model", calibrate_opts.model, "Saved reference model or TorchScript file")->required();
+  calibrate_cmd->add_option("--config", calibrate_opts.config, "Defense configuration (JSON)")->required();
+  calibrate_cmd->footer(component_summary());
+
+  return {calibrate_cmd, [&common, opts] { return run_calibrate(common, *opts); }};
+}
+
+}  // namespace parry::cli
