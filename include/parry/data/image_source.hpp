@@ -82,7 +82,6 @@ std::shared_ptr<const ImageSource> subset(std::shared_ptr<const ImageSource> sou
 ///   or classes that are empty (default names "0", "1", … are made from the
 ///   largest label when `classes` is empty).
 std::shared_ptr<const ImageSource> from_tensors(torch::Tensor images, torch::Tensor labels,
-                                                std::vector<std::string> classes = {},
-                                                std::string name = "tensors");
+                                                std::vector<std::string> classes = {}, std::string name = "tensors");
 
 }  // namespace parry::data
