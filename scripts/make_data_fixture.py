@@ -11,6 +11,7 @@ Writes (each a few KB; torch.save's default zip format unless noted)
   tensors_float_expected.json  their values (repr of each float32, exact)
   tensors_bad_*.pt          files that open_tensor_file must refuse, one fault each
   tensors_legacy.pt         a good dict saved in the pre-1.6 (non-zip) format
+  tensors_one_class_tuple.pt  one class name, given as a tuple (readable)
 """
 import json
 import os
@@ -49,8 +50,11 @@ def main(out_dir):
     bad = {
         # an unknown key beside the right ones
         "bad_keys": {"images": small, "labels": small_labels, "meta": "v2"},
-        # no labels
-        "bad_missing": {"images": small},
+        # no labels (two keys: a one-key dict is pickled with SETITEM, see below)
+        "bad_missing": {"images": small, "classes": classes},
+        # a one-element list (pickled with APPEND, which LibTorch 1.13's
+        # unpickler cannot read: open_tensor_file says to use a tuple)
+        "bad_one_class": {"images": small, "labels": torch.zeros(4, dtype=torch.int64), "classes": ["cat"]},
         # int32 images
         "bad_dtype": {"images": small.to(torch.int32), "labels": small_labels},
         # N×H×W instead of N×C×H×W
@@ -80,6 +84,8 @@ def main(out_dir):
         torch.save(value, path("tensors_" + name + ".pt"))
     # not a dict at all
     torch.save(small, path("tensors_bad_not_dict.pt"))
+    torch.save({"images": small, "labels": torch.zeros(4, dtype=torch.int64), "classes": ("cat",)},
+               path("tensors_one_class_tuple.pt"))
     torch.save({"images": small, "labels": small_labels}, path("tensors_legacy.pt"),
                _use_new_zipfile_serialization=False)
 

@@ -352,6 +352,7 @@ TEST(TensorFile, BadFilesAreErrorsNamingTheFile) {
       {"tensors_bad_nan.pt", "NaN"},
       {"tensors_bad_not_dict.pt", "dict"},
       {"tensors_legacy.pt", "zip format"},
+      {"tensors_bad_one_class.pt", "as a tuple"},
   };
   for (const auto& [name, why] : cases) {
     const std::string message = io_error_of([&] { data::open_tensor_file(fixture(name)); });
@@ -363,6 +364,12 @@ TEST(TensorFile, BadFilesAreErrorsNamingTheFile) {
   const std::string message = io_error_of([&] { data::open_tensor_file(dir.file("garbage.pt")); });
   EXPECT_NE(message.find(dir.file("garbage.pt")), std::string::npos) << message;
   EXPECT_THROW(data::open_tensor_file(dir.file("missing.pt")), IoError);
+}
+
+TEST(TensorFile, OneClassNameAsATupleIsRead) {
+  const auto source = data::open_tensor_file(fixture("tensors_one_class_tuple.pt"));
+  EXPECT_EQ(source->classes(), (std::vector<std::string>{"cat"}));
+  EXPECT_EQ(source->size(), 4);
 }
 
 TEST(TensorFile, RefusesFilesOverTheLimitBeforeReading) {

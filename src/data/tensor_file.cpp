@@ -43,8 +43,17 @@ std::shared_ptr<const ImageSource> open_tensor_file(const std::string& path, int
   try {
     root = torch::pickle_load(bytes);
   } catch (const std::exception& e) {
-    throw IoError("tensor file " + path + ": cannot be read as a torch.save file",
-                  "tensor file " + path + ": " + e.what());
+    // LibTorch's unpickler lacks the opcodes Python uses for a dict of one
+    // key (SETITEM, 0x73) and a list of one element (APPEND, 0x61).
+    const std::string why = e.what();
+    if (why.find("Unknown opcode for unpickling at 0x73") != std::string::npos ||
+        why.find("Unknown opcode for unpickling at 0x61") != std::string::npos) {
+      throw IoError("tensor file " + path +
+                        ": holds a dict of one key or a list of one element, which the C++ reader cannot read "
+                        "(give both \"images\" and \"labels\"; a single class name as a tuple (\"name\",))",
+                    "tensor file " + path + ": " + why);
+    }
+    throw IoError("tensor file " + path + ": cannot be read as a torch.save file", "tensor file " + path + ": " + why);
   }
   bytes = {};
   if (!root.isGenericDict()) {

@@ -11,7 +11,9 @@
 // Threat model: data sets are files the user chose, not network input, but
 // they are still parsed defensively: every image is decoded with ImageLimits,
 // and a corrupt, truncated or mis-shaped entry is a parry::IoError whose
-// message names the file, never a crash.
+// message names the file, never a crash. Naming the path in the public
+// message is deliberate here: these errors reach the operator who chose the
+// file (the command line, a training program), never a served caller.
 #pragma once
 
 #include <torch/torch.h>
@@ -77,10 +79,14 @@ void for_each_batch(const ImageSource& source, int64_t batch_size,
 std::shared_ptr<const ImageSource> subset(std::shared_ptr<const ImageSource> source, int64_t begin, int64_t end);
 
 /// An in-memory source over tensors (images N×C×H×W float32 in [0, 1] or
-/// uint8 in [0, 255], labels N int64), e.g. what a test or a caller built.
-/// @throws parry::OptionError for wrong ranks, dtypes, sizes or label range,
-///   or classes that are empty (default names "0", "1", … are made from the
-///   largest label when `classes` is empty).
+/// uint8 in [0, 255], labels N int64 >= 0), e.g. what a test or a caller
+/// built. The tensors are kept (moved to the CPU); uint8 images are converted
+/// to float32 / 255 per read(), and every read() returns copies.
+/// @param classes names, index = label; empty: "0", "1", … "K-1" for the
+///   largest label K-1.
+/// @throws parry::OptionError for wrong ranks, dtypes or counts, float values
+///   outside [0, 1] or not finite, negative labels, fewer names than the
+///   largest label + 1, or no images and no class names.
 std::shared_ptr<const ImageSource> from_tensors(torch::Tensor images, torch::Tensor labels,
                                                 std::vector<std::string> classes = {}, std::string name = "tensors");
 

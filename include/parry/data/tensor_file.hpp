@@ -2,13 +2,16 @@
 //
 //   torch.save({"images": images,    # N×C×H×W, uint8 in [0, 255] or float32 in [0, 1], C = 1 or 3
 //               "labels": labels,    # N int64, >= 0
-//               "classes": names},   # optional list of str, index = label
+//               "classes": names},   # optional list (or tuple) of str, index = label
 //              "test.pt")
 //
 // The file must be in torch.save's zip format (the default since PyTorch
 // 1.6). It is read by LibTorch's unpickler (torch::pickle_load), which builds
 // only tensors and plain containers: it never runs Python code, unlike
 // Python's torch.load without weights_only.
+//
+// LibTorch 1.13's unpickler cannot read a one-element list (pickle's APPEND
+// opcode): a single class name must be given as a tuple ("name",).
 //
 // Memory: the file is loaded whole at open (peak about twice its size while
 // it is parsed); uint8 images stay uint8 in memory and are converted to
