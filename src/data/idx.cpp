@@ -10,6 +10,7 @@
 #include <memory>
 #include <sstream>
 
+#include "data/tensor_source.hpp"
 #include "parry/detail/files.hpp"
 
 namespace parry::data {
@@ -146,6 +147,43 @@ const std::array<const char*, 10>& fashion_mnist_classes() {
   static const std::array<const char*, 10> names = {"T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
                                                     "Sandal",      "Shirt",   "Sneaker",  "Bag",   "Ankle boot"};
   return names;
+}
+
+namespace {
+
+// read_idx with the file's path in the public message (data sets are the
+// user's own files).
+torch::Tensor read_named_idx(const std::string& path) {
+  try {
+    return read_idx(path);
+  } catch (const IoError& e) {
+    throw IoError("IDX file " + path + ": " + e.what(), e.detail());
+  }
+}
+
+}  // namespace
+
+std::shared_ptr<const ImageSource> open_idx(const std::string& images_path, const std::string& labels_path,
+                                            std::vector<std::string> classes) {
+  torch::Tensor images = read_named_idx(images_path);
+  torch::Tensor labels = read_named_idx(labels_path);
+  if (images.scalar_type() != torch::kUInt8 || (images.dim() != 3 && images.dim() != 4)) {
+    throw IoError("IDX file " + images_path + ": images must be uint8 N×H×W or N×C×H×W, but are " +
+                  c10::toString(images.scalar_type()) + " of shape " + c10::str(images.sizes()));
+  }
+  if (images.dim() == 3) images = images.unsqueeze(1);
+  if (labels.dim() != 1 || !c10::isIntegralType(labels.scalar_type(), /*includeBool=*/false)) {
+    throw IoError("IDX file " + labels_path + ": labels must be a vector of integers, but are " +
+                  c10::toString(labels.scalar_type()) + " of shape " + c10::str(labels.sizes()));
+  }
+  labels = labels.to(torch::kInt64);
+  const std::string problem = parry::detail::check_tensors(images, labels, classes, /*image_channels_only=*/true,
+                                                           /*min_default_classes=*/10);
+  if (!problem.empty()) throw IoError("IDX files " + images_path + " and " + labels_path + ": " + problem);
+  const ImageShape shape{images.size(1), images.size(2), images.size(3)};
+  std::string description = parry::detail::describe_source("IDX", images_path, images.size(0), shape, classes.size());
+  return parry::detail::tensor_source(std::move(images), std::move(labels), std::move(classes),
+                                      parry::detail::last_component(images_path), std::move(description));
 }
 
 namespace {
