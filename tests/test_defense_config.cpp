@@ -6,6 +6,7 @@
 #include "parry/detect/uncertainty_density.hpp"
 
 using namespace parry;
+using parry::testing::kGrayInput;
 using parry::testing::reference_model;
 
 namespace {
@@ -13,7 +14,7 @@ namespace {
 // Expects parse_config to fail with a message that starts with the path.
 void expect_rejected(const std::string& json, const std::string& path_and_problem) {
   try {
-    config::parse_config(json, reference_model());
+    config::parse_config(json, reference_model(), kGrayInput);
     ADD_FAILURE() << "accepted: " << json;
   } catch (const OptionError& e) {
     EXPECT_NE(std::string(e.what()).find("config: " + path_and_problem), std::string::npos)
@@ -28,7 +29,7 @@ std::string with_defense(const std::string& defense) {
 }  // namespace
 
 TEST(DefenseConfig, TheDocumentedExampleBuildsEveryComponent) {
-  const auto config = config::parse_config(config::example_config(), reference_model());
+  const auto config = config::parse_config(config::example_config(), reference_model(), kGrayInput);
   EXPECT_EQ(config.evaluation.images, 500);
   EXPECT_EQ(config.evaluation.epsilons, (std::vector<double>{0.03, 0.05, 0.1}));
   ASSERT_EQ(config.attacks.size(), 3u);
@@ -56,7 +57,7 @@ TEST(DefenseConfig, ModelInputIsTheModelsOwnTransformAndDefensesSeePixels) {
     "defenses": [{"name": "squeezed", "preprocess": [{"type": "bit_depth", "bits": 2}],
                   "detectors": [{"type": "feature_squeezing", "squeezers": [{"type": "bit_depth", "bits": 1}]}],
                   "output": {"policy": "full"}}]})",
-                                           reference_model());
+                                           reference_model(), kGrayInput);
   ASSERT_EQ(config.model_input.size(), 1u);
   const auto& d = config.defenses[0];
   ASSERT_EQ(d.model_input.size(), 1u);
@@ -80,7 +81,7 @@ TEST(DefenseConfig, EveryPreprocessorDetectorAndPolicyParses) {
                   {"type": "feature_squeezing", "squeezers": [{"type": "bit_depth", "bits": 1}]},
                   {"type": "uncertainty_density", "target_fpr": 0.01}],
     "output": {"policy": "top_k", "k": 2}})"),
-                                           reference_model());
+                                           reference_model(), kGrayInput);
   const auto& d = config.defenses[0];
   EXPECT_EQ(d.preprocessors.size(), 5u);
   EXPECT_EQ(d.preprocessors[0]->gradient_policy(), GradientPolicy::Blocked);
@@ -89,8 +90,9 @@ TEST(DefenseConfig, EveryPreprocessorDetectorAndPolicyParses) {
   EXPECT_EQ(d.detectors[2].fit_images, 100);
   EXPECT_NE(d.output->describe().find("2"), std::string::npos);
   for (const char* policy : {"label_only", "rounded_scores", "full"}) {
-    EXPECT_NO_THROW(config::parse_config(
-        with_defense(std::string(R"({"name": "p", "output": {"policy": ")") + policy + R"("}})"), reference_model()));
+    EXPECT_NO_THROW(
+        config::parse_config(with_defense(std::string(R"({"name": "p", "output": {"policy": ")") + policy + R"("}})"),
+                             reference_model(), kGrayInput));
   }
 }
 
@@ -142,11 +144,27 @@ TEST(DefenseConfig, RejectsOutOfRangeValuesWithTheirPath) {
 }
 
 TEST(DefenseConfig, LoadingAMissingFileIsAnIoError) {
-  EXPECT_THROW(config::load_config("/nonexistent/parry.json", reference_model()), IoError);
+  EXPECT_THROW(config::load_config("/nonexistent/parry.json", reference_model(), kGrayInput), IoError);
   parry::testing::TempDir dir;
   {
     std::ofstream out(dir.file("c.json"));
     out << config::example_config();
   }
-  EXPECT_EQ(config::load_config(dir.file("c.json"), reference_model()).defenses.size(), 4u);
+  EXPECT_EQ(config::load_config(dir.file("c.json"), reference_model(), kGrayInput).defenses.size(), 4u);
+}
+
+TEST(DefenseConfig, TheInputComesFromTheDataUnlessTheDefenseGivesOne) {
+  const std::string json = R"({"defenses": [{"name": "from-data"},
+                                {"name": "own", "input": {"channels": 1, "height": 28, "width": 28}}]})";
+  const auto config = config::parse_config(json, reference_model(), InputSpec(3, 32, 32));
+  EXPECT_EQ(config.defenses[0].input.channels(), 3);
+  EXPECT_EQ(config.defenses[0].input.height(), 32);
+  EXPECT_EQ(config.defenses[1].input.channels(), 1);
+  // Without a data set, every defense must say what it accepts.
+  try {
+    config::parse_config(json, reference_model());
+    ADD_FAILURE() << "parsed a defense without an input shape";
+  } catch (const OptionError& e) {
+    EXPECT_NE(std::string(e.what()).find("config: defenses[0].input: is required"), std::string::npos) << e.what();
+  }
 }

@@ -12,6 +12,7 @@
 #include "parry/preprocess/bit_depth.hpp"
 
 using namespace parry;
+using parry::testing::kGrayInput;
 using namespace parry::config;
 using parry::testing::reference_model;
 using json = nlohmann::json;
@@ -197,7 +198,7 @@ TEST(Registry, DescriptorsDriveFittingRandomnessAndTheAdaptiveAttack) {
   const auto config = parse_config(R"({"defenses": [
       {"name": "plain", "preprocess": [{"type": "bit_depth"}], "detectors": [{"type": "kernel_density"}]},
       {"name": "random", "detectors": [{"type": "mc_dropout", "samples": 4}]}]})",
-                                   reference_model());
+                                   reference_model(), kGrayInput);
   EXPECT_FALSE(config.defenses[0].is_randomised());
   EXPECT_TRUE(config.defenses[0].detectors[0].needs_fit());
   EXPECT_EQ(config.defenses[0].preprocessor_types, std::vector<std::string>{"bit_depth"});

@@ -8,8 +8,10 @@
 #include <sstream>
 
 #include "attack_support.hpp"
+#include "parry/data/image_source.hpp"
 
 using namespace parry;
+using parry::testing::kGrayInput;
 using parry::testing::reference_model;
 
 namespace {
@@ -27,6 +29,13 @@ std::string percent(double v) {
   return buffer;
 }
 
+std::shared_ptr<const data::ImageSource> fashion_source(bool train, int64_t n) {
+  const auto set = data::load_fashion_mnist(PARRY_FASHION_MNIST_DIR, train, n);
+  const auto& names = data::fashion_mnist_classes();
+  return data::from_tensors(set.images, set.labels, std::vector<std::string>(names.begin(), names.end()),
+                            "fashion-mnist");
+}
+
 eval::Evaluation tiny_evaluation() {
   auto config = config::parse_config(R"({
     "evaluation": {"images": 16, "epsilons": [0.05, 0.1], "calibration_images": 60, "latency_repeats": 2},
@@ -35,10 +44,10 @@ eval::Evaluation tiny_evaluation() {
                  {"name": "squeeze", "preprocess": [{"type": "bit_depth", "bits": 2}],
                   "detectors": [{"type": "mc_dropout", "samples": 5}, {"type": "kernel_density", "fit_images": 200}]}]
   })",
-                                     reference_model());
+                                     reference_model(), kGrayInput);
   eval::EvaluationData data;
-  data.train = data::load_fashion_mnist(PARRY_FASHION_MNIST_DIR, true, 200);
-  data.test = data::load_fashion_mnist(PARRY_FASHION_MNIST_DIR, false, 100);
+  data.train = fashion_source(true, 200);
+  data.test = fashion_source(false, 100);
   std::vector<std::string> lines;
   auto e = eval::evaluate(config, reference_model(), data, [&](const std::string& l) { lines.push_back(l); });
   EXPECT_GE(lines.size(), 6u);  // progress for each attack and defense
@@ -77,6 +86,11 @@ TEST(Report, EvaluatesEveryDefenseAndWritesConsistentFilesAndPlots) {
   const auto metrics = nlohmann::json::parse(read(dir.file("metrics.json")));
   const auto markdown = read(dir.file("report.md"));
   ASSERT_EQ(metrics["defenses"].size(), 2u);
+  // The data set and its class names come from the source, not a constant.
+  EXPECT_EQ(metrics["data"], "fashion-mnist");
+  EXPECT_EQ(metrics["classes"].size(), 10u);
+  EXPECT_NE(markdown.find("## Clean accuracy per class"), std::string::npos);
+  EXPECT_NE(markdown.find("| Ankle boot |"), std::string::npos);
   for (const auto& d : metrics["defenses"]) {
     // The Markdown row of each defense shows the numbers of metrics.json.
     std::string row = "| " + d["name"].get<std::string>() + " | " + percent(d["clean_accuracy"].get<double>()) + " | " +
@@ -115,9 +129,9 @@ TEST(Report, EvaluatesEveryDefenseAndWritesConsistentFilesAndPlots) {
 TEST(Report, RejectsAConfigLargerThanTheData) {
   auto config = config::parse_config(R"({"evaluation": {"images": 100, "calibration_images": 50},
                                          "defenses": [{"name": "a"}]})",
-                                     reference_model());
+                                     reference_model(), kGrayInput);
   eval::EvaluationData data;
-  data.train = data::load_fashion_mnist(PARRY_FASHION_MNIST_DIR, true, 10);
-  data.test = data::load_fashion_mnist(PARRY_FASHION_MNIST_DIR, false, 120);
+  data.train = fashion_source(true, 10);
+  data.test = fashion_source(false, 120);
   EXPECT_THROW(eval::evaluate(config, reference_model(), data), OptionError);
 }

@@ -9,6 +9,8 @@
 #include <functional>
 #include <string>
 
+#include "parry/core/input_spec.hpp"
+
 namespace parry::testing {
 
 /// A fresh temporary directory, removed when the object goes away.
@@ -40,6 +42,9 @@ class SeededTest : public ::testing::Test {
 };
 
 /// Words that must never appear in a public error message.
+/// The Fashion-MNIST input of configs parsed without a data set.
+inline const InputSpec kGrayInput{1, 28, 28};
+
 inline const std::vector<std::string>& internal_words() {
   static const std::vector<std::string> words = {"/",
                                                  "\\",

@@ -7,6 +7,7 @@ namespace parry::cli {
 
 /// Options of `parry train` (also used by `parry demo` on its first run).
 struct TrainOptions {
+  std::string model;  // TorchScript file to train; empty: a new reference CNN
   std::string out;
   int64_t epochs = 15;
   int64_t batch = 128;
@@ -22,7 +23,7 @@ struct TrainOptions {
   std::string checkpoint_dir;    // adversarial: resumable checkpoints
 };
 
-/// Trains the reference CNN plainly on Fashion-MNIST and saves it to opts.out.
+/// Trains a new reference CNN plainly on the training split of --data and saves it to opts.out.
 models::ReferenceCnn train_reference(const CommonOptions& common, const TrainOptions& opts);
 
 Command add_train_command(CLI::App& app, const CommonOptions& common);

@@ -1,10 +1,15 @@
 // What every subcommand shares.
 #include "common.hpp"
 
+#include "parry/detail/files.hpp"
+
 #include <cctype>
 #include <cstdio>
 #include <cstdlib>
 #include <filesystem>
+#include <fstream>
+#include <nlohmann/json.hpp>
+#include <sstream>
 
 namespace fs = std::filesystem;
 
@@ -39,16 +44,135 @@ std::string state_file(const std::string& dir, const config::DefenseSpec& defens
   return dir + "/" + name + "-" + std::to_string(index) + "-" + defense.detectors[index].type + ".pt";
 }
 
+void save_data_info(const std::string& state_dir, const data::ImageSource& source) {
+  const auto shape = source.shape();
+  const nlohmann::json info{
+      {"data", source.name()}, {"input", {shape.channels, shape.height, shape.width}}, {"classes", source.classes()}};
+  parry::detail::atomic_write_bytes(state_dir + "/data.json", info.dump(2) + "\n");
+}
+
+std::optional<DataInfo> load_data_info(const std::string& state_dir) {
+  const std::string path = state_dir + "/data.json";
+  if (!fs::is_regular_file(path)) return std::nullopt;
+  try {
+    std::ifstream in(path, std::ios::binary);
+    const auto info = nlohmann::json::parse(in);
+    DataInfo out;
+    out.name = info.at("data").get<std::string>();
+    const auto input = info.at("input").get<std::vector<int64_t>>();
+    if (input.size() != 3) throw std::runtime_error("input must hold C, H, W");
+    out.shape = {input[0], input[1], input[2]};
+    out.classes = info.at("classes").get<std::vector<std::string>>();
+    return out;
+  } catch (const std::exception& e) {
+    throw IoError("the calibration state is corrupt", path + ": " + e.what() + " (run parry calibrate again)");
+  }
+}
+
+namespace {
+
+// "CxHxW" → InputSpec.
+InputSpec parse_shape(const std::string& text) {
+  int64_t c = 0, h = 0, w = 0;
+  char x1 = 0, x2 = 0, rest = 0;
+  std::istringstream in(text);
+  if (!(in >> c >> x1 >> h >> x2 >> w) || x1 != 'x' || x2 != 'x' || (in >> rest) || (c != 1 && c != 3) || h < 1 ||
+      w < 1) {
+    throw OptionError("--input: expected CHANNELSxHEIGHTxWIDTH with 1 or 3 channels, such as 3x224x224, but got '" +
+                      text + "'");
+  }
+  return InputSpec(c, h, w);
+}
+
+}  // namespace
+
+Defended open_defense(const Model& model, const std::string& config_path, const std::string& defense,
+                      const std::string& input) {
+  const std::string state = config_path.empty() ? std::string() : state_dir_for(config_path);
+  const auto info = state.empty() ? std::nullopt : load_data_info(state);
+  std::optional<InputSpec> shape;
+  if (!input.empty()) {
+    shape = parse_shape(input);
+  } else if (info) {
+    shape = InputSpec(info->shape.channels, info->shape.height, info->shape.width);
+  }
+  Defended out;
+  if (config_path.empty()) {
+    if (!shape) throw OptionError("give the image shape with --input CxHxW (or a calibrated --config)");
+    out.guard = std::make_shared<const Guard>(model, *shape);
+  } else {
+    auto config = config::load_config(config_path, model, shape);
+    const config::DefenseSpec* chosen = nullptr;
+    for (auto& d : config.defenses) {
+      if (defense.empty() ? !chosen : d.name == defense) chosen = &d;
+    }
+    if (!chosen) throw OptionError("no defense named '" + defense + "' in " + config_path);
+    auto spec = *chosen;
+    for (size_t i = 0; i < spec.detectors.size(); ++i) {
+      spec.detectors[i].detector->load(state_file(state, spec, i));  // run `parry calibrate` first
+    }
+    out.guard = spec.build_guard(model);
+  }
+  const auto& in = out.guard->input_spec();
+  torch::Tensor logits;
+  {
+    c10::InferenceMode inference;
+    logits = out.guard->model().logits(torch::zeros({1, in.channels(), in.height(), in.width()}));
+  }
+  const int64_t count = logits.dim() == 2 ? logits.size(1) : 0;
+  if (info) {
+    out.classes = info->classes;
+    if (static_cast<int64_t>(out.classes.size()) != count) {
+      throw OptionError("the calibrated data set " + info->name + " has " + std::to_string(out.classes.size()) +
+                        " classes but the model outputs " + std::to_string(count) + " logits");
+    }
+  } else {
+    for (int64_t k = 0; k < count; ++k) out.classes.push_back(std::to_string(k));
+  }
+  return out;
+}
+
 void print_progress(const std::string& line) {
   std::fprintf(stderr, "%s\n", line.c_str());
   std::fflush(stderr);
 }
 
-eval::EvaluationData load_data(const CommonOptions& common, int64_t train_limit) {
-  eval::EvaluationData data;
-  data.train = data::load_fashion_mnist(common.data_dir, /*train=*/true, train_limit);
-  data.test = data::load_fashion_mnist(common.data_dir, /*train=*/false);
-  return data;
+data::DecodeOptions decode_options(const CommonOptions& common) {
+  data::DecodeOptions options;
+  if (common.channels > 0) options.channels(common.channels);
+  if (!common.resize.empty()) {
+    int64_t height = 0, width = 0;
+    char x = 0, rest = 0;
+    std::istringstream in(common.resize);
+    if (!(in >> height >> x >> width) || (x != 'x' && x != 'X') || (in >> rest) || height < 1 || width < 1) {
+      throw OptionError("--resize: expected HEIGHTxWIDTH such as 224x224, but got '" + common.resize + "'");
+    }
+    options.resize(height, width);
+  }
+  return options;
+}
+
+data::DataSplits open_splits(const CommonOptions& common) {
+  const auto options = decode_options(common);
+  auto splits = data::open_data(common.data_dir, options);
+  if (!common.train_data.empty()) splits.train = data::open_source(common.train_data, options);
+  print_progress("test data: " + splits.test->description());
+  if (splits.train) print_progress("training data: " + splits.train->description());
+  return splits;
+}
+
+InputSpec data_input(const data::ImageSource& source) {
+  const auto shape = source.shape();
+  return InputSpec(shape.channels, shape.height, shape.width);
+}
+
+double streamed_accuracy(const Model& model, const data::ImageSource& source, int64_t batch) {
+  double correct = 0;
+  data::for_each_batch(source, batch, [&](const data::LabeledImages& b, int64_t) {
+    c10::InferenceMode inference;
+    correct += model.logits(b.images).argmax(1).eq(b.labels).sum().item<double>();
+  });
+  return correct / static_cast<double>(std::max<int64_t>(source.size(), 1));
 }
 
 std::string component_summary() {

@@ -49,11 +49,13 @@ int run_demo(const CommonOptions& common, std::string cache_dir, const std::stri
     net->eval();
   }
   const Model model(net);
-  auto config = config::parse_config(kDemoConfig, model);
-  const auto data = load_data(common, 5200);
-  std::printf("reference model: test accuracy %.2f%% on %lld Fashion-MNIST test images\n",
-              100.0 * train::accuracy(model, data.test.images, data.test.labels),
-              static_cast<long long>(data.test.images.size(0)));
+  const auto splits = open_splits(common);
+  auto config = config::parse_config(kDemoConfig, model, data_input(*splits.test));
+  const eval::EvaluationData data{splits.train, splits.test};
+  const auto& classes = splits.test->classes();
+  std::printf("reference model: test accuracy %.2f%% on %lld test images of %s\n",
+              100.0 * streamed_accuracy(model, *splits.test), static_cast<long long>(splits.test->size()),
+              splits.test->name().c_str());
   std::printf("evaluating %zu defenses against FGSM and PGD on %lld test images (progress on stderr)\n",
               config.defenses.size(), static_cast<long long>(config.evaluation.images));
   std::fflush(stdout);
@@ -67,11 +69,12 @@ int run_demo(const CommonOptions& common, std::string cache_dir, const std::stri
   // One defended request, as a service would answer it.
   auto& combined = config.defenses.back();
   const auto guard = combined.build_guard(model);
-  const Response response = guard->predict(data.test.images.slice(0, 9000, 9004), RequestContext{"demo-client"});
+  const Response response = guard->predict(splits.test->read(9000, 9004).images, RequestContext{"demo-client"});
   std::printf("\na label-only answer from the combined Guard for 4 images: verdict %s, labels",
               to_string(response.verdict));
   for (size_t i = 0; i < response.labels.size(); ++i) {
-    std::printf(" %s%s", data::fashion_mnist_classes()[response.labels[i]], response.flagged[i] ? "[flagged]" : "");
+    std::printf(" %s%s", classes.at(static_cast<size_t>(response.labels[i])).c_str(),
+                response.flagged[i] ? "[flagged]" : "");
   }
   std::printf(", scores %s\n", response.scores.defined() ? "returned" : "withheld");
   try {

@@ -11,14 +11,6 @@ namespace parry::cli {
 
 namespace {
 
-int64_t train_images_needed(const config::Config& config) {
-  int64_t needed = 1000;
-  for (const auto& d : config.defenses) {
-    for (const auto& det : d.detectors) needed = std::max(needed, det.fit_images + det.combiner_images);
-  }
-  return std::min<int64_t>(needed, 60000);
-}
-
 struct EvalOptions {
   std::string model, config, out = "parry-report";
   int64_t images = 0;
@@ -26,9 +18,10 @@ struct EvalOptions {
 
 int run_eval(const CommonOptions& common, const EvalOptions& opts) {
   const Model model = load_model(opts.model);
-  auto config = config::load_config(opts.config, model);
+  const auto splits = open_splits(common);
+  auto config = config::load_config(opts.config, model, data_input(*splits.test));
   if (opts.images > 0) config.evaluation.images = opts.images;
-  const auto data = load_data(common, train_images_needed(config));
+  const eval::EvaluationData data{splits.train, splits.test};
   // Detectors saved by `parry calibrate` beside the config are used as they are.
   const std::string state = state_dir_for(opts.config);
   bool ready = fs::is_directory(state);
@@ -47,10 +40,13 @@ int run_eval(const CommonOptions& common, const EvalOptions& opts) {
 
 int run_calibrate(const CommonOptions& common, const EvalOptions& opts) {
   const Model model = load_model(opts.model);
-  auto config = config::load_config(opts.config, model);
-  const auto data = load_data(common, train_images_needed(config));
+  const auto splits = open_splits(common);
+  auto config = config::load_config(opts.config, model, data_input(*splits.test));
+  const eval::EvaluationData data{splits.train, splits.test};
   const std::string state = state_dir_for(opts.config);
   fs::create_directories(state);
+  // What predict and serve need to know of the data without reading it.
+  save_data_info(state, *splits.test);
   for (auto& d : config.defenses) {
     print_progress("defense " + d.name);
     eval::prepare_detectors(d, model, data, config.evaluation, print_progress);

@@ -33,7 +33,14 @@ int main(int argc, char** argv) {
   CLI::App app{"parry: defend LibTorch image classifiers against adversarial examples"};
   app.require_subcommand(1);
   cli::CommonOptions common;
-  app.add_option("--data", common.data_dir, "Fashion-MNIST directory (IDX files, .gz or plain)")->capture_default_str();
+  app.add_option("--data", common.data_dir,
+                 "Data set: an image folder, a tensor file (.pt), a directory of IDX files, or a directory with train/ "
+                 "and test/ (docs/data.md)")
+      ->capture_default_str();
+  app.add_option("--train-data", common.train_data, "Training split, when --data holds only the test images");
+  app.add_option("--channels", common.channels, "Image folders: decode to 1 (grayscale) or 3 (RGB, default) channels")
+      ->check(CLI::IsMember({1, 3}));
+  app.add_option("--resize", common.resize, "Image folders: resize every image to HEIGHTxWIDTH, e.g. 224x224");
   app.add_option("--threads", common.threads, "LibTorch intra-op threads")
       ->check(CLI::Range(1, 256))
       ->capture_default_str();

@@ -1,4 +1,5 @@
-// parry train: train the reference CNN (plain, distilled or adversarially) and save it.
+// parry train: train a model (the user's TorchScript file or the reference CNN)
+// plainly, by distillation or adversarially, on --data, and save it.
 #include <cstdio>
 #include <filesystem>
 
@@ -10,14 +11,54 @@ namespace parry::cli {
 
 namespace {
 
-// Papernot et al. 2016: teacher and student trained at T; the student is saved.
-models::ReferenceCnn train_distilled(const CommonOptions& common, const TrainOptions& opts) {
-  const auto train = data::load_fashion_mnist(common.data_dir, /*train=*/true, opts.limit);
+// The model to train: a fresh copy of --model (each call loads the file
+// again, so a teacher and a student start from the same weights), or a new
+// reference CNN (Fashion-MNIST's 1×28×28 only).
+Model fresh_model(const TrainOptions& opts, const data::ImageShape& shape) {
+  if (!opts.model.empty()) return load_model(opts.model);
+  if (shape.channels != 1 || shape.height != 28 || shape.width != 28) {
+    throw OptionError("the reference CNN takes 1×28×28 images but the data has " + std::to_string(shape.channels) +
+                      "×" + std::to_string(shape.height) + "×" + std::to_string(shape.width) +
+                      "; give your own TorchScript model with --model");
+  }
+  return Model(models::ReferenceCnn());
+}
+
+// The training split of --data (or --train-data), whole, and the test split.
+struct TrainingData {
+  data::LabeledImages train;
+  std::shared_ptr<const data::ImageSource> test;  // may be null
+  data::ImageShape shape;
+  std::string name;
+};
+
+TrainingData training_data(const CommonOptions& common, int64_t limit) {
+  const auto splits = open_splits(common);
+  if (!splits.train) {
+    throw OptionError(
+        "training needs a training split: give --train-data, or a --data directory with train/ and test/");
+  }
+  TrainingData out;
+  const int64_t n = limit > 0 ? std::min(limit, splits.train->size()) : splits.train->size();
+  print_progress("reading " + std::to_string(n) + " training images of " + splits.train->description());
+  out.train = splits.train->read(0, n);  // the trainers shuffle the whole split in memory
+  out.test = splits.test;
+  out.shape = splits.train->shape();
+  out.name = splits.train->name();
+  return out;
+}
+
+void save_model(const Model& model, const std::string& out) {
+  fs::create_directories(fs::absolute(out).parent_path());
+  model.save(out);  // TorchScript models as TorchScript archives, the reference CNN as its state
+}
+
+// Papernot et al. 2016: teacher and student trained at T; the student is returned.
+Model train_distilled(const TrainingData& data, const TrainOptions& opts) {
   std::fprintf(stderr, "defensive distillation at T = %g on %lld images (%lld epochs per stage)\n", opts.temperature,
-               static_cast<long long>(train.images.size(0)), static_cast<long long>(opts.epochs));
+               static_cast<long long>(data.train.size()), static_cast<long long>(opts.epochs));
   torch::manual_seed(opts.seed);
-  models::ReferenceCnn teacher_net, student_net;
-  Model teacher(teacher_net), student(student_net);
+  Model teacher = fresh_model(opts, data.shape), student = fresh_model(opts, data.shape);
   const auto summary = train::Distillation(train::DistillationOptions()
                                                .temperature(opts.temperature)
                                                .epochs(opts.epochs)
@@ -25,24 +66,21 @@ models::ReferenceCnn train_distilled(const CommonOptions& common, const TrainOpt
                                                .learning_rate(opts.lr)
                                                .seed(opts.seed)
                                                .on_progress(train::progress_printer()))
-                           .fit(teacher, student, train.images, train.labels);
+                           .fit(teacher, student, data.train.images, data.train.labels);
   std::fprintf(stderr, "distilled in %.1f s; student agrees with the teacher on %.2f%% of the training images\n",
                summary.seconds, 100.0 * summary.label_agreement);
-  fs::create_directories(fs::absolute(opts.out).parent_path());
-  student.save(opts.out);
-  return student_net;
+  return student;
 }
 
 // Madry et al. 2017 / Wong et al. 2020 / Zhang et al. 2019, resumable with --checkpoint-dir.
-models::ReferenceCnn train_adversarial(const CommonOptions& common, const TrainOptions& opts) {
-  const auto train = data::load_fashion_mnist(common.data_dir, /*train=*/true, opts.limit);
-  const auto test = data::load_fashion_mnist(common.data_dir, /*train=*/false);
+Model train_adversarial(const TrainingData& data, const TrainOptions& opts) {
   const auto method = train::adversarial_method_from_string(opts.attack);
   std::fprintf(stderr, "%s adversarial training at eps %g on %lld images (%lld epochs)\n", train::to_string(method),
-               opts.epsilon, static_cast<long long>(train.images.size(0)), static_cast<long long>(opts.epochs));
+               opts.epsilon, static_cast<long long>(data.train.size()), static_cast<long long>(opts.epochs));
   torch::manual_seed(opts.seed);
-  models::ReferenceCnn net;
-  Model model(net);
+  Model model = fresh_model(opts, data.shape);
+  data::LabeledImages held_out;
+  if (data.test) held_out = data.test->read(0, std::min<int64_t>(500, data.test->size()));
   train::AdversarialTrainer trainer(train::AdversarialTrainerOptions()
                                         .method(method)
                                         .epsilon(opts.epsilon)
@@ -51,25 +89,20 @@ models::ReferenceCnn train_adversarial(const CommonOptions& common, const TrainO
                                         .batch_size(opts.batch)
                                         .learning_rate(opts.lr)
                                         .seed(opts.seed)
-                                        .eval_samples(std::min<int64_t>(500, test.images.size(0)))
+                                        .eval_samples(held_out.size())
                                         .checkpoint_dir(opts.checkpoint_dir)
                                         .on_progress(train::progress_printer()));
-  trainer.fit(model, train, test, train::epoch_printer());
-  fs::create_directories(fs::absolute(opts.out).parent_path());
-  model.save(opts.out);
-  return net;
+  trainer.fit(model, data.train, held_out, train::epoch_printer());
+  return model;
 }
 
-}  // namespace
-
-models::ReferenceCnn train_reference(const CommonOptions& common, const TrainOptions& opts) {
-  const auto train = data::load_fashion_mnist(common.data_dir, /*train=*/true, opts.limit);
-  std::fprintf(stderr, "training the reference CNN on %lld Fashion-MNIST images (%lld epochs, %d threads)\n",
-               static_cast<long long>(train.images.size(0)), static_cast<long long>(opts.epochs), common.threads);
+Model train_plain(const TrainingData& data, const TrainOptions& opts) {
+  std::fprintf(stderr, "training %s on %lld images of %s (%lld epochs)\n",
+               opts.model.empty() ? "the reference CNN" : opts.model.c_str(), static_cast<long long>(data.train.size()),
+               data.name.c_str(), static_cast<long long>(opts.epochs));
   torch::manual_seed(opts.seed);
-  models::ReferenceCnn net;
-  Model model(net);
-  const auto summary = train::fit_classifier(model, train.images, train.labels,
+  Model model = fresh_model(opts, data.shape);
+  const auto summary = train::fit_classifier(model, data.train.images, data.train.labels,
                                              train::ClassifierTrainerOptions()
                                                  .epochs(opts.epochs)
                                                  .batch_size(opts.batch)
@@ -78,21 +111,45 @@ models::ReferenceCnn train_reference(const CommonOptions& common, const TrainOpt
                                                  .random_flip(opts.augment)
                                                  .on_progress(train::progress_printer()));
   std::fprintf(stderr, "trained in %.1f s, final loss %.4f\n", summary.seconds, summary.final_loss);
-  fs::create_directories(fs::absolute(opts.out).parent_path());
-  model.save(opts.out);
+  return model;
+}
+
+}  // namespace
+
+models::ReferenceCnn train_reference(const CommonOptions& common, const TrainOptions& opts) {
+  const auto data = training_data(common, opts.limit);
+  torch::manual_seed(opts.seed);
+  models::ReferenceCnn net;
+  TrainOptions plain = opts;
+  plain.model.clear();
+  Model model(net);
+  const auto summary = train::fit_classifier(model, data.train.images, data.train.labels,
+                                             train::ClassifierTrainerOptions()
+                                                 .epochs(opts.epochs)
+                                                 .batch_size(opts.batch)
+                                                 .learning_rate(opts.lr)
+                                                 .seed(opts.seed)
+                                                 .random_flip(opts.augment)
+                                                 .on_progress(train::progress_printer()));
+  std::fprintf(stderr, "trained in %.1f s, final loss %.4f\n", summary.seconds, summary.final_loss);
+  save_model(model, opts.out);
   return net;
 }
 
 namespace {
 
 int run_train(const CommonOptions& common, const TrainOptions& opts) {
-  auto net = opts.method == "distilled"     ? train_distilled(common, opts)
-             : opts.method == "adversarial" ? train_adversarial(common, opts)
-                                            : train_reference(common, opts);
-  const auto test = data::load_fashion_mnist(common.data_dir, /*train=*/false);
-  std::printf("test accuracy: %.2f%% on %lld images\nsaved: %s\n",
-              100.0 * train::accuracy(Model(net), test.images, test.labels),
-              static_cast<long long>(test.images.size(0)), opts.out.c_str());
+  const auto data = training_data(common, opts.limit);
+  Model model = opts.method == "distilled"     ? train_distilled(data, opts)
+                : opts.method == "adversarial" ? train_adversarial(data, opts)
+                                               : train_plain(data, opts);
+  model.set_training(false);
+  save_model(model, opts.out);
+  if (data.test) {
+    std::printf("test accuracy: %.2f%% on %lld images of %s\n", 100.0 * streamed_accuracy(model, *data.test),
+                static_cast<long long>(data.test->size()), data.test->name().c_str());
+  }
+  std::printf("saved: %s\n", opts.out.c_str());
   return 0;
 }
 
@@ -101,7 +158,11 @@ int run_train(const CommonOptions& common, const TrainOptions& opts) {
 Command add_train_command(CLI::App& app, const CommonOptions& common) {
   auto opts = std::make_shared<TrainOptions>();
   auto& train_opts = *opts;
-  auto* train_cmd = app.add_subcommand("train", "Train the reference CNN on Fashion-MNIST and save it");
+  auto* train_cmd = app.add_subcommand(
+      "train", "Train a model (your TorchScript file, or the reference CNN on Fashion-MNIST) on --data and save it");
+  train_cmd->add_option("--model", train_opts.model,
+                        "TorchScript model to train from its current weights (saved as TorchScript; default: a new "
+                        "reference CNN)");
   train_cmd->add_option("--out", train_opts.out, "Where to save the model")->required();
   train_cmd->add_option("--epochs", train_opts.epochs, "Epochs")->check(CLI::PositiveNumber)->capture_default_str();
   train_cmd->add_option("--batch", train_opts.batch, "Batch size")->check(CLI::PositiveNumber)->capture_default_str();

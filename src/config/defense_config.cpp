@@ -43,13 +43,20 @@ std::vector<Component> parse_components(Object& o, const char* key, ComponentKin
 }
 
 DefenseSpec parse_defense(const json& value, const std::string& path, const Model& model,
-                          const std::vector<std::shared_ptr<const Preprocessor>>& model_input) {
+                          const std::vector<std::shared_ptr<const Preprocessor>>& model_input,
+                          const std::optional<InputSpec>& data_input) {
   Object o(value, path);
   DefenseSpec spec;
   spec.model_input = model_input;
   spec.name = o.text("name", "", {});
   if (spec.name.empty()) fail(o.child("name"), "is required and must not be empty");
-  if (o.has("input")) spec.input = parse_input(o.get("input"), o.child("input"));
+  if (o.has("input")) {
+    spec.input = parse_input(o.get("input"), o.child("input"));
+  } else if (data_input) {
+    spec.input = *data_input;
+  } else {
+    fail(o.child("input"), "is required when no data set gives the image shape (give --data or an input)");
+  }
   BuildContext context;
   context.model = &model;
   context.input = spec.input;
@@ -93,7 +100,8 @@ AttackSpec parse_attack(const json& value, const std::string& path) {
 EvaluationSpec parse_evaluation(const json& value, const std::string& path) {
   Object o(value, path);
   EvaluationSpec spec;
-  spec.images = o.integer("images", spec.images, 1, 10000);
+  spec.images = o.integer("images", spec.images, 1, 10000000);
+  spec.batch_size = o.integer("batch_size", spec.batch_size, 1, 4096);
   spec.epsilons = o.numbers("epsilons", spec.epsilons);
   if (spec.epsilons.empty()) fail(o.child("epsilons"), "must hold at least one budget");
   for (size_t i = 0; i < spec.epsilons.size(); ++i) {
@@ -157,7 +165,7 @@ std::shared_ptr<const Guard> DefenseSpec::build_guard(const Model& model) const 
   return builder.build_shared();
 }
 
-Config parse_config(const std::string& json_text, const Model& model) {
+Config parse_config(const std::string& json_text, const Model& model, const std::optional<InputSpec>& data_input) {
   json root;
   try {
     root = json::parse(json_text);
@@ -186,25 +194,25 @@ Config parse_config(const std::string& json_text, const Model& model) {
   std::set<std::string> names;
   for (size_t i = 0; i < defenses.size(); ++i) {
     const std::string path = "defenses[" + std::to_string(i) + "]";
-    config.defenses.push_back(parse_defense(defenses[i], path, defended_model, config.model_input));
+    config.defenses.push_back(parse_defense(defenses[i], path, defended_model, config.model_input, data_input));
     if (!names.insert(config.defenses.back().name).second) fail(path + ".name", "duplicate defense name");
   }
   o.finish();
   return config;
 }
 
-Config load_config(const std::string& path, const Model& model) {
+Config load_config(const std::string& path, const Model& model, const std::optional<InputSpec>& data_input) {
   std::ifstream in(path, std::ios::binary);
   if (!in) throw IoError("configuration file not found", "cannot read '" + path + "'");
   std::stringstream text;
   text << in.rdbuf();
-  return parse_config(text.str(), model);
+  return parse_config(text.str(), model, data_input);
 }
 
 std::string example_config() {
   return R"({
   "evaluation": {"images": 500, "epsilons": [0.03, 0.05, 0.1], "roc_epsilon": 0.1,
-                 "calibration_images": 2000, "latency_repeats": 20, "seed": 0},
+                 "calibration_images": 2000, "latency_repeats": 20, "batch_size": 128, "seed": 0},
   "attacks": [
     {"type": "fgsm"},
     {"type": "pgd", "steps": 40, "step_ratio": 0.1, "restarts": 1, "eot_samples": 4},

@@ -1,7 +1,10 @@
 // eval::evaluate: every defense of a config against non-adaptive and adaptive attacks.
 #include "parry/eval/evaluation.hpp"
 
+#include <algorithm>
 #include <chrono>
+#include <cmath>
+#include <cstdint>
 #include <sstream>
 
 #include "eval/plots.hpp"
@@ -11,6 +14,7 @@
 #include "parry/attack/pgd.hpp"
 #include "parry/config/registry.hpp"
 #include "parry/detail/chunks.hpp"
+#include "parry/detail/generator.hpp"
 #include "parry/detect/kernel_density.hpp"
 #include "parry/detect/mc_dropout.hpp"
 #include "parry/detect/uncertainty_density.hpp"
@@ -81,48 +85,147 @@ std::string attack_label(const config::AttackSpec& spec) {
   return "C&W-L2";
 }
 
+// fn over matching row chunks of two tensors, concatenated (attacks that
+// must respect a Guard's max_batch).
+torch::Tensor map_batches(const torch::Tensor& x, const torch::Tensor& y, int64_t batch,
+                          const std::function<torch::Tensor(const torch::Tensor&, const torch::Tensor&)>& fn) {
+  std::vector<torch::Tensor> parts;
+  parry::detail::for_each_chunk(x.size(0), batch, [&](int64_t begin, int64_t end) {
+    parts.push_back(fn(x.slice(0, begin, end), y.slice(0, begin, end)));
+  });
+  return torch::cat(parts);
+}
+
+// The largest batch every Guard of the config accepts, capped by `cap`.
+int64_t batch_limit(const config::Config& config, int64_t cap) {
+  int64_t limit = cap;
+  for (const auto& d : config.defenses) limit = std::min(limit, d.input.max_batch());
+  return std::max<int64_t>(limit, 1);
+}
+
+std::string shape_text(int64_t c, int64_t h, int64_t w) {
+  return std::to_string(c) + "×" + std::to_string(h) + "×" + std::to_string(w);
+}
+
+// The data must fit every defense's input and the model's class count.
+void check_data(const config::Config& config, const Model& model, const EvaluationData& data) {
+  if (!data.test) throw OptionError("evaluation: no test images");
+  const auto check_source = [&](const data::ImageSource& source, const char* split) {
+    const auto shape = source.shape();
+    for (const auto& d : config.defenses) {
+      const auto& in = d.input;
+      if (in.channels() != shape.channels || in.height() != shape.height || in.width() != shape.width) {
+        throw OptionError("evaluation: the " + std::string(split) + " images of " + source.name() + " are " +
+                          shape_text(shape.channels, shape.height, shape.width) + " but defense '" + d.name +
+                          "' expects " + shape_text(in.channels(), in.height(), in.width()));
+      }
+    }
+  };
+  check_source(*data.test, "test");
+  if (data.train) check_source(*data.train, "training");
+  const auto classes = static_cast<int64_t>(data.test->classes().size());
+  if (classes < 2) throw OptionError("evaluation: the test set " + data.test->name() + " must have at least 2 classes");
+  if (data.train && static_cast<int64_t>(data.train->classes().size()) != classes) {
+    throw OptionError("evaluation: the training set has " + std::to_string(data.train->classes().size()) +
+                      " classes but the test set " + std::to_string(classes));
+  }
+  if (config.defenses.empty()) return;
+  torch::Tensor logits;
+  {
+    c10::InferenceMode inference;
+    logits = config.defenses.front().model_for(model).logits(data.test->read(0, 1).images);
+  }
+  if (logits.dim() != 2 || logits.size(1) != classes) {
+    throw OptionError("evaluation: the data set " + data.test->name() + " has " + std::to_string(classes) +
+                      " classes but the model outputs " + (logits.dim() == 2 ? std::to_string(logits.size(1)) : "?") +
+                      " logits");
+  }
+}
+
+// Preprocessed model features and labels of the first `count` training images.
+std::pair<torch::Tensor, torch::Tensor> training_features(const Guard& plain, const Model& model,
+                                                          const data::ImageSource& train, int64_t count,
+                                                          int64_t batch) {
+  std::vector<torch::Tensor> features, labels;
+  data::for_each_batch(
+      train, batch,
+      [&](const data::LabeledImages& b, int64_t) {
+        c10::InferenceMode inference;
+        features.push_back(model.features(plain.preprocess(b.images)).flatten(1));
+        labels.push_back(b.labels);
+      },
+      0, count);
+  return {torch::cat(features), torch::cat(labels)};
+}
+
+// Running totals of one defense over the attacked batches.
+struct DefenseRun {
+  std::shared_ptr<const Guard> guard;
+  attack::LogitsFn adaptive;
+  bool targeted = false;
+  int64_t eot_samples_cap = 1;  // 1 unless the defense is randomised
+  double clean_correct = 0, clean_flagged = 0;
+  std::vector<double> class_correct, class_total;
+  std::vector<double> defended, adaptive_defended, l2_sum;       // per transfer
+  std::vector<std::vector<torch::Tensor>> negatives, positives;  // per detector
+};
+
 }  // namespace
 
 void prepare_detectors(config::DefenseSpec& defense, const Model& raw_model, const EvaluationData& data,
                        const config::EvaluationSpec& settings, const Progress& progress) {
   const Model model = defense.model_for(raw_model);  // with the model's own input transform
   if (defense.detectors.empty()) return;
+  if (!data.test) throw OptionError("evaluation: no test images to calibrate the detectors with");
   config::DefenseSpec no_detectors = defense;
   no_detectors.detectors.clear();
   no_detectors.gates.clear();
   const auto plain = no_detectors.build_guard(raw_model);
-  const int64_t n_test = data.test.images.size(0);
+  const int64_t batch = std::max<int64_t>(1, std::min(settings.batch_size, defense.input.max_batch()));
+  const int64_t n_test = data.test->size();
   if (settings.calibration_images >= n_test) {
     throw OptionError("evaluation: calibration_images must be below the test set size " + std::to_string(n_test));
   }
-  const torch::Tensor calibration =
-      preprocessed(*plain, data.test.images.slice(0, n_test - settings.calibration_images, n_test));
   for (auto& spec : defense.detectors) {
     const auto start = Clock::now();
     if (spec.needs_fit()) {
-      const int64_t fit_n = std::min<int64_t>(spec.fit_images, data.train.images.size(0));
-      const auto train_x = preprocessed(*plain, data.train.images.slice(0, 0, fit_n));
-      const auto train_y = data.train.labels.slice(0, 0, fit_n);
+      if (!data.train || data.train->size() == 0) {
+        throw OptionError("evaluation: detector '" + spec.type +
+                          "' is fitted on training images, but the data has no training split");
+      }
+      const int64_t total = data.train->size();
+      const int64_t fit_n = std::min<int64_t>(spec.fit_images, total);
+      const auto [features, labels] = training_features(*plain, model, *data.train, fit_n, batch);
       if (auto kde = std::dynamic_pointer_cast<detect::KernelDensity>(spec.detector)) {
-        kde->fit(model, train_x, train_y);
+        kde->fit_features(features, labels);
       } else if (auto combined = std::dynamic_pointer_cast<detect::UncertaintyDensity>(spec.detector)) {
-        const_cast<detect::KernelDensity&>(combined->density()).fit(model, train_x, train_y);
+        const_cast<detect::KernelDensity&>(combined->density()).fit_features(features, labels);
         // The combiner learns from PGD examples of training images the attack
-        // set never contains (the last combiner_images of the training subset).
-        const int64_t m = std::min<int64_t>(spec.combiner_images, data.train.images.size(0) / 2);
-        const int64_t total = data.train.images.size(0);
-        const auto cx = data.train.images.slice(0, total - m, total), cy = data.train.labels.slice(0, total - m, total);
+        // set never contains (the last combiner_images of the training set).
+        const int64_t m = std::min<int64_t>(spec.combiner_images, total / 2);
+        const auto held = data.train->read(total - m, total);
         attack::GradientSettings gs;
         gs.seed = settings.seed;
         const auto adv =
-            attack::pgd(attack::differentiable(*plain), cx, cy,
-                        attack::PgdOptions(spec.fit_epsilon).steps(20).step_size(spec.fit_epsilon / 8).settings(gs))
-                .adversarial;
-        const auto clean_p = preprocessed(*plain, cx), adv_p = preprocessed(*plain, adv);
+            map_batches(held.images, held.labels, batch, [&](const torch::Tensor& cx, const torch::Tensor& cy) {
+              return attack::pgd(
+                         attack::differentiable(*plain), cx, cy,
+                         attack::PgdOptions(spec.fit_epsilon).steps(20).step_size(spec.fit_epsilon / 8).settings(gs))
+                  .adversarial;
+            });
+        const auto clean_p = preprocessed(*plain, held.images), adv_p = preprocessed(*plain, adv);
         combined->fit(model, clean_p, detect::noisy_counterparts(clean_p, adv_p, settings.seed + 1), adv_p);
       }
     }
-    const auto report = spec.detector->calibrate(calibration, model, spec.target_fpr);
+    // Clean held-out scores (the last calibration_images of the test set), batch by batch.
+    std::vector<torch::Tensor> scores;
+    data::for_each_batch(
+        *data.test, batch,
+        [&](const data::LabeledImages& b, int64_t) {
+          scores.push_back(spec.detector->score(plain->preprocess(b.images), model));
+        },
+        n_test - settings.calibration_images, n_test);
+    const auto report = spec.detector->calibrate_from_scores(torch::cat(scores), spec.target_fpr);
     say(progress, "  " + spec.detector->name() + ": fitted and calibrated (threshold " + fixed(report.threshold, 4) +
                       ", clean FPR " + percent(report.achieved_fpr) + " on " + std::to_string(report.samples) +
                       " images) in " + fixed(std::chrono::duration<double>(Clock::now() - start).count(), 1) + " s");
@@ -135,65 +238,49 @@ Evaluation evaluate(config::Config& config, const Model& raw_model, const Evalua
   const auto& settings = config.evaluation;
   const auto started = Clock::now();
   const int64_t n = settings.images;
-  if (data.test.images.size(0) < n + settings.calibration_images) {
+  check_data(config, raw_model, data);
+  if (data.test->size() < n + settings.calibration_images) {
     throw OptionError(
         "evaluation: need at least images + calibration_images = " + std::to_string(n + settings.calibration_images) +
-        " test images, but have " + std::to_string(data.test.images.size(0)));
+        " test images, but " + data.test->name() + " has " + std::to_string(data.test->size()));
   }
-  const auto x = data.test.images.slice(0, 0, n), y = data.test.labels.slice(0, 0, n);
+  const auto classes = static_cast<int64_t>(data.test->classes().size());
   Evaluation evaluation;
-  evaluation.model_description = model.kind();
+  evaluation.model_description = model.describe();
+  evaluation.data_name = data.test->name();
+  evaluation.data_description = data.test->description();
+  evaluation.classes = data.test->classes();
   evaluation.images = n;
-  torch::manual_seed(settings.seed);
-  const auto wrong_targets = (y + 1 + torch::randint(0, 9, y.sizes(), torch::kInt64)) % 10;
+  evaluation.example_epsilon = settings.roc_epsilon;
 
-  // Non-adaptive examples are computed once on the bare model and reused for every defense.
-  const auto bare = attack::differentiable(model);
+  // Detectors are fitted and calibrated before any image is attacked.
+  for (size_t d = 0; d < config.defenses.size() && !detectors_ready; ++d) {
+    auto& defense = config.defenses[d];
+    if (defense.detectors.empty()) continue;
+    say(progress, "defense " + std::to_string(d + 1) + "/" + std::to_string(config.defenses.size()) + " (" +
+                      defense.name + "): preparing detectors");
+    prepare_detectors(defense, raw_model, data, settings, progress);
+  }
+
   struct Transfer {
     size_t attack;
     double epsilon;
-    torch::Tensor adversarial;
   };
   std::vector<Transfer> transfers;
   for (size_t a = 0; a < config.attacks.size(); ++a) {
     const auto& spec = config.attacks[a];
-    const std::vector<double> budgets = spec.type == "cw" ? std::vector<double>{0.0} : settings.epsilons;
-    for (double eps : budgets) {
-      const auto start = Clock::now();
-      attack::GradientSettings gs;
-      gs.seed = settings.seed;
-      transfers.push_back({a, eps, run_attack(spec, bare, x, y, eps, gs).adversarial});
-      say(progress, "attack " + attack_label(spec) + (eps > 0 ? " ε=" + fixed(eps, 3) : "") + " on the bare model: " +
-                        fixed(std::chrono::duration<double>(Clock::now() - start).count(), 1) + " s");
-    }
+    for (double eps : spec.type == "cw" ? std::vector<double>{0.0} : settings.epsilons) transfers.push_back({a, eps});
   }
-  attack::GradientSettings roc_settings;
-  roc_settings.seed = settings.seed;
-  const auto roc_adversarial =
-      attack::pgd(bare, x, y, attack::PgdOptions(settings.roc_epsilon).steps(20).step_size(settings.roc_epsilon / 8))
-          .adversarial;
-  evaluation.example_clean = x.slice(0, 0, 8);
-  evaluation.example_adversarial = roc_adversarial.slice(0, 0, 8);
-  evaluation.example_epsilon = settings.roc_epsilon;
 
-  for (size_t d = 0; d < config.defenses.size(); ++d) {
-    auto& defense = config.defenses[d];
-    say(progress,
-        "defense " + std::to_string(d + 1) + "/" + std::to_string(config.defenses.size()) + ": " + defense.name);
-    if (!detectors_ready) prepare_detectors(defense, raw_model, data, settings, progress);
+  std::vector<DefenseRun> runs;
+  for (auto& defense : config.defenses) {
     config::DefenseSpec no_gates = defense;
     no_gates.gates.clear();
-    const auto guard = no_gates.build_guard(raw_model);
-    DefenseOutcome outcome;
-    outcome.name = defense.name;
-    outcome.description = defense.build_guard(raw_model)->describe();
-    const Verdicts clean = run_guard(*guard, x);
-    outcome.clean_accuracy = clean.labels.eq(y).to(torch::kFloat64).mean().item<double>();
-    outcome.clean_flagged = clean.flagged.to(torch::kFloat64).mean().item<double>();
-
+    DefenseRun run;
+    run.guard = no_gates.build_guard(raw_model);
     // Adaptive attack path: BPDA/EOT through the Guard, plus the detectors.
-    attack::LogitsFn adaptive = attack::differentiable(*guard);
-    const auto preprocess_path = [g = guard](const torch::Tensor& t) {
+    run.adaptive = attack::differentiable(*run.guard);
+    const auto preprocess_path = [g = run.guard](const torch::Tensor& t) {
       torch::Tensor out = t;
       for (const auto& p : g->preprocessors()) out = p->apply_differentiable(out);
       return out;
@@ -201,55 +288,147 @@ Evaluation evaluate(config::Config& config, const Model& raw_model, const Evalua
     for (const auto& det : defense.detectors) {
       if (det.descriptor().adaptive != config::AdaptiveAttack::DetectorAware) continue;
       // The registry gives each detector's weight in the detector-aware loss.
-      adaptive = attack::detector_aware(adaptive, *det.detector, model, det.descriptor().detector_aware_weight,
-                                        preprocess_path);
+      run.adaptive = attack::detector_aware(run.adaptive, *det.detector, model, det.descriptor().detector_aware_weight,
+                                            preprocess_path);
     }
-    const bool targeted = !defense.detectors.empty();
-    for (const auto& t : transfers) {
-      const auto& spec = config.attacks[t.attack];
-      const auto start = Clock::now();
-      AttackOutcome result;
-      result.attack = attack_label(spec);
-      result.epsilon = t.epsilon;
-      const Verdicts transferred = run_guard(*guard, t.adversarial);
-      result.accuracy = defended_rate(transferred, y);
-      attack::GradientSettings gs;
-      gs.seed = settings.seed;
-      gs.targeted = targeted;
-      gs.eot_samples = defense.is_randomised() ? spec.eot_samples : 1;
-      const auto adv = run_attack(spec, adaptive, x, targeted ? wrong_targets : y, t.epsilon, gs).adversarial;
-      // Worst case per image: an image counts as defended only if it
-      // withstands both the adaptive attack and the transferred one.
-      const Verdicts attacked = run_guard(*guard, adv);
-      result.adaptive_accuracy =
-          ((transferred.labels.eq(y) | transferred.flagged) & (attacked.labels.eq(y) | attacked.flagged))
-              .to(torch::kFloat64)
-              .mean()
-              .item<double>();
-      result.mean_l2 = attack::perturbation_norm(adv - x, attack::Norm::L2).mean().item<double>();
-      outcome.attacks.push_back(result);
-      say(progress, "  " + result.attack + (t.epsilon > 0 ? " ε=" + fixed(t.epsilon, 3) : "") + ": defended " +
-                        percent(result.accuracy) + " non-adaptive, " + percent(result.adaptive_accuracy) +
-                        " adaptive (" + fixed(std::chrono::duration<double>(Clock::now() - start).count(), 1) + " s)");
-    }
+    run.targeted = !defense.detectors.empty();
+    run.eot_samples_cap = defense.is_randomised() ? INT64_MAX : 1;
+    run.class_correct.assign(static_cast<size_t>(classes), 0.0);
+    run.class_total.assign(static_cast<size_t>(classes), 0.0);
+    run.defended.assign(transfers.size(), 0.0);
+    run.adaptive_defended.assign(transfers.size(), 0.0);
+    run.l2_sum.assign(transfers.size(), 0.0);
+    run.negatives.resize(defense.detectors.size());
+    run.positives.resize(defense.detectors.size());
+    runs.push_back(std::move(run));
+  }
 
-    const auto clean_seen = preprocessed(*guard, x), adv_seen = preprocessed(*guard, roc_adversarial);
-    for (const auto& det : defense.detectors) {
+  // One batch at a time: the non-adaptive examples are computed once on the
+  // bare model and sent through every defense; then each defense is attacked.
+  const auto bare = attack::differentiable(model);
+  const bool any_detectors = std::any_of(config.defenses.begin(), config.defenses.end(),
+                                         [](const config::DefenseSpec& d) { return !d.detectors.empty(); });
+  const int64_t batch = batch_limit(config, settings.batch_size);
+  const int64_t batches = (n + batch - 1) / batch;
+  data::for_each_batch(
+      *data.test, batch,
+      [&](const data::LabeledImages& b, int64_t begin) {
+        const auto batch_started = Clock::now();
+        const auto& x = b.images;
+        const auto& y = b.labels;
+        auto generator = parry::detail::make_generator(settings.seed + static_cast<uint64_t>(begin), x.device());
+        const auto wrong_targets =
+            (y + 1 + torch::randint(0, classes - 1, y.sizes(), generator, torch::TensorOptions(torch::kInt64))) %
+            classes;
+        attack::GradientSettings gs;
+        gs.seed = settings.seed + static_cast<uint64_t>(begin);
+        std::vector<torch::Tensor> transferred_examples;
+        for (const auto& t : transfers) {
+          transferred_examples.push_back(run_attack(config.attacks[t.attack], bare, x, y, t.epsilon, gs).adversarial);
+        }
+        // PGD at roc_epsilon: the positives of the ROC curves, and the
+        // examples of the report (only those when no defense has detectors).
+        const int64_t shown = begin == 0 ? std::min<int64_t>(8, x.size(0)) : 0;
+        const int64_t roc_n = any_detectors ? x.size(0) : shown;
+        torch::Tensor roc_adversarial;
+        if (roc_n > 0) {
+          roc_adversarial =
+              attack::pgd(
+                  bare, x.slice(0, 0, roc_n), y.slice(0, 0, roc_n),
+                  attack::PgdOptions(settings.roc_epsilon).steps(20).step_size(settings.roc_epsilon / 8).settings(gs))
+                  .adversarial;
+        }
+        if (shown > 0) {
+          evaluation.example_clean = x.slice(0, 0, shown).clone();
+          evaluation.example_adversarial = roc_adversarial.slice(0, 0, shown).clone();
+          for (int64_t i = 0; i < shown; ++i) evaluation.example_labels.push_back(y[i].item<int64_t>());
+        }
+        for (size_t d = 0; d < runs.size(); ++d) {
+          auto& run = runs[d];
+          const auto& defense = config.defenses[d];
+          const Verdicts clean = run_guard(*run.guard, x);
+          const auto right = clean.labels.eq(y);
+          run.clean_correct += right.sum().item<double>();
+          run.clean_flagged += clean.flagged.sum().item<double>();
+          const auto correct_per_class = torch::bincount(y, right.to(torch::kFloat64), classes);
+          const auto seen_per_class = torch::bincount(y, {}, classes);
+          for (int64_t c = 0; c < classes; ++c) {
+            run.class_correct[c] += correct_per_class[c].item<double>();
+            run.class_total[c] += seen_per_class[c].item<double>();
+          }
+          for (size_t i = 0; i < transfers.size(); ++i) {
+            const auto& spec = config.attacks[transfers[i].attack];
+            const Verdicts transferred = run_guard(*run.guard, transferred_examples[i]);
+            const auto transfer_ok = transferred.labels.eq(y) | transferred.flagged;
+            attack::GradientSettings adaptive_settings = gs;
+            adaptive_settings.targeted = run.targeted;
+            adaptive_settings.eot_samples = std::min<int64_t>(spec.eot_samples, run.eot_samples_cap);
+            const auto adv = run_attack(spec, run.adaptive, x, run.targeted ? wrong_targets : y, transfers[i].epsilon,
+                                        adaptive_settings)
+                                 .adversarial;
+            // Worst case per image: an image counts as defended only if it
+            // withstands both the adaptive attack and the transferred one.
+            const Verdicts attacked = run_guard(*run.guard, adv);
+            run.defended[i] += transfer_ok.sum().item<double>();
+            run.adaptive_defended[i] += (transfer_ok & (attacked.labels.eq(y) | attacked.flagged)).sum().item<double>();
+            run.l2_sum[i] += attack::perturbation_norm(adv - x, attack::Norm::L2).sum().item<double>();
+          }
+          if (!defense.detectors.empty()) {
+            const auto clean_seen = preprocessed(*run.guard, x), adv_seen = preprocessed(*run.guard, roc_adversarial);
+            for (size_t k = 0; k < defense.detectors.size(); ++k) {
+              run.negatives[k].push_back(defense.detectors[k].detector->score(clean_seen, model));
+              run.positives[k].push_back(defense.detectors[k].detector->score(adv_seen, model));
+            }
+          }
+        }
+        say(progress, "batch " + std::to_string(begin / batch + 1) + "/" + std::to_string(batches) + " (images " +
+                          std::to_string(begin) + "–" + std::to_string(begin + x.size(0) - 1) + ") attacked on " +
+                          std::to_string(runs.size()) + " defenses in " +
+                          fixed(std::chrono::duration<double>(Clock::now() - batch_started).count(), 1) + " s");
+      },
+      0, n);
+
+  const auto one = data.test->read(0, 1).images;
+  const int64_t throughput_n = std::min<int64_t>(batch_limit(config, 256), n);
+  const auto throughput_batch = data.test->read(0, throughput_n).images;
+  evaluation.throughput_batch = throughput_n;
+  for (size_t d = 0; d < runs.size(); ++d) {
+    auto& run = runs[d];
+    const auto& defense = config.defenses[d];
+    DefenseOutcome outcome;
+    outcome.name = defense.name;
+    const auto full = defense.build_guard(raw_model);  // gates included
+    outcome.description = full->describe();
+    const auto total = static_cast<double>(n);
+    outcome.clean_accuracy = run.clean_correct / total;
+    outcome.clean_flagged = run.clean_flagged / total;
+    for (int64_t c = 0; c < classes; ++c) {
+      outcome.class_accuracy.push_back(run.class_total[c] > 0 ? run.class_correct[c] / run.class_total[c]
+                                                              : std::nan(""));
+    }
+    for (size_t i = 0; i < transfers.size(); ++i) {
+      AttackOutcome result;
+      result.attack = attack_label(config.attacks[transfers[i].attack]);
+      result.epsilon = transfers[i].epsilon;
+      result.accuracy = run.defended[i] / total;
+      result.adaptive_accuracy = run.adaptive_defended[i] / total;
+      result.mean_l2 = run.l2_sum[i] / total;
+      outcome.attacks.push_back(result);
+    }
+    for (size_t k = 0; k < defense.detectors.size(); ++k) {
+      const auto& detector = *defense.detectors[k].detector;
       DetectorOutcome r;
-      r.name = det.detector->name();
-      const auto neg = det.detector->score(clean_seen, model), pos = det.detector->score(adv_seen, model);
+      r.name = detector.name();
+      const auto neg = torch::cat(run.negatives[k]), pos = torch::cat(run.positives[k]);
       const auto curve = roc_curve(neg, pos);
       r.auc = curve.auc;
       r.roc_fpr = curve.fpr;
       r.roc_tpr = curve.tpr;
-      r.detection_rate = pos.gt(det.detector->threshold()).to(torch::kFloat64).mean().item<double>();
-      r.clean_fpr = neg.gt(det.detector->threshold()).to(torch::kFloat64).mean().item<double>();
+      r.detection_rate = pos.gt(detector.threshold()).to(torch::kFloat64).mean().item<double>();
+      r.clean_fpr = neg.gt(detector.threshold()).to(torch::kFloat64).mean().item<double>();
       outcome.detectors.push_back(r);
     }
-
     // Latency with the full Guard (gates included), one client per call.
-    const auto full = defense.build_guard(raw_model);
-    const auto one = x.slice(0, 0, 1);
     for (int i = 0; i < 3; ++i) full->predict(one, RequestContext{"warm-up"});
     auto t0 = Clock::now();
     for (int64_t i = 0; i < settings.latency_repeats; ++i) {
@@ -257,12 +436,17 @@ Evaluation evaluate(config::Config& config, const Model& raw_model, const Evalua
     }
     outcome.latency_ms = 1000.0 * std::chrono::duration<double>(Clock::now() - t0).count() /
                          static_cast<double>(settings.latency_repeats);
-    const auto batch = data.test.images.slice(0, 0, std::min<int64_t>(256, data.test.images.size(0)));
     t0 = Clock::now();
     const int repeats = 3;
-    for (int i = 0; i < repeats; ++i) guard->predict(batch);
+    for (int i = 0; i < repeats; ++i) run.guard->predict(throughput_batch);
     outcome.images_per_second =
-        static_cast<double>(repeats * batch.size(0)) / std::chrono::duration<double>(Clock::now() - t0).count();
+        static_cast<double>(repeats * throughput_n) / std::chrono::duration<double>(Clock::now() - t0).count();
+    std::string line = "defense " + defense.name + ": clean " + percent(outcome.clean_accuracy);
+    for (const auto& a : outcome.attacks) {
+      line += "; " + a.attack + (a.epsilon > 0 ? " ε=" + fixed(a.epsilon, 3) : "") + " " + percent(a.accuracy) + " / " +
+              percent(a.adaptive_accuracy);
+    }
+    say(progress, line);
     evaluation.defenses.push_back(std::move(outcome));
   }
   evaluation.seconds = std::chrono::duration<double>(Clock::now() - started).count();

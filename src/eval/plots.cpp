@@ -121,7 +121,7 @@ cv::Mat plot_roc(const Evaluation& e) {
 
 cv::Mat plot_examples(const Evaluation& e) {
   const int n = static_cast<int>(e.example_clean.size(0)), cell = 84, pad = 8, left = 120;
-  cv::Mat img(3 * (cell + pad) + 40, left + n * (cell + pad), CV_8UC3, cv::Scalar(255, 255, 255));
+  cv::Mat img(3 * (cell + pad) + 56, left + n * (cell + pad), CV_8UC3, cv::Scalar(255, 255, 255));
   const auto delta = e.example_adversarial - e.example_clean;
   const double eps = std::max(1e-6, e.example_epsilon);
   const std::vector<std::pair<std::string, torch::Tensor>> rows = {
@@ -129,12 +129,22 @@ cv::Mat plot_examples(const Evaluation& e) {
   for (int r = 0; r < 3; ++r) {
     text(img, rows[r].first, {8, 30 + r * (cell + pad) + cell / 2});
     for (int i = 0; i < n; ++i) {
-      const auto t = (rows[r].second[i][0].clamp(0, 1) * 255).to(torch::kUInt8).contiguous();
-      cv::Mat gray(static_cast<int>(t.size(0)), static_cast<int>(t.size(1)), CV_8UC1, t.data_ptr<uint8_t>());
+      // H×W×C bytes; colour images are RGB, OpenCV draws BGR.
+      const auto t = (rows[r].second[i].clamp(0, 1) * 255).round().to(torch::kUInt8).permute({1, 2, 0}).contiguous();
+      const int channels = static_cast<int>(t.size(2));
+      cv::Mat image(static_cast<int>(t.size(0)), static_cast<int>(t.size(1)), channels == 3 ? CV_8UC3 : CV_8UC1,
+                    t.data_ptr<uint8_t>());
       cv::Mat big, color;
-      cv::resize(gray, big, {cell, cell}, 0, 0, cv::INTER_NEAREST);
-      cv::cvtColor(big, color, cv::COLOR_GRAY2BGR);
+      cv::resize(image, big, {cell, cell}, 0, 0, cv::INTER_NEAREST);
+      cv::cvtColor(big, color, channels == 3 ? cv::COLOR_RGB2BGR : cv::COLOR_GRAY2BGR);
       color.copyTo(img(cv::Rect(left + i * (cell + pad), 30 + r * (cell + pad), cell, cell)));
+      if (r == 0 && static_cast<size_t>(i) < e.example_labels.size() && !e.classes.empty()) {
+        const auto label = e.example_labels[static_cast<size_t>(i)];
+        const std::string name = label >= 0 && label < static_cast<int64_t>(e.classes.size())
+                                     ? e.classes[static_cast<size_t>(label)]
+                                     : std::to_string(label);
+        text(img, name.substr(0, 12), {left + i * (cell + pad), 30 + 3 * (cell + pad) + 14}, 0.4);
+      }
     }
   }
   text(img, "PGD eps=" + fixed(eps, 2) + " on the bare model; perturbation shown as 0.5 + delta/(2 eps)", {8, 18});

@@ -1,6 +1,7 @@
 // eval::write_report and summary_table: HTML, Markdown, JSON and the plots.
 #include "parry/eval/report.hpp"
 
+#include <cmath>
 #include <filesystem>
 #include <nlohmann/json.hpp>
 #include <sstream>
@@ -19,7 +20,7 @@ std::string summary_table(const Evaluation& e) {
   for (const auto& a : first.attacks) {
     out << " " << a.attack << (a.epsilon > 0 ? " ε=" + fixed(a.epsilon, 2) : "") << " (non-adaptive / adaptive) |";
   }
-  out << " latency (batch 1) | images/s (batch 256) |\n|---|---:|---:|";
+  out << " latency (batch 1) | images/s (batch " << e.throughput_batch << ") |\n|---|---:|---:|";
   for (size_t i = 0; i < first.attacks.size(); ++i) out << "---:|";
   out << "---:|---:|\n";
   for (const auto& d : e.defenses) {
@@ -71,10 +72,35 @@ std::string html_escape(const std::string& s) {
   return out;
 }
 
+// A defense's clean accuracy on class c, or "–" when no evaluated image has it.
+std::string class_cell(const DefenseOutcome& d, size_t c) {
+  return c < d.class_accuracy.size() && !std::isnan(d.class_accuracy[c]) ? percent(d.class_accuracy[c]) : "–";
+}
+
+// Markdown table: one row per class, one column per defense.
+std::string class_table(const Evaluation& e) {
+  std::ostringstream out;
+  out << "| class |";
+  for (const auto& d : e.defenses) out << " " << d.name << " |";
+  out << "\n|---|";
+  for (size_t i = 0; i < e.defenses.size(); ++i) out << "---:|";
+  out << "\n";
+  for (size_t c = 0; c < e.classes.size(); ++c) {
+    out << "| " << e.classes[c] << " |";
+    for (const auto& d : e.defenses) out << " " << class_cell(d, c) << " |";
+    out << "\n";
+  }
+  return out.str();
+}
+
 nlohmann::json to_json(const Evaluation& e) {
   nlohmann::json root;
   root["model"] = e.model_description;
   root["images"] = e.images;
+  root["data"] = e.data_name;
+  root["data_description"] = e.data_description;
+  root["classes"] = e.classes;
+  root["throughput_batch"] = e.throughput_batch;
   root["seconds"] = e.seconds;
   root["example_epsilon"] = e.example_epsilon;
   for (const auto& d : e.defenses) {
@@ -85,6 +111,14 @@ nlohmann::json to_json(const Evaluation& e) {
     j["clean_flagged"] = d.clean_flagged;
     j["latency_ms"] = d.latency_ms;
     j["images_per_second"] = d.images_per_second;
+    j["class_accuracy"] = nlohmann::json::array();
+    for (double a : d.class_accuracy) {
+      if (std::isnan(a)) {
+        j["class_accuracy"].push_back(nullptr);
+      } else {
+        j["class_accuracy"].push_back(a);
+      }
+    }
     j["attacks"] = nlohmann::json::array();
     for (const auto& a : d.attacks) {
       j["attacks"].push_back({{"attack", a.attack},
@@ -125,7 +159,8 @@ void write_report(const Evaluation& e, const std::string& directory) {
 
   std::ostringstream md;
   md << "# Parry evaluation report\n\n"
-     << e.images << " Fashion-MNIST test images; evaluation took " << fixed(e.seconds, 0) << " s.\n"
+     << e.images << " test images of " << e.data_description << "; evaluation took " << fixed(e.seconds, 0)
+     << " s.\nModel: `" << e.model_description << "`.\n"
      << "Accuracy counts an input as defended when the Guard's label is right or the input is flagged.\n"
      << "Non-adaptive: the attack is computed on the bare model. Adaptive: it attacks the Guard itself "
         "(BPDA through preprocessing, EOT over dropout, detector-aware and targeted when detectors are present).\n\n"
@@ -138,6 +173,7 @@ void write_report(const Evaluation& e, const std::string& directory) {
          << percent(r.clean_fpr) << " |\n";
     }
   }
+  md << "\n## Clean accuracy per class\n\n" << class_table(e);
   md << "\n## Defenses\n\n";
   for (const auto& d : e.defenses) md << "- **" << d.name << "**: `" << d.description << "`\n";
   md << "\n![accuracy](accuracy_vs_epsilon.png)\n\n![roc](roc.png)\n\n![examples](examples.png)\n\n"
@@ -150,20 +186,29 @@ void write_report(const Evaluation& e, const std::string& directory) {
           "table{border-collapse:collapse;margin:1em 0}td,th{border:1px solid #ccc;padding:4px 8px;text-align:right}"
           "td:first-child,th:first-child{text-align:left}img{max-width:100%;display:block;margin:1em 0}"
           "code{font-size:90%}</style></head><body>\n<h1>Parry evaluation report</h1>\n<p>"
-       << e.images << " Fashion-MNIST test images; evaluation took " << fixed(e.seconds, 0)
+       << e.images << " test images of " << html_escape(e.data_description) << "; model <code>"
+       << html_escape(e.model_description) << "</code>; evaluation took " << fixed(e.seconds, 0)
        << " s. An input counts as defended when the Guard's label is right or the input is flagged. Each cell shows "
           "non-adaptive / adaptive accuracy.</p>\n<table><tr><th>defense</th><th>clean accuracy</th><th>clean "
           "flagged</th>";
   for (const auto& a : e.defenses.front().attacks) {
     html << "<th>" << html_escape(a.attack) << (a.epsilon > 0 ? " &epsilon;=" + fixed(a.epsilon, 2) : "") << "</th>";
   }
-  html << "<th>latency (batch 1)</th><th>images/s (batch 256)</th></tr>\n";
+  html << "<th>latency (batch 1)</th><th>images/s (batch " << e.throughput_batch << ")</th></tr>\n";
   for (const auto& d : e.defenses) {
     html << "<tr><td>" << html_escape(d.name) << "</td><td>" << percent(d.clean_accuracy) << "</td><td>"
          << percent(d.clean_flagged) << "</td>";
     for (const auto& a : d.attacks)
       html << "<td>" << percent(a.accuracy) << " / " << percent(a.adaptive_accuracy) << "</td>";
     html << "<td>" << fixed(d.latency_ms, 2) << " ms</td><td>" << fixed(d.images_per_second, 0) << "</td></tr>\n";
+  }
+  html << "</table>\n<h2>Clean accuracy per class</h2>\n<table><tr><th>class</th>";
+  for (const auto& d : e.defenses) html << "<th>" << html_escape(d.name) << "</th>";
+  html << "</tr>\n";
+  for (size_t c = 0; c < e.classes.size(); ++c) {
+    html << "<tr><td>" << html_escape(e.classes[c]) << "</td>";
+    for (const auto& d : e.defenses) html << "<td>" << class_cell(d, c) << "</td>";
+    html << "</tr>\n";
   }
   html << "</table>\n<ul>";
   for (const auto& d : e.defenses) {

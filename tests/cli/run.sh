@@ -83,9 +83,11 @@ PY
 grep -q "boot.png: Ankle boot (9)" predict.txt || { cat predict.txt; fail "predict: the boot was not recognised"; }
 test "$(grep -c 'three-idx3-ubyte.gz' predict.txt)" -eq 3 || { cat predict.txt; fail "predict: not 3 IDX answers"; }
 if grep -q "score\|0\.[0-9]" predict.txt; then fail "predict revealed scores under label_only"; fi
-if "$parry" predict --model "$model" broken.png >out.txt 2>err.txt; then fail "a broken PNG was accepted"; fi
+if "$parry" predict --model "$model" --input 1x28x28 broken.png >out.txt 2>err.txt; then fail "a broken PNG was accepted"; fi
 grep -q "broken.png: " err.txt || fail "no message for the broken PNG"
 if grep -q "/" <(sed 's/^broken.png: //' err.txt); then fail "the public message leaks a path"; fi
+if "$parry" predict --model "$model" boot.png >out.txt 2>err.txt; then fail "predict guessed an input shape"; fi
+grep -q "\-\-input" err.txt || fail "no hint to give --input"
 
 # train: a few steps on a small subset.
 "$parry" train --out tiny.pt --epochs 1 --limit 256 >train.txt 2>&1
@@ -100,6 +102,28 @@ grep -q "student agrees with the teacher" train.txt || fail "distillation printe
   --checkpoint-dir ckpt >train.txt 2>&1 || { cat train.txt; fail "adversarial training failed"; }
 test -s robust.pt && test -s ckpt/checkpoint.pt || fail "adversarial training saved no model or checkpoint"
 grep -q "PGD" train.txt || { cat train.txt; fail "adversarial training reported no PGD accuracy"; }
+# train --model: the user's TorchScript model, saved as TorchScript that Python reads back.
+"$parry" train --model "$src/tests/fixtures/tiny_cnn.pt" --out tiny_trained.pt --epochs 1 --limit 2000 \
+  --no-augment >train.txt 2>&1 || { cat train.txt; fail "training a TorchScript model failed"; }
+accuracy=$(sed -n 's/^test accuracy: \([0-9.]*\)% on 10000 images.*/\1/p' train.txt)
+test -n "$accuracy" || { cat train.txt; fail "train --model printed no test accuracy"; }
+"$python" - "$src/tests/fixtures/tiny_cnn.pt" tiny_trained.pt "$accuracy" <<'PY'
+import gzip, sys
+import numpy as np
+import torch
+original, trained = torch.jit.load(sys.argv[1]), torch.jit.load(sys.argv[2])
+changed = [n for (n, a), (_, b) in zip(original.named_parameters(), trained.named_parameters()) if not torch.equal(a, b)]
+assert changed, "no parameter was trained"
+assert hasattr(trained, "features") and hasattr(trained, "head"), "the exported methods were lost"
+raw = gzip.open("/usr/share/datasets/fashion-mnist/t10k-images-idx3-ubyte.gz").read()[16:]
+labels = np.frombuffer(gzip.open("/usr/share/datasets/fashion-mnist/t10k-labels-idx1-ubyte.gz").read()[8:], np.uint8)
+x = torch.from_numpy(np.frombuffer(raw, np.uint8).reshape(-1, 1, 28, 28).astype(np.float32) / 255)
+trained.eval()
+with torch.no_grad():
+    accuracy = 100 * (trained(x).argmax(1).numpy() == labels).mean()
+assert abs(accuracy - float(sys.argv[3])) < 0.011, (accuracy, sys.argv[3])
+print(f"python reads the trained TorchScript model: {accuracy:.2f}% (parry printed {sys.argv[3]}%)")
+PY
 if "$parry" train --method adversarial --epsilon 2 --out x.pt >out.txt 2>&1; then fail "epsilon 2 was accepted"; fi
 if "$parry" train --method magic --out x.pt >out.txt 2>&1; then fail "an unknown method was accepted"; fi
 echo "cli: all subcommands passed"

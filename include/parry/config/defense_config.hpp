@@ -9,6 +9,7 @@
 #pragma once
 
 #include <memory>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -46,6 +47,7 @@ struct DetectorSpec {
 /// One defense: everything needed to build its Guard.
 struct DefenseSpec {
   std::string name;
+  /// The Guard's input: the config's "input", else the data set's shape.
   InputSpec input{1, 28, 28};
   std::vector<std::shared_ptr<Gate>> gates;
   std::vector<std::shared_ptr<const Preprocessor>> preprocessors;
@@ -83,6 +85,9 @@ struct EvaluationSpec {
   double roc_epsilon = 0.1;                       ///< ε of the PGD examples for ROC curves
   int64_t calibration_images = 2000;              ///< clean held-out images for thresholds
   int64_t latency_repeats = 20;                   ///< predict() calls timed per defense
+  /// Images attacked per step (capped by each Guard's max_batch): the
+  /// evaluation holds one batch, not the data set.
+  int64_t batch_size = 128;
   uint64_t seed = 0;
 };
 
@@ -98,11 +103,15 @@ struct Config {
 };
 
 /// Parses a config from JSON text. `model` (without model_input: the parser
-/// applies it) is needed by detectors that copy it (mc_dropout). @throws parry::OptionError with the JSON path of the
-/// problem.
-Config parse_config(const std::string& json_text, const Model& model);
+/// applies it) is needed by detectors that copy it (mc_dropout).
+/// `data_input` is the input of every defense that gives none (the command
+/// line passes the data set's shape); without it each defense must give "input".
+/// @throws parry::OptionError with the JSON path of the problem.
+Config parse_config(const std::string& json_text, const Model& model,
+                    const std::optional<InputSpec>& data_input = std::nullopt);
 /// Reads and parses a config file. @throws parry::IoError if it cannot be read.
-Config load_config(const std::string& path, const Model& model);
+Config load_config(const std::string& path, const Model& model,
+                   const std::optional<InputSpec>& data_input = std::nullopt);
 
 /// A complete example config (every component), as documented.
 std::string example_config();

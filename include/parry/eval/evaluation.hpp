@@ -13,9 +13,15 @@
 //         defense has detectors, on the detector-aware classifier of Carlini &
 //         Wagner 2017, targeted at a random wrong class;
 //   - for each detector, the ROC curve on clean vs PGD examples at roc_epsilon;
-//   - latency of Guard::predict at batch 1 and throughput at batch 256.
+//   - latency of Guard::predict at batch 1 and throughput at batch 256 (or
+//     the largest batch the Guards accept).
 // Gates (throttling) are left out of the accuracy runs, which send thousands
 // of queries; their cost is in the latency figures.
+//
+// The data streams: attacked images are read, attacked and scored one batch
+// at a time (EvaluationSpec::batch_size, at most every Guard's max_batch), and
+// calibration and detector fitting read their images in batches too, so the
+// memory needed is that of a batch, not of the data set.
 #pragma once
 
 #include <functional>
@@ -24,7 +30,7 @@
 
 #include "parry/config/defense_config.hpp"
 #include "parry/core/model.hpp"
-#include "parry/data/idx.hpp"
+#include "parry/data/image_source.hpp"
 
 namespace parry::eval {
 
@@ -53,32 +59,44 @@ struct DefenseOutcome {
   double clean_accuracy = 0.0;
   double clean_flagged = 0.0;
   double latency_ms = 0.0;         ///< Guard::predict, batch 1, mean
-  double images_per_second = 0.0;  ///< Guard::predict, batch 256
+  double images_per_second = 0.0;  ///< Guard::predict at Evaluation::throughput_batch
   std::vector<AttackOutcome> attacks;
   std::vector<DetectorOutcome> detectors;
+  /// Clean accuracy per class (index = label; NaN for a class absent from
+  /// the evaluated images).
+  std::vector<double> class_accuracy;
 };
 
 struct Evaluation {
   std::string model_description;
+  std::string data_name;         ///< the test source's name ("pets-test")
+  std::string data_description;  ///< its one-line description
+  std::vector<std::string> classes;
   int64_t images = 0;
   std::vector<DefenseOutcome> defenses;
-  torch::Tensor example_clean, example_adversarial;  ///< 8 images each, for the grid
+  torch::Tensor example_clean, example_adversarial;  ///< up to 8 images each (N×C×H×W), for the grid
+  std::vector<int64_t> example_labels;
   double example_epsilon = 0.0;
+  int64_t throughput_batch = 0;  ///< images per call of the throughput figures (≤ 256)
   double seconds = 0.0;
 };
 
 /// Data the evaluation needs: training images (to fit densities and
-/// combiners) and the test set (attacked images first, calibration images last).
+/// combiners; may be null when no detector needs fitting) and the test set
+/// (attacked images first, calibration images last). Both must have the
+/// shape of the defenses' input and the model's class count.
 struct EvaluationData {
-  data::LabeledImages train;
-  data::LabeledImages test;
+  std::shared_ptr<const data::ImageSource> train;
+  std::shared_ptr<const data::ImageSource> test;
 };
 
 /// Runs the evaluation. `model` is the bare model: the config's model_input
 /// is applied to it (Config::model_for). `progress` receives one line per step (may be empty).
 /// Detectors of the config are fitted and calibrated in place unless
 /// `detectors_ready` (they were loaded by `parry calibrate`).
-/// @throws parry::OptionError if the data is too small for the config.
+/// @throws parry::OptionError if the data is too small for the config, has
+///   another image shape than a defense's input, or another class count than
+///   the model's logits; parry::IoError from the data source.
 Evaluation evaluate(config::Config& config, const Model& model, const EvaluationData& data,
                     const std::function<void(const std::string&)>& progress = {}, bool detectors_ready = false);
 

@@ -1,0 +1,136 @@
+// eval::evaluate on streamed data: batches within every Guard's max_batch,
+// any channel count and class count, and clear errors for data that does not
+// fit the model or the config.
+#include "parry/eval/evaluation.hpp"
+
+#include <gtest/gtest.h>
+
+#include "parry/config/defense_config.hpp"
+#include "parry/data/image_source.hpp"
+#include "parry/detail/generator.hpp"
+#include "parry/eval/report.hpp"
+#include "test_support.hpp"
+
+using namespace parry;
+
+namespace {
+
+// A linear RGB classifier over 3×6×6 images with 3 classes, and images it
+// classifies by their mean colour: class c is brightest in channel c.
+struct ColourData {
+  Model model;
+  std::shared_ptr<const data::ImageSource> train, test;
+};
+
+ColourData colour_data(int64_t test_images) {
+  torch::manual_seed(3);
+  auto net = torch::nn::Sequential(torch::nn::Flatten(), torch::nn::Linear(3 * 6 * 6, 3));
+  {
+    torch::NoGradGuard no_grad;
+    auto& linear = *net->ptr<torch::nn::LinearImpl>(1);
+    linear.weight.zero_();
+    linear.bias.zero_();
+    for (int64_t c = 0; c < 3; ++c) linear.weight[c].view({3, 36})[c].fill_(1.0);
+  }
+  net->eval();
+  const auto make = [](int64_t n, uint64_t seed) {
+    auto generator = parry::detail::make_generator(seed, torch::kCPU);
+    const auto labels = torch::randint(0, 3, {n}, generator, torch::kInt64);
+    auto images = torch::rand({n, 3, 6, 6}, generator) * 0.3 + 0.2;
+    for (int64_t i = 0; i < n; ++i) images[i][labels[i].template item<int64_t>()] += 0.4;
+    return std::make_pair(images.clamp(0, 1), labels);
+  };
+  const auto [train_x, train_y] = make(60, 1);
+  const auto [test_x, test_y] = make(test_images, 2);
+  const std::vector<std::string> names{"red", "green", "blue"};
+  return {Model(net), data::from_tensors(train_x, train_y, names, "colours-train"),
+          data::from_tensors(test_x, test_y, names, "colours-test")};
+}
+
+config::Config colour_config(const Model& model, const std::string& defenses, int64_t images, int64_t batch) {
+  return config::parse_config(R"({"evaluation": {"images": )" + std::to_string(images) +
+                                  R"(, "epsilons": [0.05, 0.3], "calibration_images": 10, "latency_repeats": 1,
+                                  "batch_size": )" +
+                                  std::to_string(batch) + R"(}, "attacks": [{"type": "fgsm"}], "defenses": [)" +
+                                  defenses + "]}",
+                              model, InputSpec(3, 6, 6));
+}
+
+}  // namespace
+
+TEST(Evaluation, StreamsBatchesWithinMaxBatchAndMatchesOneBigBatch) {
+  auto data = colour_data(40);
+  // max_batch 8 < images 30: the evaluator must never send more than 8 at once.
+  const std::string defenses =
+      R"({"name": "small", "input": {"channels": 3, "height": 6, "width": 6, "max_batch": 8},
+          "preprocess": [{"type": "bit_depth", "bits": 5}], "output": {"policy": "full"}})";
+  auto streamed = colour_config(data.model, defenses, 30, 128);
+  std::vector<std::string> lines;
+  const auto a = eval::evaluate(streamed, data.model, {data.train, data.test},
+                                [&](const std::string& line) { lines.push_back(line); });
+  int batches = 0;
+  for (const auto& line : lines) batches += line.rfind("batch ", 0) == 0;
+  EXPECT_EQ(batches, 4);  // 8 + 8 + 8 + 6 images
+  // FGSM is deterministic, so batching cannot change any figure.
+  auto single = colour_config(data.model, R"({"name": "small", "input": {"channels": 3, "height": 6, "width": 6},
+          "preprocess": [{"type": "bit_depth", "bits": 5}], "output": {"policy": "full"}})",
+                              30, 128);
+  const auto b = eval::evaluate(single, data.model, {data.train, data.test});
+  ASSERT_EQ(a.defenses.size(), 1u);
+  EXPECT_DOUBLE_EQ(a.defenses[0].clean_accuracy, b.defenses[0].clean_accuracy);
+  ASSERT_EQ(a.defenses[0].attacks.size(), 2u);
+  for (size_t i = 0; i < 2; ++i) {
+    EXPECT_DOUBLE_EQ(a.defenses[0].attacks[i].accuracy, b.defenses[0].attacks[i].accuracy);
+    EXPECT_NEAR(a.defenses[0].attacks[i].mean_l2, b.defenses[0].attacks[i].mean_l2, 1e-5);
+  }
+  EXPECT_EQ(a.throughput_batch, 8);
+}
+
+TEST(Evaluation, ReportsClassesPerClassAccuracyAndColourExamples) {
+  auto data = colour_data(40);
+  auto config = colour_config(data.model, R"({"name": "undefended", "output": {"policy": "full"}})", 30, 16);
+  const auto e = eval::evaluate(config, data.model, {data.train, data.test});
+  EXPECT_EQ(e.classes, (std::vector<std::string>{"red", "green", "blue"}));
+  EXPECT_EQ(e.data_name, "colours-test");
+  // Per-class accuracy against a count by hand on the same 30 images.
+  const auto test = data.test->read(0, 30);
+  const auto predicted = data.model.logits(test.images).argmax(1);
+  const auto& per_class = e.defenses[0].class_accuracy;
+  ASSERT_EQ(per_class.size(), 3u);
+  for (int64_t c = 0; c < 3; ++c) {
+    const auto in_class = test.labels.eq(c);
+    const double expected = (predicted.eq(test.labels) & in_class).sum().item<double>() / in_class.sum().item<double>();
+    EXPECT_DOUBLE_EQ(per_class[c], expected) << c;
+  }
+  EXPECT_EQ(e.example_clean.size(1), 3);  // RGB examples for the grid
+  EXPECT_EQ(e.example_labels.size(), 8u);
+  parry::testing::TempDir dir;
+  eval::write_report(e, dir.path().string());
+  EXPECT_TRUE(std::filesystem::exists(dir.file("examples.png")));
+}
+
+TEST(Evaluation, RefusesDataThatDoesNotFitTheModelOrTheConfig) {
+  auto data = colour_data(40);
+  // A defense whose input is 1×6×6 against 3×6×6 images.
+  auto grey = colour_config(data.model, R"({"name": "g", "input": {"channels": 1, "height": 6, "width": 6}})", 20, 8);
+  try {
+    eval::evaluate(grey, data.model, {data.train, data.test});
+    ADD_FAILURE() << "accepted 3-channel images for a 1-channel input";
+  } catch (const OptionError& e) {
+    EXPECT_NE(std::string(e.what()).find("3×6×6"), std::string::npos) << e.what();
+  }
+  // Two class names for a model with three logits.
+  const auto test = data.test->read(0, 40);
+  const auto two = data::from_tensors(test.images, test.labels.clamp_max(1), {"a", "b"}, "two");
+  auto config = colour_config(data.model, R"({"name": "u"})", 20, 8);
+  try {
+    eval::evaluate(config, data.model, {nullptr, two});
+    ADD_FAILURE() << "accepted 2 classes for 3 logits";
+  } catch (const OptionError& e) {
+    EXPECT_NE(std::string(e.what()).find("2 classes but the model outputs 3 logits"), std::string::npos) << e.what();
+  }
+  // A detector fitted on training images, without a training split.
+  auto fitted = colour_config(data.model,
+                              R"({"name": "kd", "detectors": [{"type": "kernel_density", "fit_images": 20}]})", 20, 8);
+  EXPECT_THROW(eval::evaluate(fitted, data.model, {nullptr, data.test}), OptionError);
+}
