@@ -76,9 +76,16 @@ TEST_F(ModelSplitTest, FunctionalDropoutIsActivatedAndBatchNormStaysInEval) {
   const Model eval_split = model.with_feature_layer("fc1");
   const Model mc_split = mc.with_feature_layer("fc1");
   const auto eval_features = eval_split.features(inputs);
-  for (int i = 0; i < 3; ++i) EXPECT_TRUE(torch::equal(mc_split.features(inputs), eval_features));
-  // A single image gives the same features as within the batch (no batch statistics).
-  EXPECT_TRUE(torch::equal(mc_split.features(inputs.narrow(0, 0, 1)), eval_features.narrow(0, 0, 1)));
+  for (int i = 0; i < 3; ++i) {
+    const auto f = mc_split.features(inputs);
+    EXPECT_TRUE(torch::equal(f, eval_features)) << (f - eval_features).abs().max();
+  }
+  // A single image gives the same features as within the batch (no batch
+  // statistics; rounding of the batched convolution aside).
+  const auto single = mc_split.features(inputs.narrow(0, 0, 1));
+  EXPECT_TRUE(torch::allclose(single, eval_features.narrow(0, 0, 1), 0, 1e-5))
+      << (single - eval_features.narrow(0, 0, 1)).abs().max();
+  EXPECT_TRUE(torch::equal(eval_split.features(inputs), eval_features)) << "eval features not deterministic";
   // The mean over many dropout passes approaches the eval logits (inverted
   // dropout keeps the expectation of each unit).
   torch::Tensor sum = torch::zeros_like(model.logits(inputs));

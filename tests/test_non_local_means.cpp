@@ -62,24 +62,29 @@ TEST_F(NonLocalMeansTest, MatchesOpenCvPerImage) {
 TEST_F(NonLocalMeansTest, ReducesGaussianNoise) {
   for (int64_t c : {1, 3}) {
     const auto clean = clean_images(4, c, 32, 32);
-    const auto noisy = (clean + 0.04 * torch::randn_like(clean)).clamp(0, 1);
-    for (double strength : {4.0, 12.0}) {
+    // Noise of about the filter strength: σ = 4/255 for the default h = 4,
+    // σ = 10/255 for h = 10.
+    for (double strength : {4.0, 10.0}) {
+      const auto noisy = (clean + strength / 255.0 * torch::randn_like(clean)).clamp(0, 1);
       const auto denoised = NonLocalMeans(NonLocalMeansOptions().strength(strength)).apply(noisy);
-      EXPECT_LT(l2(denoised, clean), 0.95 * l2(noisy, clean)) << c << " channels, strength " << strength;
+      EXPECT_LT(l2(denoised, clean), 0.9 * l2(noisy, clean))
+          << c << " channels, strength " << strength << ": " << l2(denoised, clean) << " vs " << l2(noisy, clean);
     }
-    const auto strong = NonLocalMeans(NonLocalMeansOptions().strength(12)).apply(noisy);
-    EXPECT_LT(l2(strong, clean), 0.7 * l2(noisy, clean)) << c << " channels";
   }
 }
 
 TEST_F(NonLocalMeansTest, ConstantImagesAndShapeDtypeRange) {
   for (int64_t c : {1, 3}) {
-    const auto constant = torch::full({2, c, 16, 16}, 0.4);  // float64
+    const auto constant = torch::full({2, c, 16, 16}, 0.4, torch::kFloat64);
     const auto y = NonLocalMeans().apply(constant);
     EXPECT_EQ(y.sizes(), constant.sizes());
     EXPECT_EQ(y.dtype(), torch::kFloat64);
-    // Quantised to 8 bits (round(0.4·255) = 102), otherwise unchanged.
-    EXPECT_TRUE(torch::allclose(y, torch::full_like(constant, 102.0 / 255.0), 0, 1e-12));
+    // Quantised to 8 bits (round(0.4·255) = 102) and still constant; OpenCV's
+    // fixed-point weights (and, for colour, the CIELAB round trip) may move
+    // the level by at most one step.
+    EXPECT_EQ((y.max() - y.min()).item<double>(), 0.0) << c << " channels";
+    EXPECT_LE((y - 102.0 / 255.0).abs().max().item<double>(), 1.0 / 255.0 + 1e-9)
+        << c << " channels: " << y.max().item<double>() * 255;
     const auto x = torch::rand({3, c, 17, 13});
     const auto z = NonLocalMeans().apply(x);
     EXPECT_EQ(z.sizes(), x.sizes());

@@ -105,11 +105,15 @@ torch::Device first_device(const std::vector<torch::Tensor>& parameters, const s
   return torch::kCPU;
 }
 
+// A dropout module: one of torch.nn's dropout classes, or a leaf module whose
+// class name contains "Dropout" (a user's own). A module with children is
+// never one by name ("FunctionalDropoutCnn" is a network): its functional
+// dropout is found by has_only_functional_dropout().
 bool is_torchscript_dropout(const torch::jit::Module& m) {
   const auto name = m.type()->name();
   if (!name) return false;
-  const std::string& base = name->name();
-  return base.find("Dropout") != std::string::npos;
+  if (name->qualifiedName().rfind("__torch__.torch.nn.modules.dropout.", 0) == 0) return true;
+  return name->name().find("Dropout") != std::string::npos && m.named_children().size() == 0;
 }
 
 // --- Functional dropout ------------------------------------------------------
@@ -251,7 +255,10 @@ std::pair<std::shared_ptr<Graph>, Node*> inline_to_layer(const torch::jit::Modul
     }
     if (!to_inline) break;
     const auto type = to_inline->input(0)->type()->expect<c10::ClassType>();
-    torch::jit::inlineCallTo(to_inline, &torch::jit::toGraphFunction(type->getMethod(to_inline->s(attr::name))));
+    // The callee's own graph, not its optimized graph: that one has every
+    // call inlined already, the layer's included.
+    auto& callee = torch::jit::toGraphFunction(type->getMethod(to_inline->s(attr::name)));
+    torch::jit::inlineCallTo(to_inline, &callee, callee.graph().get());
   }
   std::vector<Node*> calls;
   for (Node* call : torch::jit::findAllNodes(*graph, prim::CallMethod, /*recurse=*/true)) {
@@ -354,12 +361,9 @@ class TorchScriptBackend final : public ModelBackend {
     copy.eval();
     dropout_layers = 0;
     for (auto child : copy.modules()) {
-      if (is_torchscript_dropout(child)) {
-        child.train(true);
-        ++dropout_layers;
-      } else if (has_only_functional_dropout(child)) {
-        // This module only: Module::train() would also switch its children
-        // (BatchNorm and the like) to training mode.
+      // This module only: Module::train() would also switch its children
+      // (BatchNorm and the like) to training mode.
+      if (is_torchscript_dropout(child) || has_only_functional_dropout(child)) {
         child.setattr("training", true);
         ++dropout_layers;
       }
