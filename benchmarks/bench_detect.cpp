@@ -9,6 +9,12 @@
 // 60,000 training images. Differentiable is one forward+backward of the
 // combined detector's differentiable score, the inner step of the adaptive
 // attack.
+//
+// FunctionalDropout* run the same comparison on a TorchScript RGB CNN whose
+// dropout is functional (F.dropout(f, 0.5, self.training); BatchNorm stays in
+// eval), tests/fixtures/functional_dropout.pt, on 3×32×32 inputs: McDropout
+// replicates the batch (no split), or runs the fast path when the model is
+// split before the dropout with Model::with_feature_layer("fc1").
 #include <benchmark/benchmark.h>
 
 #include "parry/parry.hpp"
@@ -101,6 +107,44 @@ void BM_DetectCombinedDifferentiable(benchmark::State& state) {
   state.SetItemsProcessed(state.iterations() * state.range(0));
 }
 
+struct FunctionalDropoutSetup {
+  Model model;
+  torch::Tensor x;
+  FunctionalDropoutSetup() : model(Model::load_torchscript(PARRY_FIXTURES "/functional_dropout.pt")) {
+    configure_runtime(RuntimeOptions().threads(2));
+    torch::manual_seed(0);
+    x = torch::rand({256, 3, 32, 32});
+  }
+};
+
+FunctionalDropoutSetup& functional_setup() {
+  static FunctionalDropoutSetup s;
+  return s;
+}
+
+void BM_DetectFunctionalDropoutPlainForward(benchmark::State& state) {
+  auto& s = functional_setup();
+  const auto x = s.x.slice(0, 0, state.range(0));
+  c10::InferenceMode inference;
+  for (auto _ : state) benchmark::DoNotOptimize(s.model.logits(x));
+  state.SetItemsProcessed(state.iterations() * state.range(0));
+}
+
+void BM_DetectFunctionalDropoutMcDropout(benchmark::State& state) {
+  auto& s = functional_setup();
+  const auto x = s.x.slice(0, 0, state.range(0));
+  const Model model = state.range(1) ? s.model.with_feature_layer("fc1") : s.model;
+  detect::McDropout detector(model);
+  if (detector.uses_fast_path() != static_cast<bool>(state.range(1))) state.SkipWithError("unexpected path");
+  torch::Tensor logits;
+  {
+    c10::InferenceMode inference;
+    logits = model.logits(x);
+  }
+  for (auto _ : state) benchmark::DoNotOptimize(detector.score(DetectorInput{x, logits, model}));
+  state.SetItemsProcessed(state.iterations() * state.range(0));
+}
+
 }  // namespace
 
 BENCHMARK(BM_DetectPlainForward)->Arg(256)->Unit(benchmark::kMillisecond);
@@ -108,4 +152,7 @@ BENCHMARK(BM_DetectMcDropoutFast)->Arg(256)->Unit(benchmark::kMillisecond);
 BENCHMARK(BM_DetectMcDropoutReplicated)->Args({256, 256})->Args({256, 2048})->Unit(benchmark::kMillisecond);
 BENCHMARK(BM_DetectKernelDensity)->Arg(256)->Unit(benchmark::kMillisecond);
 BENCHMARK(BM_DetectFeatureSqueezing)->Arg(256)->Unit(benchmark::kMillisecond);
+BENCHMARK(BM_DetectFunctionalDropoutPlainForward)->Arg(256)->Unit(benchmark::kMillisecond);
+// Args: batch, split at fc1 (fast path) or not (replicated).
+BENCHMARK(BM_DetectFunctionalDropoutMcDropout)->Args({256, 0})->Args({256, 1})->Unit(benchmark::kMillisecond);
 BENCHMARK(BM_DetectCombinedDifferentiable)->Arg(40)->Unit(benchmark::kMillisecond);

@@ -311,9 +311,8 @@ TEST_F(AdversarialTrainerTest, BadOptionsAreOptionErrorsNamingTheValue) {
   EXPECT_TRUE(same_state(before, state_of(fresh)));
   EXPECT_TRUE(fresh.is_training());
   // An exception in the middle of training (here from the progress callback) leaves it in eval mode.
-  auto throwing = tiny_run("").eval_samples(0).on_progress([](const train::StepProgress&) {
-    throw std::runtime_error("stop");
-  });
+  auto throwing =
+      tiny_run("").eval_samples(0).on_progress([](const train::StepProgress&) { throw std::runtime_error("stop"); });
   EXPECT_THROW(AdversarialTrainer(throwing).fit(fresh, train, {}), std::runtime_error);
   EXPECT_FALSE(fresh.is_training());
 }

@@ -1,6 +1,7 @@
 #include "parry/detect/feature_squeezing.hpp"
 
 #include "attack_support.hpp"
+#include "parry/config/registry.hpp"
 #include "parry/preprocess/bit_depth.hpp"
 #include "parry/preprocess/gaussian_blur.hpp"
 
@@ -62,4 +63,33 @@ TEST_F(FeatureSqueezingTest, RejectsEmptyOrNullSqueezers) {
   EXPECT_THROW(detect::FeatureSqueezing({nullptr}), OptionError);
   auto detector = detect::FeatureSqueezing::for_grayscale();
   EXPECT_THROW(detector.score(torch::empty({0, 1, 28, 28}), reference_model()), InputError);
+}
+
+TEST_F(FeatureSqueezingTest, ConfigurationsByChannelCount) {
+  const auto gray = detect::FeatureSqueezing::for_channels(1);
+  ASSERT_EQ(gray.squeezers().size(), 2u);
+  EXPECT_NE(gray.squeezers()[0]->describe().find("bits=1"), std::string::npos) << gray.squeezers()[0]->describe();
+  const auto color = detect::FeatureSqueezing::for_channels(3);
+  ASSERT_EQ(color.squeezers().size(), 3u);
+  EXPECT_NE(color.squeezers()[0]->describe().find("bits=5"), std::string::npos) << color.squeezers()[0]->describe();
+  EXPECT_NE(color.squeezers()[1]->describe().find("2x2"), std::string::npos);
+  EXPECT_EQ(color.squeezers()[2]->describe(),
+            "NonLocalMeans(search_window=13, patch_size=3, strength=2, grad=straight_through)");
+  EXPECT_THROW(detect::FeatureSqueezing::for_channels(2), OptionError);
+  // A colour model scores with the colour squeezers.
+  const Model model = Model::from_callable([](const torch::Tensor& x) { return x.mean({2, 3}); });
+  const auto scores = color.score(torch::rand({2, 3, 16, 16}), model);
+  EXPECT_TRUE(((scores >= 0) & (scores <= 2)).all().item<bool>());
+}
+
+TEST_F(FeatureSqueezingTest, ConfigDefaultFollowsTheDefenseInput) {
+  auto squeezers_for = [](const InputSpec& input) {
+    config::BuildContext context;
+    context.input = input;
+    auto c = config::build_component(config::ComponentKind::Detector, R"({"type": "feature_squeezing"})", context);
+    return std::dynamic_pointer_cast<detect::FeatureSqueezing>(c.detector.detector)->squeezers().size();
+  };
+  EXPECT_EQ(squeezers_for(InputSpec(1, 28, 28)), 2u);
+  EXPECT_EQ(squeezers_for(InputSpec(3, 32, 32)), 3u);
+  EXPECT_THROW(squeezers_for(InputSpec(4, 32, 32)), OptionError);
 }

@@ -44,10 +44,11 @@ std::vector<Component> parse_components(Object& o, const char* key, ComponentKin
 
 DefenseSpec parse_defense(const json& value, const std::string& path, const Model& model,
                           const std::vector<std::shared_ptr<const Preprocessor>>& model_input,
-                          const std::optional<InputSpec>& data_input) {
+                          const std::string& feature_layer, const std::optional<InputSpec>& data_input) {
   Object o(value, path);
   DefenseSpec spec;
   spec.model_input = model_input;
+  spec.feature_layer = feature_layer;
   spec.name = o.text("name", "", {});
   if (spec.name.empty()) fail(o.child("name"), "is required and must not be empty");
   if (o.has("input")) {
@@ -123,7 +124,10 @@ EvaluationSpec parse_evaluation(const json& value, const std::string& path) {
 
 namespace {
 
-Model with_transforms(Model model, const std::vector<std::shared_ptr<const Preprocessor>>& transforms) {
+// The split first (it needs the TorchScript backend underneath), then the transforms in front.
+Model with_transforms(Model model, const std::string& feature_layer,
+                      const std::vector<std::shared_ptr<const Preprocessor>>& transforms) {
+  if (!feature_layer.empty()) model = model.with_feature_layer(feature_layer);
   for (const auto& t : transforms) model = model.with_input_transform(t);
   return model;
 }
@@ -131,11 +135,11 @@ Model with_transforms(Model model, const std::vector<std::shared_ptr<const Prepr
 }  // namespace
 
 Model DefenseSpec::model_for(const Model& model) const {
-  return with_transforms(model, model_input);
+  return with_transforms(model, feature_layer, model_input);
 }
 
 Model Config::model_for(const Model& model) const {
-  return with_transforms(model, model_input);
+  return with_transforms(model, feature_layer, model_input);
 }
 
 const ComponentDescriptor& DetectorSpec::descriptor() const {
@@ -179,6 +183,11 @@ Config parse_config(const std::string& json_text, const Model& model, const std:
   for (size_t i = 0; i < attacks.size(); ++i) {
     config.attacks.push_back(parse_attack(attacks[i], "attacks[" + std::to_string(i) + "]"));
   }
+  if (o.has("feature_layer")) {
+    config.feature_layer = o.text("feature_layer", "", {});
+    if (config.feature_layer.empty()) fail("feature_layer", "must name a submodule of the model, e.g. \"fc\"");
+    at_path("feature_layer", [&] { return model.with_feature_layer(config.feature_layer); });
+  }
   const json& model_input = o.array("model_input");
   BuildContext model_input_context;
   model_input_context.model = &model;
@@ -194,7 +203,8 @@ Config parse_config(const std::string& json_text, const Model& model, const std:
   std::set<std::string> names;
   for (size_t i = 0; i < defenses.size(); ++i) {
     const std::string path = "defenses[" + std::to_string(i) + "]";
-    config.defenses.push_back(parse_defense(defenses[i], path, defended_model, config.model_input, data_input));
+    config.defenses.push_back(
+        parse_defense(defenses[i], path, defended_model, config.model_input, config.feature_layer, data_input));
     if (!names.insert(config.defenses.back().name).second) fail(path + ".name", "duplicate defense name");
   }
   o.finish();

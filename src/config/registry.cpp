@@ -19,6 +19,7 @@
 #include "parry/preprocess/gaussian_blur.hpp"
 #include "parry/preprocess/jpeg.hpp"
 #include "parry/preprocess/median_smoothing.hpp"
+#include "parry/preprocess/non_local_means.hpp"
 #include "parry/preprocess/normalize.hpp"
 #include "parry/preprocess/resize.hpp"
 
@@ -111,6 +112,16 @@ void add_preprocessors(std::vector<ComponentDescriptor>& out) {
     out.push_back(preprocessor("median_smoothing", "k×k median filter per channel (scipy.ndimage semantics)",
                                AdaptiveAttack::Bpda, with_gradient(b),
                                [](const MedianSmoothingOptions& o) { return std::make_shared<MedianSmoothing>(o); }));
+  }
+  {
+    Binder<NonLocalMeansOptions> b;
+    b.arg(PARRY_BIND_CHECKED(NonLocalMeansOptions, search_window))
+        .arg(PARRY_BIND_CHECKED(NonLocalMeansOptions, patch_size))
+        .arg(PARRY_BIND_CHECKED(NonLocalMeansOptions, strength));
+    out.push_back(preprocessor("non_local_means",
+                               "non-local means denoising of 8-bit images (OpenCV's fastNlMeansDenoising[Colored])",
+                               AdaptiveAttack::Bpda, with_gradient(b),
+                               [](const NonLocalMeansOptions& o) { return std::make_shared<NonLocalMeans>(o); }));
   }
   {
     Binder<GaussianBlurOptions> b;
@@ -263,7 +274,8 @@ void add_detectors(std::vector<ComponentDescriptor>& out) {
     OptionDescriptor squeezers;
     squeezers.key = "squeezers";
     squeezers.type = OptionType::Components;
-    squeezers.default_value = "1-bit depth and 2×2 median";
+    squeezers.default_value =
+        "by input channels: 1-bit depth and 2×2 median (1), 5-bit depth, 2×2 median and non-local means 13-3-2 (3)";
     squeezers.rule = "preprocess entries";
     d.options = {squeezers};
     append(d.options, spec.options());
@@ -277,8 +289,14 @@ void add_detectors(std::vector<ComponentDescriptor>& out) {
         const std::string path = r.object().child("squeezers") + "[" + std::to_string(i) + "]";
         list.push_back(detail::build_any(ComponentKind::Preprocessor, entries[i], path, r.context()).preprocessor);
       }
-      c.detector.detector = list.empty() ? std::make_shared<FeatureSqueezing>(FeatureSqueezing::for_grayscale())
-                                         : std::make_shared<FeatureSqueezing>(list);
+      // Without squeezers: Xu et al.'s configuration for the defense's channel count.
+      c.detector.detector = list.empty()
+                                ? detail::at_path(r.path(),
+                                                  [&] {
+                                                    return std::make_shared<FeatureSqueezing>(
+                                                        FeatureSqueezing::for_channels(r.context().input.channels()));
+                                                  })
+                                : std::make_shared<FeatureSqueezing>(list);
       return c;
     };
     out.push_back(std::move(d));

@@ -6,6 +6,7 @@
 #include "parry/detail/require.hpp"
 #include "parry/preprocess/bit_depth.hpp"
 #include "parry/preprocess/median_smoothing.hpp"
+#include "parry/preprocess/non_local_means.hpp"
 
 namespace parry::detect {
 
@@ -25,6 +26,22 @@ FeatureSqueezing::FeatureSqueezing(std::vector<std::shared_ptr<const Preprocesso
 FeatureSqueezing FeatureSqueezing::for_grayscale() {
   return FeatureSqueezing({std::make_shared<preprocess::BitDepth>(preprocess::BitDepthOptions(1)),
                            std::make_shared<preprocess::MedianSmoothing>(preprocess::MedianSmoothingOptions(2))});
+}
+
+FeatureSqueezing FeatureSqueezing::for_color() {
+  using namespace preprocess;
+  return FeatureSqueezing(
+      {std::make_shared<BitDepth>(BitDepthOptions(5)), std::make_shared<MedianSmoothing>(MedianSmoothingOptions(2)),
+       std::make_shared<NonLocalMeans>(NonLocalMeansOptions().search_window(13).patch_size(3).strength(2))});
+}
+
+FeatureSqueezing FeatureSqueezing::for_channels(int64_t channels) {
+  if (channels == 1) return for_grayscale();
+  if (channels == 3) return for_color();
+  throw OptionError(
+      "FeatureSqueezing::for_channels: Xu et al. configure grayscale (1 channel) and colour (3 "
+      "channels) images, but got " +
+      std::to_string(channels) + " channels; list the squeezers explicitly");
 }
 
 std::string FeatureSqueezing::describe() const {

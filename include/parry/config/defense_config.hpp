@@ -61,8 +61,12 @@ struct DefenseSpec {
   /// The model's own input transform (the config's top-level model_input):
   /// model space, applied inside the model, after every defense.
   std::vector<std::shared_ptr<const Preprocessor>> model_input;
-  /// `model` with model_input in front (Model::with_input_transform): the
-  /// model this defense's Guard serves and its detectors score with.
+  /// The config's top-level feature_layer: the submodule whose input is the
+  /// feature vector (Model::with_feature_layer); empty: the model's own split.
+  std::string feature_layer;
+  /// `model` split at feature_layer (if set), with model_input in front
+  /// (Model::with_input_transform): the model this defense's Guard serves and
+  /// its detectors score with.
   Model model_for(const Model& model) const;
   /// The Guard over model_for(model) with all stages added (calibrate detectors first).
   std::shared_ptr<const Guard> build_guard(const Model& model) const;
@@ -98,7 +102,11 @@ struct Config {
   /// The model's own input transform ("model_input": e.g. normalize), shared
   /// by every defense: model space, never seen by the defenses.
   std::vector<std::shared_ptr<const Preprocessor>> model_input;
-  /// `model` with model_input in front.
+  /// "feature_layer": the TorchScript submodule whose input is the feature
+  /// vector for kernel density and the fast MC-dropout path, e.g. "fc" for a
+  /// torchvision ResNet (Model::with_feature_layer); empty: none.
+  std::string feature_layer;
+  /// `model` split at feature_layer (if set), with model_input in front.
   Model model_for(const Model& model) const;
 };
 

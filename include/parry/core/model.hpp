@@ -7,8 +7,10 @@
 //   (c) a plain callable Tensor(Tensor).
 // It may expose a features/head split (logits == head(features(x))): a module
 // with methods `features(Tensor)` and `head(Tensor)`, a TorchScript module that
-// exports methods of those names, or two callables. Detectors use the split
-// (kernel density on features; MC dropout runs head() many times).
+// exports methods of those names, two callables, or, for any TorchScript
+// model, a named layer (with_feature_layer: features are that layer's input).
+// Detectors use the split (kernel density on features; MC dropout runs head()
+// many times).
 //
 // Copies of a Model share the underlying module, like LibTorch holders do.
 // clone() makes an independent deep copy. Serving code never toggles
@@ -45,6 +47,10 @@ class ModelBackend {
   /// Deep copy in eval mode except for dropout layers, which are in train mode.
   /// Returns the number of dropout layers found through `dropout_layers`.
   virtual std::shared_ptr<ModelBackend> with_active_dropout(int64_t& dropout_layers) const = 0;
+  /// A backend whose features() is the input of submodule `layer` and head()
+  /// that submodule's forward (Model::with_feature_layer). The default throws
+  /// parry::OptionError: only TorchScript backends can be split at a layer.
+  virtual std::shared_ptr<ModelBackend> with_feature_layer(const std::string& layer) const;
   virtual std::vector<torch::Tensor> parameters() const = 0;
   virtual void set_training(bool on) = 0;
   virtual bool is_training() const = 0;
@@ -211,8 +217,39 @@ class Model {
 
   /// An independent copy in eval mode whose dropout layers stay active, for
   /// Monte-Carlo dropout. The original is not touched.
+  ///
+  /// Dropout layers are dropout modules (torch::nn::Dropout and its variants;
+  /// in TorchScript, modules whose type name contains "Dropout") and, in
+  /// TorchScript, functional dropout: a module whose methods call
+  /// aten::dropout, feature_dropout, alpha_dropout or feature_alpha_dropout
+  /// (or their in-place forms) with `train` = its own `training` attribute
+  /// (Python's `F.dropout(x, p, self.training)`) counts as one dropout layer,
+  /// and only that module's `training` flag is set in the copy. A module that
+  /// reads `self.training` for anything else too (an `if self.training:`
+  /// branch, functional batch norm) is left in eval mode, so BatchNorm and
+  /// every other mode-dependent layer keeps its eval behaviour and running
+  /// statistics.
   /// @throws parry::StateError if the model has no dropout layer or cannot be copied.
   Model with_active_dropout() const;
+
+  /// This model with a features/head split at a named layer, for TorchScript
+  /// models that do not export `features`/`head` (a stock torchvision ResNet):
+  /// features(x) is the input of submodule `layer` (a dotted path from the top
+  /// module, e.g. "fc" or "layer4.1") as forward() computes it, head(f) is the
+  /// rest of forward() from that call on (for the last layer, its forward(f)),
+  /// so head(features(x)) == logits(x) exactly. features() is
+  /// not flattened: KernelDensity flattens it to N×D. The split is computed on
+  /// the method graphs (forward is inlined down to the call of `layer`); the
+  /// module itself is not modified. An input transform in front
+  /// (with_input_transform) is kept: features(x) = inner features(transform(x)).
+  /// Copies, clone() and with_active_dropout() keep the split.
+  /// @throws parry::OptionError if the model is not TorchScript, if `layer` is
+  ///   not a submodule, or if forward() does not call its forward exactly once
+  ///   (at top level, not inside a branch or loop) with one tensor, or if the
+  ///   rest of forward() also uses values computed before the call (a skip
+  ///   connection around the layer); the message names the layer and lists
+  ///   the top-level submodules.
+  Model with_feature_layer(const std::string& layer) const;
 
   /// Trainable parameters (empty for callables).
   std::vector<torch::Tensor> parameters() const { return backend_->parameters(); }

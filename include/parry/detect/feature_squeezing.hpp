@@ -6,8 +6,18 @@
 // distance between the model's softmax on the input and on a squeezed copy:
 //     score(x) = max_s ‖softmax(f(x)) − softmax(f(s(x)))‖₁,   in [0, 2].
 // An adversarial perturbation is fragile: squeezing often undoes it and the
-// prediction jumps. for_grayscale() is the paper's best joint detector for
-// MNIST: 1-bit depth and 2×2 median smoothing.
+// prediction jumps. The paper's best joint detectors (Section V, Table IV),
+// as the authors' code (EvadeML-Zoo) configures them, are
+//   MNIST (grayscale):   1-bit depth, 2×2 median smoothing      (for_grayscale)
+//   CIFAR-10 (colour):   5-bit depth, 2×2 median smoothing and
+//                        non-local means "13-3-2"               (for_color)
+//   ImageNet (colour):   5-bit depth, 2×2 median smoothing and
+//                        non-local means "11-3-4"
+// where "s-p-h" is OpenCV's fastNlMeansDenoisingColored with search window
+// s, patch size p and filter strength h = hColor (0..255 scale). Parry's
+// colour default is the CIFAR-10 configuration (32×32 inputs);
+// NonLocalMeansOptions' defaults are the ImageNet one. for_channels() picks
+// by channel count.
 //
 // Threat model: catches small-perturbation attacks that do not expect the
 // squeezers. An adaptive attacker adds the score to the loss (BPDA through
@@ -34,6 +44,14 @@ class FeatureSqueezing final : public Detector {
   /// Xu et al.'s MNIST configuration: BitDepth(1) and MedianSmoothing(2×2),
   /// both with straight-through gradients for adaptive attacks.
   static FeatureSqueezing for_grayscale();
+  /// Xu et al.'s CIFAR-10 configuration for colour images: BitDepth(5),
+  /// MedianSmoothing(2×2) and NonLocalMeans(search window 13, patch 3,
+  /// strength 2), all with straight-through gradients.
+  static FeatureSqueezing for_color();
+  /// for_grayscale() for 1 channel, for_color() for 3 channels (the channel
+  /// count of the defense's input, C of N×C×H×W).
+  /// @throws parry::OptionError for other channel counts (no published configuration).
+  static FeatureSqueezing for_channels(int64_t channels);
 
   std::string name() const override { return "feature_squeezing"; }
   std::string describe() const override;

@@ -11,9 +11,13 @@
 //
 // The passes run on a separate dropout-active copy of the model made at
 // construction (Model::with_active_dropout): the shared serving model is never
-// switched into training mode.
+// switched into training mode. Dropout modules count, and so does functional
+// dropout in TorchScript (`F.dropout(x, p, self.training)` in Python): only
+// the modules that call it are switched, BatchNorm and every other
+// mode-dependent layer stay in eval mode.
 //
-// Fast path: when the model exposes features()/head() and all its dropout is
+// Fast path: when the model exposes features()/head() (exported methods or
+// Model::with_feature_layer) and all its dropout is
 // in head(), features() runs once and head() runs T times as one batched call
 // on the features repeated T times. Otherwise the input batch is replicated T
 // times. Both draw from the same distribution; the fast path costs about one
