@@ -124,6 +124,16 @@ with torch.no_grad():
 assert abs(accuracy - float(sys.argv[3])) < 0.011, (accuracy, sys.argv[3])
 print(f"python reads the trained TorchScript model: {accuracy:.2f}% (parry printed {sys.argv[3]}%)")
 PY
+for method in adversarial distilled; do
+  "$parry" train --model "$src/tests/fixtures/tiny_cnn.pt" --method "$method" --steps 1 --out "ts-$method.pt" \
+    --epochs 1 --limit 256 >train.txt 2>&1 || { cat train.txt; fail "$method training of a TorchScript model"; }
+  "$python" -c "import sys, torch; m = torch.jit.load(sys.argv[1]); assert m(torch.zeros(2, 1, 28, 28)).shape == (2, 10)" \
+    "ts-$method.pt" || fail "Python cannot load the $method TorchScript model"
+done
+if "$parry" --data "$src/tests/fixtures/tensors_rgb.pt" train --out x.pt >out.txt 2>&1; then
+  fail "trained without a training split"
+fi
+grep -q "training split" out.txt || { cat out.txt; fail "no hint about the missing training split"; }
 if "$parry" train --method adversarial --epsilon 2 --out x.pt >out.txt 2>&1; then fail "epsilon 2 was accepted"; fi
 if "$parry" train --method magic --out x.pt >out.txt 2>&1; then fail "an unknown method was accepted"; fi
 echo "cli: all subcommands passed"
