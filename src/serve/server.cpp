@@ -4,6 +4,7 @@
 
 #include <httplib.h>
 
+#include <cctype>
 #include <chrono>
 #include <cmath>
 #include <condition_variable>
@@ -111,6 +112,7 @@ struct Server::Impl {
     const std::string type = req.get_header_value("Content-Type");
     std::string media = type.substr(0, type.find(';'));
     while (!media.empty() && media.back() == ' ') media.pop_back();
+    for (char& c : media) c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
     try {
       Response answer;
       const RequestContext context{*client};
