@@ -27,7 +27,8 @@ void run(const char* what, int threads, int calls, const std::function<void()>& 
       for (int i = 0; i < calls; ++i) {
         const auto start = Clock::now();
         call();
-        times[static_cast<size_t>(t)].push_back(std::chrono::duration<double, std::milli>(Clock::now() - start).count());
+        times[static_cast<size_t>(t)].push_back(
+            std::chrono::duration<double, std::milli>(Clock::now() - start).count());
       }
     });
   }

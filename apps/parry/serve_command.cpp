@@ -95,13 +95,9 @@ int run_serve(const CommonOptions& common, const ServeOptions& opts) {
     keys = std::make_shared<const serve::ApiKeys>(serve::ApiKeys::load(opts.api_keys));
     if (keys->size() == 0) log(LogLevel::Warning, "serve: the API key file holds no key: every request gets 401");
   }
-  serve::Server server(guard, std::move(classes),
-                       serve::ServerOptions()
-                           .host(opts.host)
-                           .port(opts.port)
-                           .workers(opts.workers)
-                           .max_body_bytes(opts.max_body),
-                       keys);
+  serve::Server server(
+      guard, std::move(classes),
+      serve::ServerOptions().host(opts.host).port(opts.port).workers(opts.workers).max_body_bytes(opts.max_body), keys);
 
   if (pipe2(stop_pipe, O_CLOEXEC) != 0) throw InternalError("pipe2 failed");
   struct sigaction action {};

@@ -1,12 +1,9 @@
 // defended_server: the reference Fashion-MNIST classifier served over HTTP by
 // parry::serve::Server behind a throttle, the query monitor and label-only
-// answers. `parry serve` is the full command (API key file, any config); this
-// shows the library calls. API and status codes: docs/serving.md.
-//   defended_server --model reference_cnn.pt [--port 0] [--rate 5] [--burst 20]
-//                   [--monitor-action flag|reject|silent] [--max-body 1048576]
-// Any well-formed X-Api-Key is accepted (its digest names the client): a
-// real service passes serve::ApiKeys. Prints "listening on HOST:PORT"; SIGTERM
-// or SIGINT stops it gracefully (in-flight requests finish), exit status 0.
+// answers; `parry serve` is the full command (API key file, any config). API:
+// docs/serving.md. Any well-formed X-Api-Key is accepted (its digest names the
+// client): a real service passes serve::ApiKeys. Prints "listening on
+// HOST:PORT"; SIGTERM or SIGINT stops it gracefully (in-flight requests finish).
 #include <pthread.h>
 #include <signal.h>
 
@@ -29,7 +26,8 @@ int main(int argc, char** argv) {
   app.add_option("--rate", rate, "images per second per API key")->check(CLI::PositiveNumber);
   app.add_option("--burst", burst, "images at once per API key")->check(CLI::Range(1.0, 1e9));
   app.add_option("--global-rate", global_rate, "images per second over all keys")->check(CLI::PositiveNumber);
-  app.add_option("--monitor-action", action, "query monitor on a detection")->check(CLI::IsMember({"flag", "reject", "silent"}));
+  app.add_option("--monitor-action", action, "query monitor on a detection")
+      ->check(CLI::IsMember({"flag", "reject", "silent"}));
   app.add_option("--max-body", max_body, "largest request body in bytes (larger: 413)");
   CLI11_PARSE(app, argc, argv);
 
@@ -47,9 +45,11 @@ int main(int argc, char** argv) {
                                 : action == "silent" ? conceal::MonitorAction::Silent
                                                      : conceal::MonitorAction::Flag;
     auto guard = GuardBuilder(Model(models::load_reference_cnn(model)), spec)
-                     .add_gate(std::make_shared<conceal::Throttle>(
-                         conceal::ThrottleOptions().rate(rate).burst(burst).global_rate(global_rate).global_burst(
-                             2 * global_rate)))
+                     .add_gate(std::make_shared<conceal::Throttle>(conceal::ThrottleOptions()
+                                                                       .rate(rate)
+                                                                       .burst(burst)
+                                                                       .global_rate(global_rate)
+                                                                       .global_burst(2 * global_rate)))
                      .add_gate(std::make_shared<conceal::QueryMonitor>(
                          conceal::QueryMonitorOptions().match_spec(spec).action(monitor_action)))
                      .build_shared();

@@ -35,15 +35,24 @@ constexpr const char* kPredictPath = "/v1/predict";
 // carry anything but its status and reason code.
 const char* public_text(int status) {
   switch (status) {
-    case 400: return "invalid input";
-    case 401: return "missing or invalid API key";
-    case 403: return "request refused";
-    case 404: return "not found";
-    case 413: return "request body too large";
-    case 415: return "unsupported content type";
-    case 429: return "too many requests";
-    case 500: return "internal error";
-    default: return "bad request";
+    case 400:
+      return "invalid input";
+    case 401:
+      return "missing or invalid API key";
+    case 403:
+      return "request refused";
+    case 404:
+      return "not found";
+    case 413:
+      return "request body too large";
+    case 415:
+      return "unsupported content type";
+    case 429:
+      return "too many requests";
+    case 500:
+      return "internal error";
+    default:
+      return "bad request";
   }
 }
 
@@ -138,15 +147,14 @@ struct Server::Impl {
       }
       const int64_t label = answer.labels.at(0);
       if (label < 0 || label >= static_cast<int64_t>(classes.size())) {
-        throw InternalError("label " + std::to_string(label) + " has no class name (" +
-                            std::to_string(classes.size()) + " names)");
+        throw InternalError("label " + std::to_string(label) + " has no class name (" + std::to_string(classes.size()) +
+                            " names)");
       }
       res.status = 200;
-      res.set_content(json{{"label", label},
-                           {"class", classes[static_cast<size_t>(label)]},
-                           {"verdict", to_string(answer.verdict)}}
-                          .dump(),
-                      "application/json");
+      res.set_content(
+          json{{"label", label}, {"class", classes[static_cast<size_t>(label)]}, {"verdict", to_string(answer.verdict)}}
+              .dump(),
+          "application/json");
       return {to_string(answer.verdict), answer.reason};
     } catch (const InputError& e) {
       log(LogLevel::Info, "predict: client " + *client + ": " + e.detail());
@@ -169,7 +177,9 @@ struct Server::Impl {
   }
 
   void routes() {
-    http.new_task_queue = [workers = options.workers()] { return new httplib::ThreadPool(static_cast<size_t>(workers)); };
+    http.new_task_queue = [workers = options.workers()] {
+      return new httplib::ThreadPool(static_cast<size_t>(workers));
+    };
     http.set_payload_max_length(static_cast<size_t>(options.max_body_bytes()));
     http.set_read_timeout(options.timeout_seconds());
     http.set_write_timeout(options.timeout_seconds());
@@ -184,17 +194,17 @@ struct Server::Impl {
     }
     // Statuses made by the HTTP layer itself (404, 413, 400 on a malformed
     // request) get the same generic bodies; a refused prediction counts.
-    http.set_error_handler(httplib::Server::HandlerWithResponse([this](const httplib::Request& req,
-                                                                       httplib::Response& res) {
-      if (!res.body.empty()) return httplib::Server::HandlerResponse::Unhandled;  // ours, already generic
-      const int status = res.status;
-      const std::string code = status == 413   ? reason_code::kPayloadTooLarge
-                               : status == 404 ? reason_code::kNotFound
-                                               : reason_code::kBadRequest;
-      send_error(res, status, code);
-      if (req.path == kPredictPath) metrics.record("error", code);
-      return httplib::Server::HandlerResponse::Handled;
-    }));
+    http.set_error_handler(
+        httplib::Server::HandlerWithResponse([this](const httplib::Request& req, httplib::Response& res) {
+          if (!res.body.empty()) return httplib::Server::HandlerResponse::Unhandled;  // ours, already generic
+          const int status = res.status;
+          const std::string code = status == 413   ? reason_code::kPayloadTooLarge
+                                   : status == 404 ? reason_code::kNotFound
+                                                   : reason_code::kBadRequest;
+          send_error(res, status, code);
+          if (req.path == kPredictPath) metrics.record("error", code);
+          return httplib::Server::HandlerResponse::Handled;
+        }));
     http.set_exception_handler([this](const httplib::Request& req, httplib::Response& res, std::exception_ptr error) {
       try {
         if (error) std::rethrow_exception(error);
