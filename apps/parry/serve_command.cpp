@@ -84,10 +84,7 @@ int run_serve(const CommonOptions& common, const ServeOptions& opts) {
   if (opts.torch_threads > 0) configure_runtime(RuntimeOptions().threads(opts.torch_threads));
   const int torch_threads = opts.torch_threads > 0 ? opts.torch_threads : common.threads;
 
-  const Model model = load_model(opts.model);
-  const config::Config config = config::load_config(opts.config, model);
-  const auto guard = load_guard(opts, config, model);
-  auto classes = serve::class_names(*guard, config.classes);
+  // The key file first: a malformed line fails before the model loads.
   std::shared_ptr<const serve::ApiKeys> keys;
   if (opts.no_auth) {
     log(LogLevel::Warning, "serve: --no-auth: any API key is accepted; per-key throttling can be evaded");
@@ -95,6 +92,10 @@ int run_serve(const CommonOptions& common, const ServeOptions& opts) {
     keys = std::make_shared<const serve::ApiKeys>(serve::ApiKeys::load(opts.api_keys));
     if (keys->size() == 0) log(LogLevel::Warning, "serve: the API key file holds no key: every request gets 401");
   }
+  const Model model = load_model(opts.model);
+  const config::Config config = config::load_config(opts.config, model);
+  const auto guard = load_guard(opts, config, model);
+  auto classes = serve::class_names(*guard, config.classes);
   serve::Server server(
       guard, std::move(classes),
       serve::ServerOptions().host(opts.host).port(opts.port).workers(opts.workers).max_body_bytes(opts.max_body), keys);
