@@ -185,6 +185,13 @@ struct Server::Impl {
     http.set_write_timeout(options.timeout_seconds());
     // An idle keep-alive connection holds a worker: keep it short, so stop() is prompt too.
     http.set_keep_alive_timeout(2);
+    // SO_REUSEADDR only: httplib's default also sets SO_REUSEPORT, which would
+    // let a second process bind the same port and take a share of the
+    // connections (and their API keys) without an error.
+    http.set_socket_options([](socket_t sock) {
+      int yes = 1;
+      setsockopt(sock, SOL_SOCKET, SO_REUSEADDR, reinterpret_cast<const char*>(&yes), sizeof yes);
+    });
     http.Post(kPredictPath, [this](const httplib::Request& req, httplib::Response& res) { predict(req, res); });
     http.Get("/healthz", [](const httplib::Request&, httplib::Response& res) { res.set_content("ok", "text/plain"); });
     if (options.metrics()) {
