@@ -36,14 +36,16 @@ def check(condition, message):
         fail(message)
 
 
-def png_grey(pixels, width, height):
-    """A minimal 8-bit greyscale PNG."""
-    raw = b"".join(b"\0" + pixels[y * width:(y + 1) * width] for y in range(height))
+def png_grey(pixels, width, height, channels=1):
+    """A minimal 8-bit greyscale (channels 1) or RGB (channels 3, interleaved) PNG."""
+    row = width * channels
+    raw = b"".join(b"\0" + pixels[y * row:(y + 1) * row] for y in range(height))
+    colour_type = 0 if channels == 1 else 2
 
     def chunk(kind, data):
         return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xffffffff)
 
-    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)) +
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, colour_type, 0, 0, 0)) +
             chunk(b"IDAT", zlib.compress(raw)) + chunk(b"IEND", b""))
 
 
@@ -109,7 +111,7 @@ def metric(text, prefix):
 
 
 def main():
-    parry, model, data_dir, work = sys.argv[1:5]
+    parry, model, data_dir, work = (os.path.abspath(a) for a in sys.argv[1:5])
     shutil.rmtree(work, ignore_errors=True)
     os.makedirs(work)
     os.chdir(work)
@@ -237,7 +239,38 @@ def main():
     check("stopping on SIGTERM" in err, "SIGTERM not logged; stderr: %s" % err)
     for key in keys.values():
         check(key not in err, "the operator log holds an API key")
+    rgb_case(parry, os.path.join(os.path.dirname(model), "resnet_small.pt"))
     print("parry serve: all checks passed")
+
+
+def rgb_case(parry, model):
+    """A 3-channel TorchScript model (tests/fixtures/resnet_small.pt, 3x32x32,
+    10 classes, random weights) when the fixture exists: colour PNG and JSON
+    pixels of its shape, numbered class names."""
+    if not os.path.exists(model):
+        print("parry serve: no %s, RGB case skipped" % os.path.basename(model))
+        return
+    with open("rgb.json", "w") as f:
+        json.dump({"defenses": [{"name": "rgb", "input": {"channels": 3, "height": 32, "width": 32},
+                                 "gates": [{"type": "throttle", "rate": 100, "burst": 100}]}]}, f)
+    server = Server([parry, "serve", "--model", model, "--config", "rgb.json", "--no-auth", "--port", "0"])
+    try:
+        pixels = bytes((i * 7) % 256 for i in range(40 * 40 * 3))
+        status, _, body = server.predict(png_grey(pixels, 40, 40, channels=3), "image/png", "local-trial")
+        check(status == 200, "RGB PNG: HTTP %d %s" % (status, body))
+        doc = json.loads(body)
+        check(doc["class"] == str(doc["label"]) and 0 <= doc["label"] < 10, "numbered classes: %s" % body)
+        status, _, body = server.predict(json.dumps({"pixels": [0.5] * 3072}).encode(), "application/json", "x")
+        check(status == 200, "RGB JSON: HTTP %d %s" % (status, body))
+        status, _, body = server.predict(json.dumps({"pixels": [0.5] * 784}).encode(), "application/json", "x")
+        expect_generic_error(status, body, 400, "invalid_input", "grey pixel count for an RGB model")
+        status, _, body = server.predict(b"x", "image/png", None)
+        expect_generic_error(status, body, 401, "unauthorized", "--no-auth still needs a key")
+    except BaseException:
+        server.process.kill()
+        raise
+    code, _, err = server.stop()
+    check(code == 0, "RGB server exit status %d: %s" % (code, err))
 
 
 if __name__ == "__main__":
