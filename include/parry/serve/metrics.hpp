@@ -25,6 +25,7 @@ namespace parry::serve {
 
 class Metrics {
  public:
+  /// Zero counters and an empty histogram, in a registry of their own.
   Metrics();
   ~Metrics();
   Metrics(const Metrics&) = delete;
