@@ -168,3 +168,16 @@ TEST(DefenseConfig, TheInputComesFromTheDataUnlessTheDefenseGivesOne) {
     EXPECT_NE(std::string(e.what()).find("config: defenses[0].input: is required"), std::string::npos) << e.what();
   }
 }
+
+TEST(DefenseConfig, ClassNamesAreOptionalDistinctAndNonEmpty) {
+  EXPECT_TRUE(config::parse_config(with_defense(R"({"name": "a"})"), reference_model()).classes.empty());
+  const auto config =
+      config::parse_config(R"({"classes": ["cat", "dog"], "defenses": [{"name": "a"}]})", reference_model());
+  EXPECT_EQ(config.classes, (std::vector<std::string>{"cat", "dog"}));
+  expect_rejected(R"({"classes": "cat", "defenses": [{"name": "a"}]})", "classes: must be an array");
+  expect_rejected(R"({"classes": [], "defenses": [{"name": "a"}]})", "classes: must name at least one class");
+  expect_rejected(R"({"classes": ["cat", 3], "defenses": [{"name": "a"}]})", "classes[1]: must be a string");
+  expect_rejected(R"({"classes": ["cat", ""], "defenses": [{"name": "a"}]})", "classes[1]: must be a non-empty");
+  expect_rejected(R"({"classes": ["cat", "cat"], "defenses": [{"name": "a"}]})",
+                  "classes[1]: duplicate class name \"cat\"");
+}

@@ -32,5 +32,9 @@ Command add_calibrate_command(CLI::App& app, const CommonOptions& common);
 Command add_predict_command(CLI::App& app, const CommonOptions& common);
 Command add_demo_command(CLI::App& app, const CommonOptions& common);
 Command add_components_command(CLI::App& app);
+/// parry serve: a config's defense over HTTP (serve::Server) until SIGTERM/SIGINT.
+Command add_serve_command(CLI::App& app, const CommonOptions& common);
+/// parry keys: the API key file line for a key read from stdin.
+Command add_keys_command(CLI::App& app);
 
 }  // namespace parry::cli

@@ -97,11 +97,13 @@ Defended open_defense(const Model& model, const std::string& config_path, const 
     shape = InputSpec(info->shape.channels, info->shape.height, info->shape.width);
   }
   Defended out;
+  std::vector<std::string> names = info ? info->classes : std::vector<std::string>{};
   if (config_path.empty()) {
     if (!shape) throw OptionError("give the image shape with --input CxHxW (or a calibrated --config)");
     out.guard = std::make_shared<const Guard>(model, *shape);
   } else {
     auto config = config::load_config(config_path, model, shape);
+    if (!config.classes.empty()) names = config.classes;
     const config::DefenseSpec* chosen = nullptr;
     for (auto& d : config.defenses) {
       if (defense.empty() ? !chosen : d.name == defense) chosen = &d;
@@ -109,26 +111,18 @@ Defended open_defense(const Model& model, const std::string& config_path, const 
     if (!chosen) throw OptionError("no defense named '" + defense + "' in " + config_path);
     auto spec = *chosen;
     for (size_t i = 0; i < spec.detectors.size(); ++i) {
-      spec.detectors[i].detector->load(state_file(state, spec, i));  // run `parry calibrate` first
+      const std::string file = state_file(state, spec, i);
+      if (!fs::is_regular_file(file)) {
+        throw StateError("defense '" + spec.name + "' has detectors that are not calibrated: run parry calibrate " +
+                             "with this model and config first",
+                         "missing detector state '" + file + "'");
+      }
+      spec.detectors[i].detector->load(file);
     }
+    out.has_gates = !spec.gates.empty();
     out.guard = spec.build_guard(model);
   }
-  const auto& in = out.guard->input_spec();
-  torch::Tensor logits;
-  {
-    c10::InferenceMode inference;
-    logits = out.guard->model().logits(torch::zeros({1, in.channels(), in.height(), in.width()}));
-  }
-  const int64_t count = logits.dim() == 2 ? logits.size(1) : 0;
-  if (info) {
-    out.classes = info->classes;
-    if (static_cast<int64_t>(out.classes.size()) != count) {
-      throw OptionError("the calibrated data set " + info->name + " has " + std::to_string(out.classes.size()) +
-                        " classes but the model outputs " + std::to_string(count) + " logits");
-    }
-  } else {
-    for (int64_t k = 0; k < count; ++k) out.classes.push_back(std::to_string(k));
-  }
+  out.classes = serve::class_names(*out.guard, names);  // OptionError if the count differs from the model's
   return out;
 }
 

@@ -58,16 +58,18 @@ std::optional<DataInfo> load_data_info(const std::string& state_dir);
 struct Defended {
   std::shared_ptr<const Guard> guard;
   std::vector<std::string> classes;  ///< index = label
+  bool has_gates = false;            ///< the defense throttles or monitors queries
 };
 
 /// The Guard of defense `defense` (empty: the first) of `config_path`, with
 /// its detectors loaded from the state `parry calibrate` saved; without a
 /// config, a Guard with no defenses. The input shape is `input` ("CxHxW")
 /// when given, else the config's, else the calibrated data's. Class names come
-/// from the calibrated data, else "0", "1", … for each logit of the model.
+/// from the config's "classes", else the calibrated data, else "0", "1", …
+/// for each logit of the model.
 /// @throws parry::OptionError for an unknown defense, a missing shape or a
-///   class count that differs from the model's; parry::IoError for a missing
-///   calibration state.
+///   class count that differs from the model's; parry::StateError for
+///   detectors that were never calibrated.
 Defended open_defense(const Model& model, const std::string& config_path, const std::string& defense,
                       const std::string& input);
 

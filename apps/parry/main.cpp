@@ -4,6 +4,8 @@
 //   parry eval       evaluate a model under a defense config; write the report
 //   parry calibrate  fit and calibrate a config's detectors; save them beside it
 //   parry predict    defended label-only predictions for image or IDX files
+//   parry serve      a config's defense as an HTTP service (API keys, metrics)
+//   parry keys       the API key file line for a key read from stdin
 //   parry components the defense components a config can use, with their options
 //   parry demo       the main job: train (first run) or load the reference
 //                    model, evaluate each defense family, write the report
@@ -48,6 +50,7 @@ int main(int argc, char** argv) {
       cli::add_train_command(app, common),     cli::add_demo_command(app, common),
       cli::add_eval_command(app, common),      cli::add_components_command(app),
       cli::add_calibrate_command(app, common), cli::add_predict_command(app, common),
+      cli::add_serve_command(app, common),     cli::add_keys_command(app),
   };
   CLI11_PARSE(app, argc, argv);
   configure_runtime(RuntimeOptions().threads(common.threads));

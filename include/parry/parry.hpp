@@ -11,4 +11,5 @@
 #include "parry/eval.hpp"
 #include "parry/models.hpp"
 #include "parry/preprocess.hpp"
+#include "parry/serve.hpp"
 #include "parry/train.hpp"

@@ -188,6 +188,17 @@ Config parse_config(const std::string& json_text, const Model& model, const std:
     if (config.feature_layer.empty()) fail("feature_layer", "must name a submodule of the model, e.g. \"fc\"");
     at_path("feature_layer", [&] { return model.with_feature_layer(config.feature_layer); });
   }
+  const json& classes = o.array("classes");
+  std::set<std::string> class_names;
+  for (size_t i = 0; i < classes.size(); ++i) {
+    const std::string at = "classes[" + std::to_string(i) + "]";
+    if (!classes[i].is_string()) fail(at, std::string("must be a string, but is ") + type_name(classes[i]));
+    const auto name = classes[i].get<std::string>();
+    if (name.empty() || name.size() > 256) fail(at, "must be a non-empty name of at most 256 characters");
+    if (!class_names.insert(name).second) fail(at, "duplicate class name \"" + name + "\"");
+    config.classes.push_back(name);
+  }
+  if (o.has("classes") && classes.empty()) fail("classes", "must name at least one class when given");
   const json& model_input = o.array("model_input");
   BuildContext model_input_context;
   model_input_context.model = &model;

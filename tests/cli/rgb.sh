@@ -79,6 +79,26 @@ img="data/test/cat/1.png"
 grep -Eq "^$img: (Truck|airplane|automobile|bird|cat|deer|dog|frog|horse|ship) \([0-9]\)" predict.txt ||
   { cat predict.txt; fail "predict did not answer with a class name of the folder"; }
 
+# serve: the calibrated shape and the folder's class names, over HTTP.
+"$python" - "$parry" "$model" "$img" <<'PY'
+import json, signal, subprocess, sys, urllib.request
+parry, model, image = sys.argv[1:]
+server = subprocess.Popen([parry, "serve", "--model", model, "--config", "rgb.json", "--defense", "guarded",
+                           "--no-auth", "--port", "0"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+try:
+    line = server.stdout.readline()
+    assert line.startswith("listening on "), line + server.stderr.read()
+    request = urllib.request.Request("http://" + line.split()[-1] + "/v1/predict", data=open(image, "rb").read(),
+                                     headers={"Content-Type": "image/png", "X-Api-Key": "local"})
+    answer = json.loads(urllib.request.urlopen(request, timeout=30).read())
+    names = ["Truck", "airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship"]
+    assert answer["class"] == names[answer["label"]], answer
+finally:
+    server.send_signal(signal.SIGTERM)
+assert server.wait(timeout=30) == 0
+print("rgb serve answered", answer)
+PY
+
 # Bad data: a clear error naming the file, never a crash.
 if "$parry" --data mixed calibrate --model "$model" --config rgb.json >out.txt 2>err.txt; then
   fail "mixed image sizes were accepted without --resize"
@@ -86,4 +106,4 @@ fi
 grep -q "b.png" err.txt || { cat err.txt; fail "the size error does not name the file"; }
 if "$parry" --data data --resize 32x32 eval --model "$src/tests/fixtures/reference_cnn.pt" --config rgb.json \
   >out.txt 2>err.txt; then fail "a 1-channel model was evaluated on RGB images"; fi
-echo "rgb: calibrate, eval, predict passed"
+echo "rgb: calibrate, eval, predict, serve passed"

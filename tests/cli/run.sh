@@ -11,7 +11,7 @@ fail() { echo "FAIL: $*" >&2; exit 1; }
 
 # Help for the program and every subcommand.
 "$parry" --help | grep -q "Subcommands" || fail "--help lists no subcommands"
-for cmd in train eval calibrate predict demo; do
+for cmd in train eval calibrate predict demo serve keys; do
   "$parry" "$cmd" --help >/dev/null || fail "$cmd --help"
 done
 

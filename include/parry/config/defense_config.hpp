@@ -108,6 +108,10 @@ struct Config {
   std::string feature_layer;
   /// `model` split at feature_layer (if set), with model_input in front.
   Model model_for(const Model& model) const;
+  /// Class names by label index (the optional top-level "classes": non-empty,
+  /// distinct, non-empty strings). Empty when the config does not name them;
+  /// services then answer with "0".."K-1" (serve::class_names).
+  std::vector<std::string> classes;
 };
 
 /// Parses a config from JSON text. `model` (without model_input: the parser
