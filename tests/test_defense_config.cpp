@@ -170,9 +170,9 @@ TEST(DefenseConfig, TheInputComesFromTheDataUnlessTheDefenseGivesOne) {
 }
 
 TEST(DefenseConfig, ClassNamesAreOptionalDistinctAndNonEmpty) {
-  EXPECT_TRUE(config::parse_config(with_defense(R"({"name": "a"})"), reference_model()).classes.empty());
-  const auto config =
-      config::parse_config(R"({"classes": ["cat", "dog"], "defenses": [{"name": "a"}]})", reference_model());
+  EXPECT_TRUE(config::parse_config(with_defense(R"({"name": "a"})"), reference_model(), kGrayInput).classes.empty());
+  const auto config = config::parse_config(R"({"classes": ["cat", "dog"], "defenses": [{"name": "a"}]})",
+                                           reference_model(), kGrayInput);
   EXPECT_EQ(config.classes, (std::vector<std::string>{"cat", "dog"}));
   expect_rejected(R"({"classes": "cat", "defenses": [{"name": "a"}]})", "classes: must be an array");
   expect_rejected(R"({"classes": [], "defenses": [{"name": "a"}]})", "classes: must name at least one class");

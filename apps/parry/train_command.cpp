@@ -117,23 +117,10 @@ Model train_plain(const TrainingData& data, const TrainOptions& opts) {
 }  // namespace
 
 models::ReferenceCnn train_reference(const CommonOptions& common, const TrainOptions& opts) {
-  const auto data = training_data(common, opts.limit);
-  torch::manual_seed(opts.seed);
-  models::ReferenceCnn net;
   TrainOptions plain = opts;
-  plain.model.clear();
-  Model model(net);
-  const auto summary = train::fit_classifier(model, data.train.images, data.train.labels,
-                                             train::ClassifierTrainerOptions()
-                                                 .epochs(opts.epochs)
-                                                 .batch_size(opts.batch)
-                                                 .learning_rate(opts.lr)
-                                                 .seed(opts.seed)
-                                                 .random_flip(opts.augment)
-                                                 .on_progress(train::progress_printer()));
-  std::fprintf(stderr, "trained in %.1f s, final loss %.4f\n", summary.seconds, summary.final_loss);
-  save_model(model, opts.out);
-  return net;
+  plain.model.clear();  // a new reference CNN
+  save_model(train_plain(training_data(common, opts.limit), plain), opts.out);
+  return models::load_reference_cnn(opts.out);
 }
 
 namespace {

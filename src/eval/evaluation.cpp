@@ -389,7 +389,8 @@ Evaluation evaluate(config::Config& config, const Model& raw_model, const Evalua
       0, n);
 
   const auto one = data.test->read(0, 1).images;
-  const int64_t throughput_n = std::min<int64_t>(batch_limit(config, 256), n);
+  // Throughput at the evaluation's batch (at most 256): memory stays that of one batch.
+  const int64_t throughput_n = std::min<int64_t>(batch_limit(config, std::min<int64_t>(256, settings.batch_size)), n);
   const auto throughput_batch = data.test->read(0, throughput_n).images;
   evaluation.throughput_batch = throughput_n;
   for (size_t d = 0; d < runs.size(); ++d) {

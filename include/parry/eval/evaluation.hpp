@@ -13,8 +13,8 @@
 //         defense has detectors, on the detector-aware classifier of Carlini &
 //         Wagner 2017, targeted at a random wrong class;
 //   - for each detector, the ROC curve on clean vs PGD examples at roc_epsilon;
-//   - latency of Guard::predict at batch 1 and throughput at batch 256 (or
-//     the largest batch the Guards accept).
+//   - latency of Guard::predict at batch 1 and throughput at the evaluation's
+//     batch_size (at most 256 and what every Guard accepts).
 // Gates (throttling) are left out of the accuracy runs, which send thousands
 // of queries; their cost is in the latency figures.
 //
@@ -77,7 +77,7 @@ struct Evaluation {
   torch::Tensor example_clean, example_adversarial;  ///< up to 8 images each (N×C×H×W), for the grid
   std::vector<int64_t> example_labels;
   double example_epsilon = 0.0;
-  int64_t throughput_batch = 0;  ///< images per call of the throughput figures (≤ 256)
+  int64_t throughput_batch = 0;  ///< images per call of the throughput figures: min(batch_size, 256, max_batch)
   double seconds = 0.0;
 };
 
