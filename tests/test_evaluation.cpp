@@ -8,6 +8,7 @@
 #include "parry/config/defense_config.hpp"
 #include "parry/data/image_source.hpp"
 #include "parry/detail/generator.hpp"
+#include "parry/detect/softmax_confidence.hpp"
 #include "parry/eval/report.hpp"
 #include "test_support.hpp"
 
@@ -30,7 +31,10 @@ ColourData colour_data(int64_t test_images) {
     auto& linear = *net->ptr<torch::nn::LinearImpl>(1);
     linear.weight.zero_();
     linear.bias.zero_();
-    for (int64_t c = 0; c < 3; ++c) linear.weight[c].view({3, 36})[c].fill_(1.0);
+    // Red and green are recognised by their channel; blue never wins (its
+    // row is zero and its bias negative), so per-class accuracy differs.
+    for (int64_t c = 0; c < 2; ++c) linear.weight[c].view({3, 36})[c].fill_(1.0);
+    linear.bias[2] = -1000.0;
   }
   net->eval();
   const auto make = [](int64_t n, uint64_t seed) {
@@ -41,7 +45,10 @@ ColourData colour_data(int64_t test_images) {
     return std::make_pair(images.clamp(0, 1), labels);
   };
   const auto [train_x, train_y] = make(60, 1);
-  const auto [test_x, test_y] = make(test_images, 2);
+  const auto [unsorted_x, unsorted_y] = make(test_images, 2);
+  // The test set lists its images class by class, as an image folder does.
+  const auto by_class = std::get<1>(unsorted_y.sort(/*stable=*/true, 0, false));
+  const auto test_x = unsorted_x.index_select(0, by_class), test_y = unsorted_y.index_select(0, by_class);
   const std::vector<std::string> names{"red", "green", "blue"};
   return {Model(net), data::from_tensors(train_x, train_y, names, "colours-train"),
           data::from_tensors(test_x, test_y, names, "colours-test")};
@@ -92,8 +99,9 @@ TEST(Evaluation, ReportsClassesPerClassAccuracyAndColourExamples) {
   const auto e = eval::evaluate(config, data.model, {data.train, data.test});
   EXPECT_EQ(e.classes, (std::vector<std::string>{"red", "green", "blue"}));
   EXPECT_EQ(e.data_name, "colours-test");
-  // Per-class accuracy against a count by hand on the same 30 images.
-  const auto test = data.test->read(0, 30);
+  // Per-class accuracy against a count by hand on the same 30 images (the
+  // evaluation reads the test set in its seeded random order).
+  const auto test = data::shuffled(data.test, 0)->read(0, 30);
   const auto predicted = data.model.logits(test.images).argmax(1);
   const auto& per_class = e.defenses[0].class_accuracy;
   ASSERT_EQ(per_class.size(), 3u);
@@ -102,6 +110,8 @@ TEST(Evaluation, ReportsClassesPerClassAccuracyAndColourExamples) {
     const double expected = (predicted.eq(test.labels) & in_class).sum().item<double>() / in_class.sum().item<double>();
     EXPECT_DOUBLE_EQ(per_class[c], expected) << c;
   }
+  EXPECT_EQ(per_class[2], 0.0);  // blue is never predicted
+  EXPECT_GT(per_class[0], 0.5);
   EXPECT_EQ(e.example_clean.size(1), 3);  // RGB examples for the grid
   EXPECT_EQ(e.example_labels.size(), 8u);
   parry::testing::TempDir dir;
@@ -133,4 +143,27 @@ TEST(Evaluation, RefusesDataThatDoesNotFitTheModelOrTheConfig) {
   auto fitted = colour_config(data.model,
                               R"({"name": "kd", "detectors": [{"type": "kernel_density", "fit_images": 20}]})", 20, 8);
   EXPECT_THROW(eval::evaluate(fitted, data.model, {nullptr, data.test}), OptionError);
+}
+
+TEST(Evaluation, DetectorsAreCalibratedFromStreamedScoresOnEveryClass) {
+  auto data = colour_data(60);
+  // Batches of 8: calibration scores and ROC scores come from several batches.
+  auto config = colour_config(
+      data.model, R"({"name": "d", "detectors": [{"type": "softmax_confidence", "target_fpr": 0.1}]})", 30, 8);
+  const auto e = eval::evaluate(config, data.model, {data.train, data.test});
+  const auto& detector = *config.defenses[0].detectors[0].detector;
+  // The threshold equals one calibration on all 30 calibration images at once:
+  // the last 30 of the seeded order.
+  const auto calibration = data::shuffled(data.test, 0)->read(30, 60);
+  detect::SoftmaxConfidence reference;
+  const auto report = reference.calibrate(calibration.images, config.defenses[0].model_for(data.model), 0.1);
+  EXPECT_DOUBLE_EQ(detector.threshold(), report.threshold);
+  // Those 30 images hold every class, though the source lists them in order.
+  EXPECT_EQ(torch::bincount(calibration.labels, {}, 3).gt(0).all().item<bool>(), true);
+  ASSERT_EQ(e.defenses[0].detectors.size(), 1u);
+  const auto& outcome = e.defenses[0].detectors[0];
+  EXPECT_EQ(outcome.roc_fpr.front(), 0.0);
+  EXPECT_EQ(outcome.roc_tpr.back(), 1.0);
+  EXPECT_GE(outcome.detection_rate, 0.0);
+  EXPECT_LE(outcome.clean_fpr, 1.0);
 }

@@ -490,3 +490,24 @@ TEST(ImageSourceOpenData, DecodeOptionsValidateTheirValues) {
   EXPECT_EQ(options.width(), 30);
   EXPECT_EQ(data::DecodeOptions().resize(0, 0).height(), 0);
 }
+
+TEST(ImageSource, ShuffledIsAFixedPermutationOfTheSource) {
+  const auto images = torch::arange(10, torch::kFloat32).view({10, 1, 1, 1}) / 10.0;
+  const auto labels = torch::tensor({0, 0, 0, 0, 0, 1, 1, 1, 1, 1}, torch::kInt64);
+  const auto source = data::from_tensors(images, labels, {"a", "b"}, "sorted");
+  const auto once = data::shuffled(source, 7), again = data::shuffled(source, 7), other = data::shuffled(source, 8);
+  const auto a = once->read(0, 10), b = again->read(0, 10), c = other->read(0, 10);
+  EXPECT_TRUE(torch::equal(a.images, b.images));  // the seed fixes the order
+  EXPECT_FALSE(torch::equal(a.images, c.images));
+  EXPECT_FALSE(torch::equal(a.images, images));
+  // A permutation: every image once, each with its own label.
+  EXPECT_TRUE(torch::equal(std::get<0>(a.images.flatten().sort()), images.flatten()));
+  EXPECT_TRUE(torch::equal(a.labels, (a.images.flatten() * 10).round().to(torch::kInt64).ge(5).to(torch::kInt64)));
+  EXPECT_TRUE(torch::equal(once->labels(), a.labels));
+  // A range of the view reads the same images as the whole view.
+  EXPECT_TRUE(torch::equal(once->read(3, 7).images, a.images.slice(0, 3, 7)));
+  EXPECT_EQ(once->size(), 10);
+  EXPECT_EQ(once->classes(), source->classes());
+  EXPECT_THROW(once->read(4, 11), OptionError);
+  EXPECT_THROW(data::shuffled(nullptr, 0), OptionError);
+}

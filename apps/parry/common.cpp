@@ -122,6 +122,13 @@ Defended open_defense(const Model& model, const std::string& config_path, const 
     out.has_gates = !spec.gates.empty();
     out.guard = spec.build_guard(model);
   }
+  const auto& in = out.guard->input_spec();
+  if (!input.empty() &&
+      (in.channels() != shape->channels() || in.height() != shape->height() || in.width() != shape->width())) {
+    throw OptionError("--input " + input + " disagrees with the input of defense '" + defense + "' in " + config_path +
+                      ": " + std::to_string(in.channels()) + "x" + std::to_string(in.height()) + "x" +
+                      std::to_string(in.width()));
+  }
   out.classes = serve::class_names(*out.guard, names);  // OptionError if the count differs from the model's
   return out;
 }

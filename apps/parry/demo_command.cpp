@@ -69,7 +69,8 @@ int run_demo(const CommonOptions& common, std::string cache_dir, const std::stri
   // One defended request, as a service would answer it.
   auto& combined = config.defenses.back();
   const auto guard = combined.build_guard(model);
-  const Response response = guard->predict(splits.test->read(9000, 9004).images, RequestContext{"demo-client"});
+  const Response response = guard->predict(splits.test->read(0, std::min<int64_t>(4, splits.test->size())).images,
+                                           RequestContext{"demo-client"});
   std::printf("\na label-only answer from the combined Guard for 4 images: verdict %s, labels",
               to_string(response.verdict));
   for (size_t i = 0; i < response.labels.size(); ++i) {
@@ -78,7 +79,8 @@ int run_demo(const CommonOptions& common, std::string cache_dir, const std::stri
   }
   std::printf(", scores %s\n", response.scores.defined() ? "returned" : "withheld");
   try {
-    guard->predict(torch::full({1, 28, 28}, 2.0f), RequestContext{"another-client"});
+    const auto& in = guard->input_spec();
+    guard->predict(torch::full({in.channels(), in.height(), in.width()}, 2.0f), RequestContext{"another-client"});
   } catch (const InputError& e) {
     std::printf("an out-of-range image is refused with: \"%s\"\n", e.public_message());
   }

@@ -26,6 +26,15 @@ int run_eval(const CommonOptions& common, const EvalOptions& opts) {
   const std::string state = state_dir_for(opts.config);
   bool ready = fs::is_directory(state);
   if (ready) {
+    const auto info = load_data_info(state);
+    const auto shape = splits.test->shape();
+    if (!info || info->classes != splits.test->classes() || info->shape.channels != shape.channels ||
+        info->shape.height != shape.height || info->shape.width != shape.width) {
+      throw StateError("the detectors were calibrated on other data",
+                       state + " was calibrated on " + (info ? info->name : std::string("unrecorded data")) +
+                           ", not on " + splits.test->description() +
+                           ": run parry calibrate with this data (or remove the directory)");
+    }
     for (auto& d : config.defenses) {
       for (size_t i = 0; i < d.detectors.size(); ++i) d.detectors[i].detector->load(state_file(state, d, i));
     }
@@ -45,8 +54,7 @@ int run_calibrate(const CommonOptions& common, const EvalOptions& opts) {
   const eval::EvaluationData data{splits.train, splits.test};
   const std::string state = state_dir_for(opts.config);
   fs::create_directories(state);
-  // What predict and serve need to know of the data without reading it.
-  save_data_info(state, *splits.test);
+
   for (auto& d : config.defenses) {
     print_progress("defense " + d.name);
     eval::prepare_detectors(d, model, data, config.evaluation, print_progress);
@@ -55,6 +63,9 @@ int run_calibrate(const CommonOptions& common, const EvalOptions& opts) {
       std::printf("saved %s\n", state_file(state, d, i).c_str());
     }
   }
+  // Last, once every detector is saved: what predict and serve need to know
+  // of the data without reading it.
+  save_data_info(state, *splits.test);
   return 0;
 }
 

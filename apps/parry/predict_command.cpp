@@ -1,5 +1,6 @@
 // parry predict: defended label-only predictions for image files or an IDX file.
 #include <cstdio>
+#include <filesystem>
 #include <fstream>
 #include <sstream>
 
@@ -33,7 +34,8 @@ int run_predict(const CommonOptions&, const PredictOptions& opts) {
   int failures = 0;
   for (const auto& path : opts.inputs) {
     try {
-      const bool idx = path.find("idx") != std::string::npos || path.find("ubyte") != std::string::npos;
+      const std::string file = std::filesystem::path(path).filename().string();
+      const bool idx = file.find("idx") != std::string::npos || file.find("ubyte") != std::string::npos;
       if (idx) {
         auto images = data::read_idx(path);
         if (images.dim() == 3) images = images.unsqueeze(1);

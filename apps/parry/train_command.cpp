@@ -41,7 +41,9 @@ TrainingData training_data(const CommonOptions& common, int64_t limit) {
   TrainingData out;
   const int64_t n = limit > 0 ? std::min(limit, splits.train->size()) : splits.train->size();
   print_progress("reading " + std::to_string(n) + " training images of " + splits.train->description());
-  out.train = splits.train->read(0, n);  // the trainers shuffle the whole split in memory
+  // The trainers shuffle the whole split in memory; --limit takes a random
+  // subset (an image folder lists its images class by class).
+  out.train = limit > 0 ? data::shuffled(splits.train, 0)->read(0, n) : splits.train->read(0, n);
   out.test = splits.test;
   out.shape = splits.train->shape();
   out.name = splits.train->name();
@@ -80,7 +82,7 @@ Model train_adversarial(const TrainingData& data, const TrainOptions& opts) {
   torch::manual_seed(opts.seed);
   Model model = fresh_model(opts, data.shape);
   data::LabeledImages held_out;
-  if (data.test) held_out = data.test->read(0, std::min<int64_t>(500, data.test->size()));
+  if (data.test) held_out = data::shuffled(data.test, 0)->read(0, std::min<int64_t>(500, data.test->size()));
   train::AdversarialTrainer trainer(train::AdversarialTrainerOptions()
                                         .method(method)
                                         .epsilon(opts.epsilon)

@@ -6,6 +6,7 @@
 #include <utility>
 
 #include "data/tensor_source.hpp"
+#include "parry/detail/generator.hpp"
 #include "parry/detail/require.hpp"
 
 namespace parry::detail {
@@ -168,6 +169,46 @@ void for_each_batch(const ImageSource& source, int64_t batch_size,
     const LabeledImages batch = source.read(at, std::min(end, at + batch_size));
     visit(batch, at);
   }
+}
+
+namespace {
+
+// A fixed permutation of another source: image i is source image order[i].
+class ShuffledSource final : public ImageSource {
+ public:
+  ShuffledSource(std::shared_ptr<const ImageSource> source, uint64_t seed) : source_(std::move(source)) {
+    auto generator = parry::detail::make_generator(seed, torch::kCPU);
+    order_ = torch::randperm(source_->size(), generator, torch::TensorOptions(torch::kInt64));
+  }
+  int64_t size() const override { return source_->size(); }
+  ImageShape shape() const override { return source_->shape(); }
+  const std::vector<std::string>& classes() const override { return source_->classes(); }
+  std::string name() const override { return source_->name(); }
+  std::string description() const override { return source_->description() + " (shuffled)"; }
+  torch::Tensor labels() const override { return source_->labels().index_select(0, order_); }
+  LabeledImages read(int64_t begin, int64_t end) const override {
+    parry::detail::check_range("read", begin, end, size());
+    std::vector<torch::Tensor> images, labels;
+    const auto* order = order_.data_ptr<int64_t>();
+    for (int64_t i = begin; i < end; ++i) {
+      auto one = source_->read(order[i], order[i] + 1);
+      images.push_back(std::move(one.images));
+      labels.push_back(std::move(one.labels));
+    }
+    if (images.empty()) return source_->read(0, 0);
+    return {torch::cat(images), torch::cat(labels)};
+  }
+
+ private:
+  std::shared_ptr<const ImageSource> source_;
+  torch::Tensor order_;  // int64, size()
+};
+
+}  // namespace
+
+std::shared_ptr<const ImageSource> shuffled(std::shared_ptr<const ImageSource> source, uint64_t seed) {
+  if (!source) throw OptionError("shuffled: the source is null");
+  return std::make_shared<ShuffledSource>(std::move(source), seed);
 }
 
 std::shared_ptr<const ImageSource> subset(std::shared_ptr<const ImageSource> source, int64_t begin, int64_t end) {

@@ -131,15 +131,30 @@ void check_data(const config::Config& config, const Model& model, const Evaluati
   }
   if (config.defenses.empty()) return;
   torch::Tensor logits;
-  {
+  const auto shape = data.test->shape();
+  try {
     c10::InferenceMode inference;
     logits = config.defenses.front().model_for(model).logits(data.test->read(0, 1).images);
+  } catch (const Error&) {
+    throw;
+  } catch (const std::exception& e) {
+    throw OptionError("evaluation: the model fails on one " + shape_text(shape.channels, shape.height, shape.width) +
+                      " image of " + data.test->name() + " (does it take this input shape?): " + e.what());
   }
   if (logits.dim() != 2 || logits.size(1) != classes) {
     throw OptionError("evaluation: the data set " + data.test->name() + " has " + std::to_string(classes) +
                       " classes but the model outputs " + (logits.dim() == 2 ? std::to_string(logits.size(1)) : "?") +
                       " logits");
   }
+}
+
+// Both splits in a random order fixed by the seed: image folders list their
+// images class by class, and the evaluation takes contiguous ranges (the first
+// `images` attacked, the last `calibration_images` for thresholds, the first
+// `fit_images` for densities), which must each hold every class.
+EvaluationData in_random_order(const EvaluationData& data, uint64_t seed) {
+  return {data.train ? data::shuffled(data.train, seed + 1) : nullptr,
+          data.test ? data::shuffled(data.test, seed) : nullptr};
 }
 
 // Preprocessed model features and labels of the first `count` training images.
@@ -170,10 +185,9 @@ struct DefenseRun {
   std::vector<std::vector<torch::Tensor>> negatives, positives;  // per detector
 };
 
-}  // namespace
-
-void prepare_detectors(config::DefenseSpec& defense, const Model& raw_model, const EvaluationData& data,
-                       const config::EvaluationSpec& settings, const Progress& progress) {
+// prepare_detectors on data already in its random order.
+void prepare_in_order(config::DefenseSpec& defense, const Model& raw_model, const EvaluationData& data,
+                      const config::EvaluationSpec& settings, const Progress& progress) {
   const Model model = defense.model_for(raw_model);  // with the model's own input transform
   if (defense.detectors.empty()) return;
   if (!data.test) throw OptionError("evaluation: no test images to calibrate the detectors with");
@@ -203,6 +217,9 @@ void prepare_detectors(config::DefenseSpec& defense, const Model& raw_model, con
         // The combiner learns from PGD examples of training images the attack
         // set never contains (the last combiner_images of the training set).
         const int64_t m = std::min<int64_t>(spec.combiner_images, total / 2);
+        if (m < 1) {
+          throw OptionError("evaluation: detector '" + spec.type + "' needs at least 2 training images");
+        }
         const auto held = data.train->read(total - m, total);
         attack::GradientSettings gs;
         gs.seed = settings.seed;
@@ -232,13 +249,21 @@ void prepare_detectors(config::DefenseSpec& defense, const Model& raw_model, con
   }
 }
 
-Evaluation evaluate(config::Config& config, const Model& raw_model, const EvaluationData& data,
+}  // namespace
+
+void prepare_detectors(config::DefenseSpec& defense, const Model& raw_model, const EvaluationData& data,
+                       const config::EvaluationSpec& settings, const Progress& progress) {
+  prepare_in_order(defense, raw_model, in_random_order(data, settings.seed), settings, progress);
+}
+
+Evaluation evaluate(config::Config& config, const Model& raw_model, const EvaluationData& given,
                     const Progress& progress, bool detectors_ready) {
   const Model model = config.model_for(raw_model);  // with the model's own input transform
   const auto& settings = config.evaluation;
   const auto started = Clock::now();
   const int64_t n = settings.images;
-  check_data(config, raw_model, data);
+  check_data(config, raw_model, given);
+  const EvaluationData data = in_random_order(given, settings.seed);
   if (data.test->size() < n + settings.calibration_images) {
     throw OptionError(
         "evaluation: need at least images + calibration_images = " + std::to_string(n + settings.calibration_images) +
@@ -259,7 +284,7 @@ Evaluation evaluate(config::Config& config, const Model& raw_model, const Evalua
     if (defense.detectors.empty()) continue;
     say(progress, "defense " + std::to_string(d + 1) + "/" + std::to_string(config.defenses.size()) + " (" +
                       defense.name + "): preparing detectors");
-    prepare_detectors(defense, raw_model, data, settings, progress);
+    prepare_in_order(defense, raw_model, data, settings, progress);
   }
 
   struct Transfer {

@@ -11,8 +11,8 @@ namespace parry::data {
 
 /// How image files are turned into tensors. Image folders decode to
 /// channels() and, with a resize, to height × width. Tensor files and IDX are
-/// never converted: when a resize is asked (the command line asks for the
-/// model's C×H×W), their shape must be channels() × height × width or
+/// never converted: when a resize is asked (the command line's --resize HxW
+/// with --channels), their shape must be channels() × height × width or
 /// open_data / open_source throw parry::IoError ("… has 1×28×28 images but
 /// 3×32×32 were asked"); without a resize their shape is not checked.
 struct DecodeOptions {

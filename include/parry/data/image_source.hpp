@@ -78,6 +78,14 @@ void for_each_batch(const ImageSource& source, int64_t batch_size,
 /// @throws parry::OptionError unless 0 <= begin <= end <= source->size().
 std::shared_ptr<const ImageSource> subset(std::shared_ptr<const ImageSource> source, int64_t begin, int64_t end);
 
+/// `source` in a random order fixed by `seed` (a permutation view; no copy of
+/// the data). Image folders list their images class by class, so any
+/// contiguous range of one (the first N attacked, the last N for calibration)
+/// would hold a few classes only; the evaluation reads through this view.
+/// read() gathers its images one by one from `source`.
+/// @throws parry::OptionError for a null source.
+std::shared_ptr<const ImageSource> shuffled(std::shared_ptr<const ImageSource> source, uint64_t seed);
+
 /// An in-memory source over tensors (images N×C×H×W float32 in [0, 1] or
 /// uint8 in [0, 255], labels N int64 >= 0), e.g. what a test or a caller
 /// built. The tensors are kept (moved to the CPU); uint8 images are converted

@@ -82,8 +82,10 @@ struct Evaluation {
 };
 
 /// Data the evaluation needs: training images (to fit densities and
-/// combiners; may be null when no detector needs fitting) and the test set
-/// (attacked images first, calibration images last). Both must have the
+/// combiners; may be null when no detector needs fitting) and the test set.
+/// Both are read in a random order fixed by EvaluationSpec::seed
+/// (data::shuffled): the first `images` of the test set are attacked and the
+/// last `calibration_images` set the thresholds, each holding every class. Both must have the
 /// shape of the defenses' input and the model's class count.
 struct EvaluationData {
   std::shared_ptr<const data::ImageSource> train;

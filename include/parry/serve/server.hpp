@@ -10,7 +10,7 @@
 //     400 invalid body, 401 missing or unknown API key, 403 refused by a gate
 //     (query monitor with action reject), 413 body larger than max_body_bytes,
 //     415 other content types, 429 throttled (Retry-After: whole seconds),
-//     500 internal error, 404/405 other paths and methods.
+//     500 internal error, 404 other paths and methods.
 //   GET /healthz      200 "ok"
 //   GET /metrics      Prometheus text (serve::Metrics), when options.metrics()
 //
