@@ -53,7 +53,7 @@ int main(int argc, char** argv) {
   const int calls = argc > 5 ? std::atoi(argv[5]) : 500;
   parry::configure_runtime(parry::RuntimeOptions().threads(argc > 6 ? std::atoi(argv[6]) : 1));
   const parry::Model model = parry::models::load_reference_cnn(argv[1]);
-  const auto config = parry::config::load_config(argv[2], model);
+  const auto config = parry::config::load_config(argv[2], model, parry::InputSpec(1, 28, 28));  // Fashion-MNIST
   const auto guard = config.defenses.at(0).build_guard(model);
   std::ifstream in(argv[3], std::ios::binary);
   std::stringstream bytes;

@@ -42,7 +42,7 @@ LUA
 echo "== in-process (8 threads, 1 LibTorch thread)"
 "$build/benchmarks/parry_serve_inprocess" "$model" "$work/config.json" "$work/image.png" 8 500 1
 
-"$parry" --threads 1 serve --model "$model" --config "$work/config.json" --api-keys "$work/keys.txt" \
+"$parry" --threads 1 serve --model "$model" --config "$work/config.json" --input 1x28x28 --api-keys "$work/keys.txt" \
   --port 0 --workers 8 >"$work/out.txt" 2>"$work/err.txt" &
 server=$!
 for _ in $(seq 100); do grep -q "listening on" "$work/out.txt" 2>/dev/null && break; sleep 0.1; done
