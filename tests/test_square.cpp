@@ -24,6 +24,11 @@ TEST_F(SquareTest, PaperSchedule) {
   EXPECT_DOUBLE_EQ(square_fraction(0.8, 9000, 10000), 0.8 / 512);
   // Rescaled to the budget: 1,000 queries halve at 1, 5, 20, ...
   EXPECT_DOUBLE_EQ(square_fraction(0.8, 2, 1000), 0.4);
+  // AutoAttack's 5,000 queries keep the fixed iterations (resc_schedule=False).
+  EXPECT_DOUBLE_EQ(square_fraction(0.8, 11, 5000, false), 0.4);
+  EXPECT_DOUBLE_EQ(square_fraction(0.8, 10, 5000, false), 0.8);
+  EXPECT_DOUBLE_EQ(square_fraction(0.8, 4999, 5000, false), 0.8 / 128);
+  EXPECT_DOUBLE_EQ(square_fraction(0.8, 10, 5000, true), 0.4);
 }
 
 TEST_F(SquareTest, FoolsTheReferenceModelWithin2000Queries) {

@@ -1,6 +1,7 @@
 // Attacks for training and honest evaluation.
 #pragma once
 
+#include "parry/attack/apgd.hpp"
 #include "parry/attack/attack.hpp"
 #include "parry/attack/carlini_wagner.hpp"
 #include "parry/attack/detector_aware.hpp"

@@ -72,6 +72,10 @@ SquareOptions& SquareOptions::p_init(double v) {
   p_init_ = v;
   return *this;
 }
+SquareOptions& SquareOptions::rescale_schedule(bool on) {
+  rescale_schedule_ = on;
+  return *this;
+}
 SquareOptions& SquareOptions::targeted(bool on) {
   targeted_ = on;
   return *this;
@@ -85,8 +89,10 @@ SquareOptions& SquareOptions::client_id(std::string id) {
   return *this;
 }
 
-double square_fraction(double p_init, int64_t iteration, int64_t max_queries) {
-  const int64_t it = static_cast<int64_t>(static_cast<double>(iteration) * 10000.0 / static_cast<double>(max_queries));
+double square_fraction(double p_init, int64_t iteration, int64_t max_queries, bool rescale) {
+  const int64_t it =
+      rescale ? static_cast<int64_t>(static_cast<double>(iteration) * 10000.0 / static_cast<double>(max_queries))
+              : iteration;
   static constexpr int64_t kSteps[] = {10, 50, 200, 500, 1000, 2000, 4000, 6000, 8000};
   double p = p_init;
   for (int64_t step : kSteps) {
@@ -138,7 +144,7 @@ AttackResult square(const Guard& guard, const torch::Tensor& x, const torch::Ten
   for (int64_t iteration = 1; iteration < options.max_queries(); ++iteration) {
     const torch::Tensor active = (loss >= 0).nonzero().flatten();
     if (active.numel() == 0) break;
-    const double p = square_fraction(options.p_init(), iteration, options.max_queries());
+    const double p = square_fraction(options.p_init(), iteration, options.max_queries(), options.rescale_schedule());
     const int64_t side =
         std::clamp<int64_t>(std::llround(std::sqrt(p * static_cast<double>(h * w))), 1, std::min(h, w) - 1);
     torch::Tensor candidates = best.index_select(0, active).clone();

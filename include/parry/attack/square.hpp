@@ -28,6 +28,10 @@ struct SquareOptions {
   SquareOptions& max_queries(int64_t v);
   /// Initial fraction of pixels changed per square, in (0, 1] (default 0.3).
   SquareOptions& p_init(double v);
+  /// true (default): the p schedule is rescaled to the budget, as the
+  /// paper's code does for budgets other than 10,000; false: the halvings
+  /// stay at the fixed iterations, as AutoAttack runs Square (resc_schedule=False).
+  SquareOptions& rescale_schedule(bool on);
   SquareOptions& targeted(bool on);
   SquareOptions& seed(uint64_t v);
   /// Client id used for the queries (throttling is per client).
@@ -36,6 +40,7 @@ struct SquareOptions {
   double epsilon() const { return epsilon_; }
   int64_t max_queries() const { return max_queries_; }
   double p_init() const { return p_init_; }
+  bool rescale_schedule() const { return rescale_schedule_; }
   bool targeted() const { return targeted_; }
   uint64_t seed() const { return seed_; }
   const std::string& client_id() const { return client_id_; }
@@ -44,6 +49,7 @@ struct SquareOptions {
   double epsilon_ = 0.1;
   int64_t max_queries_ = 2000;
   double p_init_ = 0.3;
+  bool rescale_schedule_ = true;
   bool targeted_ = false;
   uint64_t seed_ = 0;
   std::string client_id_ = "square-attack";
@@ -51,8 +57,9 @@ struct SquareOptions {
 
 /// The paper's schedule: the fraction of pixels per square after `iteration`
 /// of a `max_queries` budget (p_init halved at 10, 50, 200, 500, 1000, 2000,
-/// 4000, 6000 and 8000 iterations, rescaled to a 10,000-query budget).
-double square_fraction(double p_init, int64_t iteration, int64_t max_queries);
+/// 4000, 6000 and 8000 iterations, rescaled to a 10,000-query budget unless
+/// `rescale` is false).
+double square_fraction(double p_init, int64_t iteration, int64_t max_queries, bool rescale = true);
 
 /// Runs the attack on (x, y) through guard.predict. x must satisfy the Guard's
 /// InputSpec; pixel range is the spec's value range.
