@@ -4,6 +4,7 @@
 #include "parry/attack/attack.hpp"
 #include "parry/attack/carlini_wagner.hpp"
 #include "parry/attack/detector_aware.hpp"
+#include "parry/attack/fab.hpp"
 #include "parry/attack/fgsm.hpp"
 #include "parry/attack/hop_skip_jump.hpp"
 #include "parry/attack/pgd.hpp"
