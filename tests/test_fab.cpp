@@ -1,6 +1,7 @@
 #include "attack/fab_projection.hpp"
 #include "attack_support.hpp"
 
+#include <chrono>
 #include <iostream>
 
 using namespace parry;
@@ -69,6 +70,21 @@ double l2_distance_in_box(const torch::Tensor& x, const torch::Tensor& w, double
   const auto room = torch::where(w > 0, 1 - x, x);
   const double mu = bisect_radius(w * w, room / w.abs(), margin);
   return torch::minimum(room, w.abs() * mu).norm().item<double>();
+}
+
+// Minimum-norm perturbations of the reference implementation (fra31/auto-attack FABAttack_PT.attack_single_run, 100
+// iterations, no random start) on the 16 images of correctly_classified(16): benchmarks/peer_fab.py.
+const std::vector<float> kReferenceLinf = {0.028283f, 0.032742f, 0.088439f, 0.075764f, 0.008988f, 0.058354f,
+                                           0.014852f, 0.026065f, 0.032118f, 0.048326f, 0.013092f, 0.037815f,
+                                           0.024793f, 0.043778f, 0.006059f, 0.042246f};
+const std::vector<float> kReferenceL2 = {0.395432f, 0.530135f, 1.138307f, 1.021902f, 0.150933f, 0.921727f,
+                                         0.230102f, 0.445877f, 0.422448f, 0.715962f, 0.229702f, 0.515357f,
+                                         0.362958f, 0.582331f, 0.085454f, 0.632209f};
+
+// Largest relative difference between per-image norms and the reference's.
+float worst_relative_gap(const torch::Tensor& norms, const std::vector<float>& reference) {
+  const auto want = torch::tensor(reference);
+  return ((norms - want).abs() / want).max().item<float>();
 }
 
 torch::Tensor predictions(const LogitsFn& f, const torch::Tensor& x) {
@@ -333,16 +349,22 @@ TEST_F(FabTest, FabTAtEpsilonPointOneOnTheReferenceModel) {
 }
 
 TEST_F(FabTest, MinimumNormLinfIsNotBeatenByPgdOnTheReferenceModel) {
-  // FAB's minimum-norm L∞ perturbations against PGD's smallest working ε on a grid (PGD-50, step 2.5·ε/50, one
-  // restart, ε = 0.005, 0.010, ..., 0.15): FAB's norms should be no larger, and PGD at 0.9 × FAB's norm should
-  // rarely succeed (FAB is close to the minimum).
+  // FAB's minimum-norm L∞ perturbations: the reference implementation's per image, and against PGD's smallest
+  // working ε on a grid (PGD-50, step 2.5·ε/50, one
+  // restart, ε = 0.005, 0.010, ..., 0.10): FAB's norms should be no larger, and PGD-50 with 2 restarts at 0.9 ×
+  // FAB's norm should rarely succeed (FAB is close to the minimum).
   auto data = parry::testing::correctly_classified(16);
   const auto f = differentiable(parry::testing::reference_model());
+  const auto started = std::chrono::steady_clock::now();
   auto r = fab(f, data.images, data.labels, FabOptions());
+  const double fab_seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - started).count();
   ASSERT_TRUE(r.success.all().item<bool>());
   const auto fab_norm = r.norm;
+  const float gap = worst_relative_gap(fab_norm, kReferenceLinf);
+  std::cout << "[fab] min-norm L∞ against the reference implementation: largest relative difference " << gap << "\n";
+  EXPECT_LE(gap, 0.01f);
   auto pgd_min = torch::full({16}, std::numeric_limits<float>::infinity());
-  for (int k = 30; k >= 1; --k) {
+  for (int k = 20; k >= 1; --k) {
     const double eps = 0.005 * k;
     auto p = pgd(f, data.images, data.labels, PgdOptions(eps).steps(50).random_start(false));
     pgd_min = torch::where(p.success, torch::full({16}, static_cast<float>(eps)), pgd_min);
@@ -351,16 +373,43 @@ TEST_F(FabTest, MinimumNormLinfIsNotBeatenByPgdOnTheReferenceModel) {
   int64_t pgd_below = 0;
   for (int64_t i = 0; i < 16; ++i) {
     auto xi = data.images.slice(0, i, i + 1), yi = data.labels.slice(0, i, i + 1);
-    auto p = pgd(f, xi, yi, PgdOptions(0.9 * fab_norm[i].item<double>()).steps(100).restarts(2));
+    auto p = pgd(f, xi, yi, PgdOptions(0.9 * fab_norm[i].item<double>()).steps(50).restarts(2));
     pgd_below += p.success.item<bool>();
   }
   const float fab_median = fab_norm.median().item<float>(), pgd_median = pgd_min.median().item<float>();
   std::cout << "[fab] min-norm L∞ on 16 reference images: FAB median " << fab_median << " (max "
             << fab_norm.max().item<float>() << "), PGD grid median " << pgd_median << ", FAB <= PGD grid on "
-            << fab_norm.le(pgd_min).sum().item<int64_t>() << "/16, PGD at 0.9·FAB succeeds on " << pgd_below << "/16\n";
+            << fab_norm.le(pgd_min).sum().item<int64_t>() << "/16, PGD at 0.9·FAB succeeds on " << pgd_below
+            << "/16; FAB took " << fab_seconds << " s\n";
   RecordProperty("fab_min_norm_median", std::to_string(fab_median));
   RecordProperty("pgd_grid_min_eps_median", std::to_string(pgd_median));
   EXPECT_LE(fab_median, pgd_median);
   EXPECT_GE(fab_norm.le(pgd_min).sum().item<int64_t>(), 12);
   EXPECT_LE(pgd_below, 3);
+}
+
+TEST_F(FabTest, L2OnTheReferenceModelMatchesTheReferenceAndTouchesNoParameterGradient) {
+  auto model = parry::testing::reference_model();
+  for (auto& p : model.parameters()) p.mutable_grad() = torch::Tensor();
+  auto data = parry::testing::correctly_classified(16);
+  const auto f = differentiable(model);
+  auto minimum = fab(f, data.images, data.labels, FabOptions(Norm::L2));
+  ASSERT_TRUE(minimum.success.all().item<bool>());
+  const float gap = worst_relative_gap(minimum.norm, kReferenceL2);
+  std::cout << "[fab] min-norm L2 on 16 reference images: median " << minimum.norm.median().item<float>()
+            << ", largest relative difference to the reference implementation " << gap << "\n";
+  EXPECT_LE(gap, 0.01f);
+  // ε-bounded with restarts (the reference fools 6 of these 8 at ε = 1 with 50 iterations and 2 restarts: the
+  // other two need 1.02 and 1.14); reproducible under the seed.
+  const auto x8 = data.images.slice(0, 0, 8), y8 = data.labels.slice(0, 0, 8);
+  const auto options = FabOptions(Norm::L2).epsilon(1.0).steps(50).restarts(2);
+  auto r = fab(f, x8, y8, options);
+  std::cout << "[fab] L2 ε = 1 (50 steps, 2 restarts) on 8 reference images: success " << r.success_rate() << "\n";
+  EXPECT_GE(r.success_rate(), 0.75);
+  EXPECT_LE(r.norm.max().item<float>(), 1.0f + 1e-5f);
+  EXPECT_GE(r.adversarial.min().item<float>(), 0.f);
+  EXPECT_LE(r.adversarial.max().item<float>(), 1.f);
+  EXPECT_TRUE(torch::equal(predictions(f, r.adversarial).ne(y8), r.success));
+  EXPECT_TRUE(torch::equal(fab(f, x8, y8, options).adversarial, r.adversarial));
+  for (const auto& p : model.parameters()) EXPECT_FALSE(p.grad().defined());
 }
