@@ -286,6 +286,11 @@ TEST_F(FabTest, EpsilonBoundsEveryResultAndQueriesAreCounted) {
   EXPECT_TRUE(wrong.success.all().item<bool>());
   EXPECT_TRUE(torch::equal(wrong.adversarial, x));
   EXPECT_TRUE(wrong.queries.eq(2).all().item<bool>());
+  // Minimum-norm restarts run on every sample and keep the smallest perturbation.
+  auto restarted = fab(model.model.fn(), x, y, FabOptions().steps(5).restarts(3));
+  EXPECT_TRUE((restarted.norm <= one.norm + 1e-6).all().item<bool>());
+  EXPECT_TRUE(restarted.queries.eq(1 + 3 * 5 * 3 + 1).all().item<bool>()) << restarted.queries;
+  EXPECT_TRUE(restarted.success.all().item<bool>());
   // The final search never moves a point away from x.
   auto searched = fab(model.model.fn(), x, y, FabOptions().steps(3).final_search_steps(3));
   auto plain = fab(model.model.fn(), x, y, FabOptions().steps(3));

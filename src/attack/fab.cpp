@@ -161,7 +161,7 @@ Found single_run(const LogitsFn& f, const torch::Tensor& x0, const torch::Tensor
   const int64_t n = x0.size(0);
   const torch::Tensor origin = flat(x0);
   torch::Tensor current = flat(start).clone();
-  Found best{x0.clone(), torch::full({n}, kInf, torch::kFloat32)};
+  Found best{x0.clone(), torch::full({n}, kInf, x0.options().dtype(torch::kFloat32))};
   torch::Tensor best_flat = flat(best.point);
   for (int64_t i = 0; i < o.steps(); ++i) {
     const auto [df, dg] = logit_differences(f, current.view_as(x0), goal);
@@ -248,9 +248,12 @@ AttackResult fab(const LogitsFn& f, const torch::Tensor& x, const torch::Tensor&
 
   torch::Generator gen = parry::detail::make_generator(s.seed, x0.device());
   torch::Tensor best = x0.clone();
-  torch::Tensor best_norm = torch::where(fooled_at_x, torch::zeros({n}), torch::full({n}, kInf));
+  const auto per_sample = x0.options().dtype(torch::kFloat32);
+  const auto counts = x0.options().dtype(torch::kInt64);
+  torch::Tensor best_norm =
+      torch::where(fooled_at_x, torch::zeros({n}, per_sample), torch::full({n}, kInf, per_sample));
   AttackResult result;
-  result.queries = torch::ones({n}, torch::kInt64);
+  result.queries = torch::ones({n}, counts);
 
   // The runs: one per target rank for FAB-T (ranks 2..n+1), else one.
   std::vector<Goal> goals;
@@ -274,9 +277,8 @@ AttackResult fab(const LogitsFn& f, const torch::Tensor& x, const torch::Tensor&
       const torch::Tensor xr = x0.index_select(0, rows);
       torch::Tensor start = xr;
       if (restart > 0) {
-        const torch::Tensor radius =
-            bounded ? torch::full({rows.size(0)}, options.epsilon())
-                    : best_norm.index_select(0, rows).to(torch::kFloat64).clamp_max(default_radius);
+        const torch::Tensor radius = bounded ? torch::full({rows.size(0)}, options.epsilon(), per_sample)
+                                             : best_norm.index_select(0, rows).clamp_max(default_radius);
         start = random_start(xr, radius, options, gen);
       }
       const Found found = single_run(f, xr, start, goal.rows(rows), options);
@@ -286,7 +288,7 @@ AttackResult fab(const LogitsFn& f, const torch::Tensor& x, const torch::Tensor&
       best.index_copy_(0, kept, found.point.index_select(0, from));
       best_norm.index_copy_(0, kept, found.norm.index_select(0, from));
       result.queries.index_add_(0, rows,
-                                torch::full({rows.size(0)}, options.steps() * (gradients_per_step + 1), torch::kInt64));
+                                torch::full({rows.size(0)}, options.steps() * (gradients_per_step + 1), counts));
     }
   }
 
@@ -299,7 +301,7 @@ AttackResult fab(const LogitsFn& f, const torch::Tensor& x, const torch::Tensor&
                      best.index_select(0, found_rows), goal, options.final_search_steps());
     best.index_copy_(0, found_rows, searched);
     result.queries.index_add_(0, found_rows,
-                              torch::full({found_rows.size(0)}, options.final_search_steps() + 1, torch::kInt64));
+                              torch::full({found_rows.size(0)}, options.final_search_steps() + 1, counts));
   }
 
   // The returned batch: every found point within the budget, x elsewhere;
