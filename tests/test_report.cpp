@@ -9,6 +9,7 @@
 
 #include "attack_support.hpp"
 #include "parry/data/image_source.hpp"
+#include "parry/eval/metrics.hpp"
 
 using namespace parry;
 using parry::testing::kGrayInput;
@@ -23,10 +24,25 @@ std::string read(const std::string& path) {
   return s.str();
 }
 
-std::string percent(double v) {
-  char buffer[32];
-  std::snprintf(buffer, sizeof buffer, "%.1f%%", 100 * v);
+// "88.7% (82.6–92.8)": a rate of metrics.json with its interval, as the report writes it.
+std::string with_interval(const nlohmann::json& value, const nlohmann::json& ci) {
+  char buffer[96];
+  std::snprintf(buffer, sizeof buffer, "%.1f%% (%.1f–%.1f)", 100 * value.get<double>(), 100 * ci["low"].get<double>(),
+                100 * ci["high"].get<double>());
   return buffer;
+}
+
+// The interval of metrics.json is the Wilson interval of the rate's count.
+void expect_wilson(const nlohmann::json& value, const nlohmann::json& ci, int64_t n, const std::string& what) {
+  ASSERT_TRUE(ci.is_object()) << what;
+  EXPECT_EQ(ci["n"].get<int64_t>(), n) << what;
+  const double k = value.get<double>() * static_cast<double>(n);
+  EXPECT_NEAR(k, std::round(k), 1e-6) << what << ": not a count of " << n;
+  const auto expected = eval::wilson_interval(std::llround(k), n);
+  EXPECT_DOUBLE_EQ(ci["low"].get<double>(), expected.low) << what;
+  EXPECT_DOUBLE_EQ(ci["high"].get<double>(), expected.high) << what;
+  EXPECT_LE(ci["low"].get<double>(), value.get<double>()) << what;
+  EXPECT_GE(ci["high"].get<double>(), value.get<double>()) << what;
 }
 
 std::shared_ptr<const data::ImageSource> fashion_source(bool train, int64_t n) {
@@ -91,14 +107,46 @@ TEST(Report, EvaluatesEveryDefenseAndWritesConsistentFilesAndPlots) {
   EXPECT_EQ(metrics["classes"].size(), 10u);
   EXPECT_NE(markdown.find("## Clean accuracy per class"), std::string::npos);
   EXPECT_NE(markdown.find("| Ankle boot |"), std::string::npos);
+  // Every rate carries its 95% Wilson interval and n; the method is stated once.
+  EXPECT_EQ(metrics["intervals"]["confidence"], 0.95);
+  EXPECT_NE(markdown.find("Wilson score interval"), std::string::npos);
   for (const auto& d : metrics["defenses"]) {
+    const auto n = d["images"].get<int64_t>();
+    EXPECT_EQ(n, 16);
+    expect_wilson(d["clean_accuracy"], d["clean_accuracy_ci"], n, "clean accuracy");
+    expect_wilson(d["clean_flagged"], d["clean_flagged_ci"], n, "clean flagged");
     // The Markdown row of each defense shows the numbers of metrics.json.
-    std::string row = "| " + d["name"].get<std::string>() + " | " + percent(d["clean_accuracy"].get<double>()) + " | " +
-                      percent(d["clean_flagged"].get<double>()) + " |";
+    std::string row = "| " + d["name"].get<std::string>() + " | " + std::to_string(n) + " | " +
+                      with_interval(d["clean_accuracy"], d["clean_accuracy_ci"]) + " | " +
+                      with_interval(d["clean_flagged"], d["clean_flagged_ci"]) + " |";
     for (const auto& a : d["attacks"]) {
-      row += " " + percent(a["accuracy"].get<double>()) + " / " + percent(a["adaptive_accuracy"].get<double>()) + " |";
+      expect_wilson(a["accuracy"], a["accuracy_ci"], n, a["attack"].get<std::string>());
+      expect_wilson(a["adaptive_accuracy"], a["adaptive_accuracy_ci"], n, a["attack"].get<std::string>());
+      row += " " + with_interval(a["accuracy"], a["accuracy_ci"]) + " / " +
+             with_interval(a["adaptive_accuracy"], a["adaptive_accuracy_ci"]) + " |";
     }
     EXPECT_NE(markdown.find(row), std::string::npos) << row << "\n" << markdown;
+    for (const auto& r : d["detectors"]) {
+      expect_wilson(r["detection_rate"], r["detection_rate_ci"], n, r["name"].get<std::string>());
+      expect_wilson(r["clean_fpr"], r["clean_fpr_ci"], n, r["name"].get<std::string>());
+      const std::string cell = with_interval(r["detection_rate"], r["detection_rate_ci"]);
+      EXPECT_NE(markdown.find(cell.substr(0, cell.size() - 1) + ", n = " + std::to_string(n) + ")"), std::string::npos)
+          << cell;
+    }
+    // Per class: n is each class's own count, and the counts add up to the images.
+    int64_t class_total = 0;
+    for (size_t c = 0; c < d["class_accuracy"].size(); ++c) {
+      if (d["class_accuracy"][c].is_null()) continue;
+      const auto& ci = d["class_accuracy_ci"][c];
+      class_total += ci["n"].get<int64_t>();
+      expect_wilson(d["class_accuracy"][c], ci, ci["n"].get<int64_t>(), "class " + std::to_string(c));
+      const std::string cell = with_interval(d["class_accuracy"][c], ci);
+      EXPECT_NE(
+          markdown.find(cell.substr(0, cell.size() - 1) + ", n = " + std::to_string(ci["n"].get<int64_t>()) + ")"),
+          std::string::npos)
+          << cell;
+    }
+    EXPECT_EQ(class_total, n);
   }
   const std::vector<std::tuple<std::string, int, int>> plots = {
       {"accuracy_vs_epsilon.png", 860, 520}, {"roc.png", 860, 560}, {"examples.png", 0, 0}, {"latency.png", 860, 138}};

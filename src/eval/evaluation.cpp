@@ -428,9 +428,11 @@ Evaluation evaluate(config::Config& config, const Model& raw_model, const Evalua
     const auto total = static_cast<double>(n);
     outcome.clean_accuracy = run.clean_correct / total;
     outcome.clean_flagged = run.clean_flagged / total;
+    outcome.images = n;
     for (int64_t c = 0; c < classes; ++c) {
       outcome.class_accuracy.push_back(run.class_total[c] > 0 ? run.class_correct[c] / run.class_total[c]
                                                               : std::nan(""));
+      outcome.class_images.push_back(static_cast<int64_t>(run.class_total[c]));
     }
     for (size_t i = 0; i < transfers.size(); ++i) {
       AttackOutcome result;
@@ -439,6 +441,7 @@ Evaluation evaluate(config::Config& config, const Model& raw_model, const Evalua
       result.accuracy = run.defended[i] / total;
       result.adaptive_accuracy = run.adaptive_defended[i] / total;
       result.mean_l2 = run.l2_sum[i] / total;
+      result.images = n;
       outcome.attacks.push_back(result);
     }
     for (size_t k = 0; k < defense.detectors.size(); ++k) {
@@ -452,6 +455,8 @@ Evaluation evaluate(config::Config& config, const Model& raw_model, const Evalua
       r.roc_tpr = curve.tpr;
       r.detection_rate = pos.gt(detector.threshold()).to(torch::kFloat64).mean().item<double>();
       r.clean_fpr = neg.gt(detector.threshold()).to(torch::kFloat64).mean().item<double>();
+      r.adversarial_images = pos.numel();
+      r.clean_images = neg.numel();
       outcome.detectors.push_back(r);
     }
     // Latency with the full Guard (gates included), one client per call.

@@ -8,24 +8,53 @@
 
 #include "eval/plots.hpp"
 #include "parry/detail/files.hpp"
+#include "parry/eval/metrics.hpp"
 
 namespace parry::eval {
 
 using namespace detail;
 
+namespace {
+
+// Every rate of an Evaluation is k/n for a stated n; k is recovered exactly.
+Interval interval_of(double rate, int64_t n) {
+  return wilson_interval(n > 0 ? std::llround(rate * static_cast<double>(n)) : 0, n);
+}
+
+// "82.6–92.8": an interval in percent points.
+std::string interval_text(double rate, int64_t n) {
+  const Interval i = interval_of(rate, n);
+  return fixed(100.0 * i.low, 1) + "–" + fixed(100.0 * i.high, 1);
+}
+
+// "88.7% (82.6–92.8)", for cells whose n the row or column states.
+std::string rate_cell(double rate, int64_t n) {
+  return percent(rate) + " (" + interval_text(rate, n) + ")";
+}
+
+// "88.7% (82.6–92.8, n = 150)".
+std::string rate_cell_n(double rate, int64_t n) {
+  return percent(rate) + " (" + interval_text(rate, n) + ", n = " + std::to_string(n) + ")";
+}
+
+}  // namespace
+
 std::string summary_table(const Evaluation& e) {
   std::ostringstream out;
-  out << "| defense | clean accuracy | clean flagged |";
+  out << "| defense | n | clean accuracy | clean flagged |";
   const auto& first = e.defenses.front();
   for (const auto& a : first.attacks) {
     out << " " << a.attack << (a.epsilon > 0 ? " ε=" + fixed(a.epsilon, 2) : "") << " (non-adaptive / adaptive) |";
   }
-  out << " latency (batch 1) | images/s (batch " << e.throughput_batch << ") |\n|---|---:|---:|";
+  out << " latency (batch 1) | images/s (batch " << e.throughput_batch << ") |\n|---|---:|---:|---:|";
   for (size_t i = 0; i < first.attacks.size(); ++i) out << "---:|";
   out << "---:|---:|\n";
   for (const auto& d : e.defenses) {
-    out << "| " << d.name << " | " << percent(d.clean_accuracy) << " | " << percent(d.clean_flagged) << " |";
-    for (const auto& a : d.attacks) out << " " << percent(a.accuracy) << " / " << percent(a.adaptive_accuracy) << " |";
+    out << "| " << d.name << " | " << d.images << " | " << rate_cell(d.clean_accuracy, d.images) << " | "
+        << rate_cell(d.clean_flagged, d.images) << " |";
+    for (const auto& a : d.attacks) {
+      out << " " << rate_cell(a.accuracy, a.images) << " / " << rate_cell(a.adaptive_accuracy, a.images) << " |";
+    }
     out << " " << fixed(d.latency_ms, 2) << " ms | " << fixed(d.images_per_second, 0) << " |\n";
   }
   return out.str();
@@ -74,7 +103,8 @@ std::string html_escape(const std::string& s) {
 
 // A defense's clean accuracy on class c, or "–" when no evaluated image has it.
 std::string class_cell(const DefenseOutcome& d, size_t c) {
-  return c < d.class_accuracy.size() && !std::isnan(d.class_accuracy[c]) ? percent(d.class_accuracy[c]) : "–";
+  if (c >= d.class_accuracy.size() || std::isnan(d.class_accuracy[c])) return "–";
+  return rate_cell_n(d.class_accuracy[c], c < d.class_images.size() ? d.class_images[c] : 0);
 }
 
 // Markdown table: one row per class, one column per defense.
@@ -93,8 +123,17 @@ std::string class_table(const Evaluation& e) {
   return out.str();
 }
 
+// {"low", "high", "n"}: the 95% Wilson interval of a rate and the images it rests on.
+nlohmann::json interval_json(double rate, int64_t n) {
+  const Interval i = interval_of(rate, n);
+  return {{"low", i.low}, {"high", i.high}, {"n", n}};
+}
+
 nlohmann::json to_json(const Evaluation& e) {
   nlohmann::json root;
+  root["intervals"] = {{"method", "Wilson score interval"},
+                       {"confidence", 0.95},
+                       {"fields", "every rate X has X_ci = {low, high, n}: its interval and the images it rests on"}};
   root["model"] = e.model_description;
   root["images"] = e.images;
   root["data"] = e.data_name;
@@ -109,14 +148,21 @@ nlohmann::json to_json(const Evaluation& e) {
     j["description"] = d.description;
     j["clean_accuracy"] = d.clean_accuracy;
     j["clean_flagged"] = d.clean_flagged;
+    j["images"] = d.images;
+    j["clean_accuracy_ci"] = interval_json(d.clean_accuracy, d.images);
+    j["clean_flagged_ci"] = interval_json(d.clean_flagged, d.images);
     j["latency_ms"] = d.latency_ms;
     j["images_per_second"] = d.images_per_second;
     j["class_accuracy"] = nlohmann::json::array();
-    for (double a : d.class_accuracy) {
+    j["class_accuracy_ci"] = nlohmann::json::array();
+    for (size_t c = 0; c < d.class_accuracy.size(); ++c) {
+      const double a = d.class_accuracy[c];
       if (std::isnan(a)) {
         j["class_accuracy"].push_back(nullptr);
+        j["class_accuracy_ci"].push_back(nullptr);
       } else {
         j["class_accuracy"].push_back(a);
+        j["class_accuracy_ci"].push_back(interval_json(a, c < d.class_images.size() ? d.class_images[c] : 0));
       }
     }
     j["attacks"] = nlohmann::json::array();
@@ -124,7 +170,9 @@ nlohmann::json to_json(const Evaluation& e) {
       j["attacks"].push_back({{"attack", a.attack},
                               {"epsilon", a.epsilon},
                               {"accuracy", a.accuracy},
+                              {"accuracy_ci", interval_json(a.accuracy, a.images)},
                               {"adaptive_accuracy", a.adaptive_accuracy},
+                              {"adaptive_accuracy_ci", interval_json(a.adaptive_accuracy, a.images)},
                               {"adaptive_mean_l2", a.mean_l2}});
     }
     j["detectors"] = nlohmann::json::array();
@@ -132,13 +180,27 @@ nlohmann::json to_json(const Evaluation& e) {
       j["detectors"].push_back({{"name", r.name},
                                 {"auc", r.auc},
                                 {"detection_rate", r.detection_rate},
+                                {"detection_rate_ci", interval_json(r.detection_rate, r.adversarial_images)},
                                 {"clean_fpr", r.clean_fpr},
+                                {"clean_fpr_ci", interval_json(r.clean_fpr, r.clean_images)},
                                 {"roc_fpr", r.roc_fpr},
                                 {"roc_tpr", r.roc_tpr}});
     }
     root["defenses"].push_back(j);
   }
   return root;
+}
+
+// The interval method, stated once, with the first defense's clean accuracy as the example.
+std::string interval_sentence(const Evaluation& e) {
+  const auto& d = e.defenses.front();
+  const Interval i = interval_of(d.clean_accuracy, d.images);
+  return "Every rate is followed by its 95% confidence interval (the Wilson score interval for a binomial "
+         "proportion) and rests on the n images stated beside it: " +
+         d.name + "'s clean accuracy of " + percent(d.clean_accuracy) + " on " + std::to_string(d.images) +
+         " images lies between " + percent(i.low) + " and " + percent(i.high) + " (about ±" +
+         fixed(50.0 * (i.high - i.low), 1) +
+         " points); a difference between two figures smaller than their intervals needs more images to be trusted.";
 }
 
 }  // namespace
@@ -164,13 +226,15 @@ void write_report(const Evaluation& e, const std::string& directory) {
      << "Accuracy counts an input as defended when the Guard's label is right or the input is flagged.\n"
      << "Non-adaptive: the attack is computed on the bare model. Adaptive: it attacks the Guard itself "
         "(BPDA through preprocessing, EOT over dropout, detector-aware and targeted when detectors are present).\n\n"
+     << interval_sentence(e) << "\n\n"
      << summary_table(e) << "\n## Detectors (clean vs PGD ε=" << fixed(e.example_epsilon, 2) << ")\n\n"
      << "| defense | detector | ROC-AUC | detected at calibrated threshold | clean flagged "
         "|\n|---|---|---:|---:|---:|\n";
   for (const auto& d : e.defenses) {
     for (const auto& r : d.detectors) {
-      md << "| " << d.name << " | " << r.name << " | " << fixed(r.auc, 3) << " | " << percent(r.detection_rate) << " | "
-         << percent(r.clean_fpr) << " |\n";
+      md << "| " << d.name << " | " << r.name << " | " << fixed(r.auc, 3) << " | "
+         << rate_cell_n(r.detection_rate, r.adversarial_images) << " | " << rate_cell_n(r.clean_fpr, r.clean_images)
+         << " |\n";
     }
   }
   md << "\n## Clean accuracy per class\n\n" << class_table(e);
@@ -189,17 +253,19 @@ void write_report(const Evaluation& e, const std::string& directory) {
        << e.images << " test images of " << html_escape(e.data_description) << "; model <code>"
        << html_escape(e.model_description) << "</code>; evaluation took " << fixed(e.seconds, 0)
        << " s. An input counts as defended when the Guard's label is right or the input is flagged. Each cell shows "
-          "non-adaptive / adaptive accuracy.</p>\n<table><tr><th>defense</th><th>clean accuracy</th><th>clean "
-          "flagged</th>";
+          "non-adaptive / adaptive accuracy.</p>\n<p>"
+       << html_escape(interval_sentence(e))
+       << "</p>\n<table><tr><th>defense</th><th>n</th><th>clean accuracy</th><th>clean flagged</th>";
   for (const auto& a : e.defenses.front().attacks) {
     html << "<th>" << html_escape(a.attack) << (a.epsilon > 0 ? " &epsilon;=" + fixed(a.epsilon, 2) : "") << "</th>";
   }
   html << "<th>latency (batch 1)</th><th>images/s (batch " << e.throughput_batch << ")</th></tr>\n";
   for (const auto& d : e.defenses) {
-    html << "<tr><td>" << html_escape(d.name) << "</td><td>" << percent(d.clean_accuracy) << "</td><td>"
-         << percent(d.clean_flagged) << "</td>";
-    for (const auto& a : d.attacks)
-      html << "<td>" << percent(a.accuracy) << " / " << percent(a.adaptive_accuracy) << "</td>";
+    html << "<tr><td>" << html_escape(d.name) << "</td><td>" << d.images << "</td><td>"
+         << rate_cell(d.clean_accuracy, d.images) << "</td><td>" << rate_cell(d.clean_flagged, d.images) << "</td>";
+    for (const auto& a : d.attacks) {
+      html << "<td>" << rate_cell(a.accuracy, a.images) << " / " << rate_cell(a.adaptive_accuracy, a.images) << "</td>";
+    }
     html << "<td>" << fixed(d.latency_ms, 2) << " ms</td><td>" << fixed(d.images_per_second, 0) << "</td></tr>\n";
   }
   html << "</table>\n<h2>Clean accuracy per class</h2>\n<table><tr><th>class</th>";

@@ -54,9 +54,14 @@ m = json.load(open(f"{d}/metrics.json"))
 md = open(f"{d}/report.md").read()
 assert m["images"] == 10, m["images"]
 assert [x["name"] for x in m["defenses"]] == ["undefended", "guarded"]
+def cell(x, key):  # "88.7% (82.6–92.8)": a rate with its 95% Wilson interval
+    ci = x[key + "_ci"]
+    assert ci["low"] <= x[key] <= ci["high"] and ci["n"] == x["images"], (key, x[key], ci)
+    return f'{100 * x[key]:.1f}% ({100 * ci["low"]:.1f}–{100 * ci["high"]:.1f})'
+assert "Wilson score interval" in md
 for x in m["defenses"]:
-    cell = f'| {x["name"]} | {100 * x["clean_accuracy"]:.1f}% | {100 * x["clean_flagged"]:.1f}% |'
-    assert cell in md, cell
+    row = f'| {x["name"]} | {x["images"]} | {cell(x, "clean_accuracy")} | {cell(x, "clean_flagged")} |'
+    assert row in md, row
     for a in x["attacks"]:
         assert 0 <= a["adaptive_accuracy"] <= a["accuracy"] + 1e-9 or x["detectors"], a
 for p in ["accuracy_vs_epsilon.png", "roc.png", "examples.png", "latency.png"]:

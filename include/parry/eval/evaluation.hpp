@@ -18,6 +18,10 @@
 // Gates (throttling) are left out of the accuracy runs, which send thousands
 // of queries; their cost is in the latency figures.
 //
+// Every rate is a proportion of a stated number of images (the `images` and
+// `*_images` fields), from which the report gives its 95% Wilson interval
+// (eval::wilson_interval).
+//
 // The data streams: attacked images are read, attacked and scored one batch
 // at a time (EvaluationSpec::batch_size, at most every Guard's max_batch), and
 // calibration and detector fitting read their images in batches too, so the
@@ -43,13 +47,16 @@ struct AttackOutcome {
   /// withstands both the adaptive attack and the transferred one.
   double adaptive_accuracy = 0.0;
   double mean_l2 = 0.0;  ///< mean L2 of the adaptive perturbations
+  int64_t images = 0;    ///< n: the images both accuracies rest on
 };
 
 struct DetectorOutcome {
   std::string name;
   double auc = 0.0;
-  double detection_rate = 0.0;  ///< on PGD at roc_epsilon, at the calibrated threshold
-  double clean_fpr = 0.0;       ///< on the evaluation images
+  double detection_rate = 0.0;     ///< on PGD at roc_epsilon, at the calibrated threshold
+  double clean_fpr = 0.0;          ///< on the evaluation images
+  int64_t adversarial_images = 0;  ///< n of detection_rate (the PGD examples)
+  int64_t clean_images = 0;        ///< n of clean_fpr
   std::vector<double> roc_fpr, roc_tpr;
 };
 
@@ -58,6 +65,7 @@ struct DefenseOutcome {
   std::string description;
   double clean_accuracy = 0.0;
   double clean_flagged = 0.0;
+  int64_t images = 0;              ///< n: the images clean_accuracy and clean_flagged rest on
   double latency_ms = 0.0;         ///< Guard::predict, batch 1, mean
   double images_per_second = 0.0;  ///< Guard::predict at Evaluation::throughput_batch
   std::vector<AttackOutcome> attacks;
@@ -65,6 +73,8 @@ struct DefenseOutcome {
   /// Clean accuracy per class (index = label; NaN for a class absent from
   /// the evaluated images).
   std::vector<double> class_accuracy;
+  /// The images of each class among them: the n of each class_accuracy.
+  std::vector<int64_t> class_images;
 };
 
 struct Evaluation {
