@@ -181,3 +181,36 @@ TEST(DefenseConfig, ClassNamesAreOptionalDistinctAndNonEmpty) {
   expect_rejected(R"({"classes": ["cat", "cat"], "defenses": [{"name": "a"}]})",
                   "classes[1]: duplicate class name \"cat\"");
 }
+
+TEST(DefenseConfig, AutoAttackEntriesNameAVersionOrTheirComponents) {
+  const auto parsed = config::parse_config(
+      R"({"attacks": [{"type": "autoattack"},
+                      {"type": "autoattack", "version": "rand", "square_queries": 100},
+                      {"type": "autoattack", "components": ["apgd-ce", "square"], "steps": 20, "target_classes": 3}],
+          "defenses": [{"name": "undefended"}]})",
+      reference_model(), kGrayInput);
+  ASSERT_EQ(parsed.attacks.size(), 3u);
+  EXPECT_EQ(parsed.attacks[0].version, "standard");
+  EXPECT_EQ(parsed.attacks[0].steps, 100);  // AutoAttack's iterations, not PGD's 40
+  EXPECT_EQ(parsed.attacks[0].square_queries, 5000);
+  EXPECT_EQ(parsed.attacks[0].target_classes, 9);
+  EXPECT_EQ(parsed.attacks[1].version, "rand");
+  EXPECT_EQ(parsed.attacks[1].square_queries, 100);
+  EXPECT_EQ(parsed.attacks[2].version, "custom");
+  EXPECT_EQ(parsed.attacks[2].components, (std::vector<std::string>{"apgd-ce", "square"}));
+  EXPECT_EQ(parsed.attacks[2].steps, 20);
+  expect_rejected(R"({"attacks": [{"type": "autoattack", "version": "strong"}]})",
+                  "attacks[0].version: must be one of");
+  expect_rejected(R"({"attacks": [{"type": "autoattack", "version": "custom"}]})",
+                  "attacks[0].components: is required by the custom version");
+  expect_rejected(R"({"attacks": [{"type": "autoattack", "version": "plus", "components": ["fab"]}]})",
+                  "attacks[0].components: is only read by the custom version");
+  expect_rejected(R"({"attacks": [{"type": "autoattack", "components": ["apgd-ce", "pgd"]}]})",
+                  "attacks[0].components[1]: must be one of 'apgd-ce'");
+  expect_rejected(R"({"attacks": [{"type": "autoattack", "components": ["fab", "fab"]}]})",
+                  "attacks[0].components[1]: lists 'fab' twice");
+  expect_rejected(R"({"attacks": [{"type": "autoattack", "components": [3]}]})",
+                  "attacks[0].components[0]: must be a string");
+  expect_rejected(R"({"attacks": [{"type": "autoattack", "square_queries": 0}]})", "attacks[0].square_queries:");
+  expect_rejected(R"({"attacks": [{"type": "pgd", "version": "standard"}]})", "attacks[0].version");
+}

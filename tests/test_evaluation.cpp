@@ -5,6 +5,10 @@
 
 #include <gtest/gtest.h>
 
+#include <algorithm>
+#include <fstream>
+#include <nlohmann/json.hpp>
+
 #include "parry/config/defense_config.hpp"
 #include "parry/data/image_source.hpp"
 #include "parry/detail/generator.hpp"
@@ -166,4 +170,69 @@ TEST(Evaluation, DetectorsAreCalibratedFromStreamedScoresOnEveryClass) {
   EXPECT_EQ(outcome.roc_tpr.back(), 1.0);
   EXPECT_GE(outcome.detection_rate, 0.0);
   EXPECT_LE(outcome.clean_fpr, 1.0);
+}
+
+TEST(Evaluation, AutoAttackReportsEveryComponentAndItsSanityChecks) {
+  auto data = colour_data(40);
+  const std::string defenses = R"({"name": "scores", "output": {"policy": "full"}},
+                                  {"name": "labels", "output": {"policy": "label_only"}})";
+  auto config = config::parse_config(
+      R"({"evaluation": {"images": 24, "epsilons": [0.05, 0.3], "calibration_images": 10, "latency_repeats": 1},
+          "attacks": [{"type": "autoattack", "steps": 10, "square_queries": 50}],
+          "defenses": [)" +
+          defenses + "]}",
+      data.model, InputSpec(3, 6, 6));
+  const auto e = eval::evaluate(config, data.model, {data.train, data.test});
+  ASSERT_EQ(e.defenses.size(), 2u);
+  for (const auto& d : e.defenses) {
+    ASSERT_EQ(d.attacks.size(), 2u);
+    for (const auto& a : d.attacks) {
+      EXPECT_EQ(a.attack, "AutoAttack-standard");
+      ASSERT_TRUE(a.is_auto_attack());
+      ASSERT_EQ(a.stages.size(), 4u);
+      EXPECT_EQ(a.images, 24);
+      int64_t robust = a.clean_correct;
+      for (const auto& stage : a.stages) {
+        EXPECT_LE(stage.robust_after, robust) << attack::to_string(stage.component);
+        robust = stage.robust_after;
+      }
+      // Without detectors the Guard's label is the classifier's: the adaptive
+      // accuracy cannot exceed what AutoAttack left robust.
+      EXPECT_LE(a.adaptive_accuracy * 24, static_cast<double>(robust) + 1e-9);
+      EXPECT_GT(a.forward_passes, 0);
+      // Three classes: no targeted DLR, and two targets instead of nine.
+      EXPECT_TRUE(a.stages[1].skipped);
+      EXPECT_NE(a.stages[1].skip_reason.find("4 classes"), std::string::npos);
+      EXPECT_TRUE(std::any_of(a.warnings.begin(), a.warnings.end(),
+                              [](const std::string& w) { return w.find("target classes") != std::string::npos; }));
+    }
+  }
+  // Square needs the scores that only the first defense shows.
+  // (At ε = 0.05 images are left for it: the colour margins need about 0.2.)
+  ASSERT_GT(e.defenses[0].attacks[0].stages[3].attacked, 0);
+  EXPECT_FALSE(e.defenses[0].attacks[0].stages[3].skipped) << e.defenses[0].attacks[0].stages[3].skip_reason;
+  EXPECT_TRUE(e.defenses[1].attacks[0].stages[3].skipped);
+  EXPECT_NE(e.defenses[1].attacks[0].stages[3].skip_reason.find("class scores"), std::string::npos);
+  // At ε = 0.3 the linear model breaks on more images than at 0.05.
+  EXPECT_LE(e.defenses[0].attacks[1].stages.back().robust_after, e.defenses[0].attacks[0].stages.back().robust_after);
+
+  parry::testing::TempDir dir;
+  eval::write_report(e, dir.path().string());
+  std::ifstream md_file(dir.file("report.md"));
+  const std::string md((std::istreambuf_iterator<char>(md_file)), std::istreambuf_iterator<char>());
+  EXPECT_NE(md.find("## AutoAttack: robust accuracy after each component"), std::string::npos);
+  EXPECT_NE(md.find("after apgd-ce"), std::string::npos);
+  EXPECT_NE(md.find("skipped: the service answers without class scores"), std::string::npos);
+  EXPECT_NE(md.find("Sanity-check warnings"), std::string::npos);
+  std::ifstream json_file(dir.file("metrics.json"));
+  const auto metrics = nlohmann::json::parse(json_file);
+  const auto& robustbench = metrics["defenses"][0]["robustbench"];
+  ASSERT_EQ(robustbench.size(), 2u);
+  EXPECT_EQ(robustbench[0]["threat_model"], "Linf");
+  EXPECT_DOUBLE_EQ(robustbench[0]["eps"].get<double>(), 0.05);
+  EXPECT_TRUE(robustbench[0]["unreliable"].get<bool>());  // the target-class warning
+  const auto& a = e.defenses[0].attacks[0];
+  EXPECT_NEAR(robustbench[0]["autoattack_acc"].get<double>(), 100.0 * a.stages.back().robust_after / 24.0, 1e-9);
+  EXPECT_NEAR(robustbench[0]["clean_acc"].get<double>(), 100.0 * a.clean_correct / 24.0, 1e-9);
+  EXPECT_EQ(metrics["defenses"][0]["attacks"][0]["auto_attack"]["stages"].size(), 4u);
 }

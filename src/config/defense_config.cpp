@@ -4,11 +4,13 @@
 // (parry/config/registry.hpp), whose ranges are the Options setters' own.
 #include "parry/config/defense_config.hpp"
 
+#include <algorithm>
 #include <fstream>
 #include <sstream>
 
 #include "config/json_object.hpp"
 #include "config/reader.hpp"
+#include "parry/attack/auto_attack.hpp"
 #include "parry/config/registry.hpp"
 
 namespace parry::config {
@@ -87,13 +89,40 @@ DefenseSpec parse_defense(const json& value, const std::string& path, const Mode
 AttackSpec parse_attack(const json& value, const std::string& path) {
   Object o(value, path);
   AttackSpec spec;
-  spec.type = o.text("type", "", {"fgsm", "pgd", "cw"});
-  spec.steps = o.integer("steps", spec.steps, 1, 10000);
+  spec.type = o.text("type", "", {"fgsm", "pgd", "cw", "autoattack"});
+  const bool autoattack = spec.type == "autoattack";
+  spec.steps = o.integer("steps", autoattack ? 100 : spec.steps, 1, 10000);
   spec.step_ratio = o.number("step_ratio", spec.step_ratio, positive, "must be finite and > 0");
   spec.restarts = o.integer("restarts", spec.restarts, 1, 100);
   spec.binary_search_steps = o.integer("binary_search_steps", spec.binary_search_steps, 1, 50);
   spec.max_iterations = o.integer("max_iterations", spec.max_iterations, 1, 100000);
   spec.eot_samples = o.integer("eot_samples", spec.eot_samples, 1, 1000);
+  if (autoattack) {
+    const json& components = o.array("components");
+    spec.version =
+        o.text("version", components.empty() ? "standard" : "custom", {"standard", "plus", "rand", "custom"});
+    if ((spec.version == "custom") != !components.empty()) {
+      fail(o.child("components"),
+           spec.version == "custom" ? "is required by the custom version" : "is only read by the custom version");
+    }
+    for (size_t i = 0; i < components.size(); ++i) {
+      const std::string entry = o.child("components") + "[" + std::to_string(i) + "]";
+      if (!components[i].is_string()) fail(entry, "must be a string");
+      const std::string name = components[i].get<std::string>();
+      try {
+        attack::auto_attack_component(name);
+      } catch (const OptionError& e) {
+        const std::string message = e.what();
+        fail(entry, message.substr(message.find("must")));
+      }
+      if (std::find(spec.components.begin(), spec.components.end(), name) != spec.components.end()) {
+        fail(entry, "lists '" + name + "' twice");
+      }
+      spec.components.push_back(name);
+    }
+    spec.square_queries = o.integer("square_queries", spec.square_queries, 1, 100000);
+    spec.target_classes = o.integer("target_classes", spec.target_classes, 1, 1000);
+  }
   o.finish();
   return spec;
 }

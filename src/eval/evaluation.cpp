@@ -12,6 +12,7 @@
 #include "parry/attack/detector_aware.hpp"
 #include "parry/attack/fgsm.hpp"
 #include "parry/attack/pgd.hpp"
+#include "parry/conceal/output_policies.hpp"
 #include "parry/config/registry.hpp"
 #include "parry/detail/chunks.hpp"
 #include "parry/detail/generator.hpp"
@@ -60,9 +61,34 @@ torch::Tensor preprocessed(const Guard& guard, const torch::Tensor& x) {
   return parry::detail::map_chunks(x, 256, [&](const torch::Tensor& chunk) { return guard.preprocess(chunk); });
 }
 
+// The AutoAttack ensemble an attack entry of the config names.
+attack::AutoAttackOptions auto_attack_options(const config::AttackSpec& spec, double epsilon,
+                                              const attack::GradientSettings& settings) {
+  attack::AutoAttackOptions options(epsilon, attack::Norm::Linf, attack::auto_attack_version(spec.version));
+  if (!spec.components.empty()) {
+    std::vector<attack::AutoAttackComponent> components;
+    for (const auto& name : spec.components) components.push_back(attack::auto_attack_component(name));
+    options.components(components);
+  }
+  return options.steps(spec.steps)
+      .square_queries(spec.square_queries)
+      .target_classes(spec.target_classes)
+      .settings(settings)
+      .client_id("evaluation-auto-attack");
+}
+
+// `service` answers the queries of black-box components (AutoAttack's
+// Square); `details`, if given, receives AutoAttack's stages and warnings.
 attack::AttackResult run_attack(const config::AttackSpec& spec, const attack::LogitsFn& f, const torch::Tensor& x,
-                                const torch::Tensor& y, double epsilon, const attack::GradientSettings& settings) {
+                                const torch::Tensor& y, double epsilon, const attack::GradientSettings& settings,
+                                const Guard* service = nullptr, attack::AutoAttackResult* details = nullptr) {
   using namespace attack;
+  if (spec.type == "autoattack") {
+    AutoAttackResult r = auto_attack(f, service, x, y, auto_attack_options(spec, epsilon, settings));
+    AttackResult result = r.attack;
+    if (details) *details = std::move(r);
+    return result;
+  }
   if (spec.type == "fgsm") return fgsm(f, x, y, FgsmOptions(epsilon).settings(settings));
   if (spec.type == "pgd") {
     return pgd(f, x, y,
@@ -80,6 +106,12 @@ attack::AttackResult run_attack(const config::AttackSpec& spec, const attack::Lo
 }
 
 std::string attack_label(const config::AttackSpec& spec) {
+  if (spec.type == "autoattack") {
+    if (spec.version != "custom") return "AutoAttack-" + spec.version;
+    std::string label = "AutoAttack(";
+    for (size_t i = 0; i < spec.components.size(); ++i) label += (i ? "+" : "") + spec.components[i];
+    return label + ")";
+  }
   if (spec.type == "fgsm") return "FGSM";
   if (spec.type == "pgd") return "PGD-" + std::to_string(spec.steps);
   return "C&W-L2";
@@ -176,14 +208,41 @@ std::pair<torch::Tensor, torch::Tensor> training_features(const Guard& plain, co
 // Running totals of one defense over the attacked batches.
 struct DefenseRun {
   std::shared_ptr<const Guard> guard;
-  attack::LogitsFn adaptive;
+  attack::LogitsFn adaptive;    // the adaptive attacker's path: BPDA/EOT and the detector-aware logits
+  attack::LogitsFn classifier;  // the Guard's classifier path without the detectors (AutoAttack's)
   bool targeted = false;
   int64_t eot_samples_cap = 1;  // 1 unless the defense is randomised
   double clean_correct = 0, clean_flagged = 0;
   std::vector<double> class_correct, class_total;
   std::vector<double> defended, adaptive_defended, l2_sum;       // per transfer
+  std::vector<int64_t> forward_passes;                           // per transfer
+  std::vector<attack::AutoAttackResult> auto_attack;             // per transfer: stages and warnings summed
   std::vector<std::vector<torch::Tensor>> negatives, positives;  // per detector
 };
+
+// Adds one batch's AutoAttack outcome to the running totals.
+void accumulate(attack::AutoAttackResult& total, const attack::AutoAttackResult& batch) {
+  if (total.stages.empty()) {
+    total.stages = batch.stages;
+  } else {
+    for (size_t s = 0; s < batch.stages.size() && s < total.stages.size(); ++s) {
+      auto& into = total.stages[s];
+      const auto& from = batch.stages[s];
+      into.attacked += from.attacked;
+      into.broken += from.broken;
+      into.robust_after += from.robust_after;
+      into.forward_passes += from.forward_passes;
+      into.seconds += from.seconds;
+      // A stage skipped on every batch stays skipped with its reason.
+      into.skipped = into.skipped && from.skipped;
+      if (into.skip_reason.empty()) into.skip_reason = from.skip_reason;
+    }
+  }
+  total.clean_correct += batch.clean_correct;
+  for (const auto& w : batch.warnings) {
+    if (std::find(total.warnings.begin(), total.warnings.end(), w) == total.warnings.end()) total.warnings.push_back(w);
+  }
+}
 
 // prepare_detectors on data already in its random order.
 void prepare_in_order(config::DefenseSpec& defense, const Model& raw_model, const EvaluationData& data,
@@ -323,6 +382,9 @@ Evaluation evaluate(config::Config& config, const Model& raw_model, const Evalua
     run.defended.assign(transfers.size(), 0.0);
     run.adaptive_defended.assign(transfers.size(), 0.0);
     run.l2_sum.assign(transfers.size(), 0.0);
+    run.forward_passes.assign(transfers.size(), 0);
+    run.auto_attack.resize(transfers.size());
+    run.classifier = attack::differentiable(*run.guard);
     run.negatives.resize(defense.detectors.size());
     run.positives.resize(defense.detectors.size());
     runs.push_back(std::move(run));
@@ -331,6 +393,12 @@ Evaluation evaluate(config::Config& config, const Model& raw_model, const Evalua
   // One batch at a time: the non-adaptive examples are computed once on the
   // bare model and sent through every defense; then each defense is attacked.
   const auto bare = attack::differentiable(model);
+  // The bare model as a service that shows every score: the non-adaptive
+  // attacker's black-box components (AutoAttack's Square) query it.
+  const auto bare_service =
+      GuardBuilder(model, config.defenses.empty() ? InputSpec(1, 28, 28) : config.defenses.front().input)
+          .set_output_policy(std::make_shared<conceal::Full>())
+          .build_shared();
   const bool any_detectors = std::any_of(config.defenses.begin(), config.defenses.end(),
                                          [](const config::DefenseSpec& d) { return !d.detectors.empty(); });
   const int64_t batch = batch_limit(config, settings.batch_size);
@@ -349,7 +417,8 @@ Evaluation evaluate(config::Config& config, const Model& raw_model, const Evalua
         gs.seed = settings.seed + static_cast<uint64_t>(begin);
         std::vector<torch::Tensor> transferred_examples;
         for (const auto& t : transfers) {
-          transferred_examples.push_back(run_attack(config.attacks[t.attack], bare, x, y, t.epsilon, gs).adversarial);
+          transferred_examples.push_back(
+              run_attack(config.attacks[t.attack], bare, x, y, t.epsilon, gs, bare_service.get()).adversarial);
         }
         // PGD at roc_epsilon: the positives of the ROC curves, and the
         // examples of the report (only those when no defense has detectors).
@@ -386,11 +455,26 @@ Evaluation evaluate(config::Config& config, const Model& raw_model, const Evalua
             const Verdicts transferred = run_guard(*run.guard, transferred_examples[i]);
             const auto transfer_ok = transferred.labels.eq(y) | transferred.flagged;
             attack::GradientSettings adaptive_settings = gs;
-            adaptive_settings.targeted = run.targeted;
-            adaptive_settings.eot_samples = std::min<int64_t>(spec.eot_samples, run.eot_samples_cap);
-            const auto adv = run_attack(spec, run.adaptive, x, run.targeted ? wrong_targets : y, transfers[i].epsilon,
-                                        adaptive_settings)
-                                 .adversarial;
+            torch::Tensor adv;
+            if (spec.type == "autoattack") {
+              // AutoAttack is untargeted on the Guard's classifier path (BPDA
+              // and, with the rand version, EOT), its Square querying the
+              // Guard; it does not know the detectors, whose flags the Guard
+              // verdict below still counts (the detector-aware attack is PGD's).
+              attack::AutoAttackResult details;
+              const auto r = run_attack(spec, run.classifier, x, y, transfers[i].epsilon, adaptive_settings,
+                                        run.guard.get(), &details);
+              adv = r.adversarial;
+              run.forward_passes[i] += r.queries.sum().item<int64_t>();
+              accumulate(run.auto_attack[i], details);
+            } else {
+              adaptive_settings.targeted = run.targeted;
+              adaptive_settings.eot_samples = std::min<int64_t>(spec.eot_samples, run.eot_samples_cap);
+              const auto r = run_attack(spec, run.adaptive, x, run.targeted ? wrong_targets : y, transfers[i].epsilon,
+                                        adaptive_settings);
+              adv = r.adversarial;
+              run.forward_passes[i] += r.queries.sum().item<int64_t>();
+            }
             // Worst case per image: an image counts as defended only if it
             // withstands both the adaptive attack and the transferred one.
             const Verdicts attacked = run_guard(*run.guard, adv);
@@ -442,6 +526,10 @@ Evaluation evaluate(config::Config& config, const Model& raw_model, const Evalua
       result.adaptive_accuracy = run.adaptive_defended[i] / total;
       result.mean_l2 = run.l2_sum[i] / total;
       result.images = n;
+      result.forward_passes = run.forward_passes[i];
+      result.stages = run.auto_attack[i].stages;
+      result.clean_correct = run.auto_attack[i].clean_correct;
+      result.warnings = run.auto_attack[i].warnings;
       outcome.attacks.push_back(result);
     }
     for (size_t k = 0; k < defense.detectors.size(); ++k) {

@@ -1,6 +1,7 @@
 // eval::write_report and summary_table: HTML, Markdown, JSON and the plots.
 #include "parry/eval/report.hpp"
 
+#include <algorithm>
 #include <cmath>
 #include <filesystem>
 #include <nlohmann/json.hpp>
@@ -123,6 +124,67 @@ std::string class_table(const Evaluation& e) {
   return out.str();
 }
 
+// AutoAttack's robust accuracy after each component, RobustBench style: one
+// table per AutoAttack entry of the config, one row per defense and ε.
+// Rows are cells; the first row is the header.
+std::vector<std::vector<std::vector<std::string>>> auto_attack_tables(const Evaluation& e) {
+  std::vector<std::string> labels;
+  for (const auto& d : e.defenses) {
+    for (const auto& a : d.attacks) {
+      if (a.is_auto_attack() && std::find(labels.begin(), labels.end(), a.attack) == labels.end()) {
+        labels.push_back(a.attack);
+      }
+    }
+  }
+  std::vector<std::vector<std::vector<std::string>>> tables;
+  for (const auto& label : labels) {
+    std::vector<std::vector<std::string>> rows;
+    for (const auto& d : e.defenses) {
+      for (const auto& a : d.attacks) {
+        if (a.attack != label || !a.is_auto_attack()) continue;
+        if (rows.empty()) {
+          std::vector<std::string> header{"defense", "ε", "n", "clean"};
+          for (const auto& stage : a.stages)
+            header.push_back(std::string("after ") + attack::to_string(stage.component));
+          header.insert(header.end(), {"forward passes", "sanity checks"});
+          rows.push_back(header);
+        }
+        const auto n = a.images;
+        std::vector<std::string> row{d.name, fixed(a.epsilon, 3), std::to_string(n),
+                                     rate_cell(static_cast<double>(a.clean_correct) / std::max<int64_t>(n, 1), n)};
+        for (const auto& stage : a.stages) {
+          row.push_back(stage.skipped
+                            ? "skipped: " + stage.skip_reason
+                            : rate_cell(static_cast<double>(stage.robust_after) / std::max<int64_t>(n, 1), n));
+        }
+        row.push_back(std::to_string(a.forward_passes));
+        row.push_back(a.warnings.empty() ? "passed" : std::to_string(a.warnings.size()) + " warning(s)");
+        rows.push_back(row);
+      }
+    }
+    tables.push_back(rows);
+  }
+  return tables;
+}
+
+// Every AutoAttack warning, as "defense, attack ε: sentence".
+std::vector<std::string> auto_attack_warnings(const Evaluation& e) {
+  std::vector<std::string> out;
+  for (const auto& d : e.defenses) {
+    for (const auto& a : d.attacks) {
+      for (const auto& w : a.warnings) out.push_back(d.name + ", " + a.attack + " ε=" + fixed(a.epsilon, 3) + ": " + w);
+    }
+  }
+  return out;
+}
+
+const char* kAutoAttackNote =
+    "AutoAttack (Croce & Hein 2020) attacks each defense's classifier path (BPDA through preprocessing; EOT over 20 "
+    "draws in the rand version); its Square queries the Guard itself. Robust accuracy after each component is judged "
+    "as the authors' code judges it, by the classifier's label (a detector's flag does not count there); the "
+    "adaptive column of the summary counts flags. Forward passes are the model evaluations the ensemble spent on all "
+    "images.";
+
 // {"low", "high", "n"}: the 95% Wilson interval of a rate and the images it rests on.
 nlohmann::json interval_json(double rate, int64_t n) {
   const Interval i = interval_of(rate, n);
@@ -173,7 +235,40 @@ nlohmann::json to_json(const Evaluation& e) {
                               {"accuracy_ci", interval_json(a.accuracy, a.images)},
                               {"adaptive_accuracy", a.adaptive_accuracy},
                               {"adaptive_accuracy_ci", interval_json(a.adaptive_accuracy, a.images)},
-                              {"adaptive_mean_l2", a.mean_l2}});
+                              {"adaptive_mean_l2", a.mean_l2},
+                              {"images", a.images},
+                              {"adaptive_forward_passes", a.forward_passes}});
+      if (!a.is_auto_attack()) continue;
+      const auto n = std::max<int64_t>(a.images, 1);
+      nlohmann::json stages = nlohmann::json::array();
+      for (const auto& stage : a.stages) {
+        const double robust = static_cast<double>(stage.robust_after) / static_cast<double>(n);
+        stages.push_back({{"component", attack::to_string(stage.component)},
+                          {"attacked", stage.attacked},
+                          {"broken", stage.broken},
+                          {"robust_accuracy", robust},
+                          {"robust_accuracy_ci", interval_json(robust, a.images)},
+                          {"forward_passes", stage.forward_passes},
+                          {"seconds", stage.seconds},
+                          {"skipped", stage.skipped},
+                          {"skip_reason", stage.skip_reason}});
+      }
+      auto& entry = j["attacks"].back();
+      entry["auto_attack"] = {{"stages", stages}, {"warnings", a.warnings}};
+      // The fields of a RobustBench model entry. Parry's Guard labels an
+      // input with one forward pass of the model (detectors add their own
+      // passes but do not change the label), hence number_forward_passes = 1.
+      const double clean = static_cast<double>(a.clean_correct) / static_cast<double>(n);
+      const double robust =
+          a.stages.empty() ? clean : static_cast<double>(a.stages.back().robust_after) / static_cast<double>(n);
+      j["robustbench"].push_back({{"attack", a.attack},
+                                  {"clean_acc", 100.0 * clean},
+                                  {"autoattack_acc", 100.0 * robust},
+                                  {"autoattack_acc_ci", interval_json(robust, a.images)},
+                                  {"eps", a.epsilon},
+                                  {"threat_model", "Linf"},
+                                  {"number_forward_passes", 1},
+                                  {"unreliable", !a.warnings.empty()}});
     }
     j["detectors"] = nlohmann::json::array();
     for (const auto& r : d.detectors) {
@@ -237,6 +332,28 @@ void write_report(const Evaluation& e, const std::string& directory) {
          << " |\n";
     }
   }
+  const auto tables = auto_attack_tables(e);
+  if (!tables.empty()) {
+    md << "\n## AutoAttack: robust accuracy after each component\n\n" << kAutoAttackNote << "\n";
+    for (const auto& rows : tables) {
+      md << "\n";
+      for (size_t r = 0; r < rows.size(); ++r) {
+        md << "|";
+        for (const auto& cell : rows[r]) md << " " << cell << " |";
+        md << "\n";
+        if (r == 0) {
+          md << "|---|";
+          for (size_t c = 1; c < rows[r].size(); ++c) md << "---:|";
+          md << "\n";
+        }
+      }
+    }
+    const auto warnings = auto_attack_warnings(e);
+    if (!warnings.empty()) {
+      md << "\nSanity-check warnings (the figure they concern is unreliable):\n\n";
+      for (const auto& w : warnings) md << "- " << w << "\n";
+    }
+  }
   md << "\n## Clean accuracy per class\n\n" << class_table(e);
   md << "\n## Defenses\n\n";
   for (const auto& d : e.defenses) md << "- **" << d.name << "**: `" << d.description << "`\n";
@@ -268,7 +385,28 @@ void write_report(const Evaluation& e, const std::string& directory) {
     }
     html << "<td>" << fixed(d.latency_ms, 2) << " ms</td><td>" << fixed(d.images_per_second, 0) << "</td></tr>\n";
   }
-  html << "</table>\n<h2>Clean accuracy per class</h2>\n<table><tr><th>class</th>";
+  html << "</table>\n";
+  if (!tables.empty()) {
+    html << "<h2>AutoAttack: robust accuracy after each component</h2>\n<p>" << html_escape(kAutoAttackNote)
+         << "</p>\n";
+    for (const auto& rows : tables) {
+      html << "<table>";
+      for (size_t r = 0; r < rows.size(); ++r) {
+        html << "<tr>";
+        for (const auto& cell : rows[r])
+          html << (r == 0 ? "<th>" : "<td>") << html_escape(cell) << (r == 0 ? "</th>" : "</td>");
+        html << "</tr>\n";
+      }
+      html << "</table>\n";
+    }
+    const auto warnings = auto_attack_warnings(e);
+    if (!warnings.empty()) {
+      html << "<p>Sanity-check warnings (the figure they concern is unreliable):</p>\n<ul>";
+      for (const auto& w : warnings) html << "<li>" << html_escape(w) << "</li>";
+      html << "</ul>\n";
+    }
+  }
+  html << "<h2>Clean accuracy per class</h2>\n<table><tr><th>class</th>";
   for (const auto& d : e.defenses) html << "<th>" << html_escape(d.name) << "</th>";
   html << "</tr>\n";
   for (size_t c = 0; c < e.classes.size(); ++c) {

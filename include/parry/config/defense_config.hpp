@@ -74,13 +74,22 @@ struct DefenseSpec {
 
 /// An attack of the evaluation. Budgets ε come from EvaluationSpec::epsilons.
 struct AttackSpec {
-  std::string type;                 ///< "fgsm", "pgd" or "cw" (C&W-L2, minimum distortion; ε unused)
-  int64_t steps = 40;               ///< pgd
+  /// "fgsm", "pgd", "cw" (C&W-L2, minimum distortion; ε unused) or
+  /// "autoattack" (attack::auto_attack, L∞ at each ε).
+  std::string type;
+  int64_t steps = 40;               ///< pgd; autoattack: APGD and FAB iterations (default 100)
   double step_ratio = 0.1;          ///< pgd: step size as a fraction of ε
   int64_t restarts = 1;             ///< pgd
   int64_t binary_search_steps = 5;  ///< cw
   int64_t max_iterations = 100;     ///< cw
   int64_t eot_samples = 4;          ///< adaptive runs against randomised defenses
+  /// autoattack: "standard", "plus", "rand" or "custom" (given by `components`).
+  std::string version = "standard";
+  /// autoattack: the components of a custom ensemble, in order ("apgd-ce",
+  /// "apgd-dlr", "apgd-t", "fab", "fab-t", "square"); empty for a published version.
+  std::vector<std::string> components;
+  int64_t square_queries = 5000;  ///< autoattack: Square's queries per image
+  int64_t target_classes = 9;     ///< autoattack: targets of APGD-T and FAB-T
 };
 
 struct EvaluationSpec {

@@ -32,6 +32,7 @@
 #include <string>
 #include <vector>
 
+#include "parry/attack/auto_attack.hpp"
 #include "parry/config/defense_config.hpp"
 #include "parry/core/model.hpp"
 #include "parry/data/image_source.hpp"
@@ -48,6 +49,19 @@ struct AttackOutcome {
   double adaptive_accuracy = 0.0;
   double mean_l2 = 0.0;  ///< mean L2 of the adaptive perturbations
   int64_t images = 0;    ///< n: the images both accuracies rest on
+  /// Model evaluations the adaptive attack spent, summed over the images.
+  int64_t forward_passes = 0;
+  /// AutoAttack only (empty otherwise): the adaptive ensemble's stages, their
+  /// counts summed over the batches. Its robust accuracy after a stage is
+  /// stage.robust_after / images, judged as the authors' code judges it (the
+  /// classifier's label; a detector's flag does not count).
+  std::vector<attack::AutoAttackStage> stages;
+  /// AutoAttack: images the classifier got right before any attack (RobustBench's clean_acc · images).
+  int64_t clean_correct = 0;
+  /// AutoAttack: its sanity-check warnings on any batch, each once. Non-empty
+  /// means RobustBench's "unreliable".
+  std::vector<std::string> warnings;
+  bool is_auto_attack() const { return !stages.empty(); }
 };
 
 struct DetectorOutcome {
