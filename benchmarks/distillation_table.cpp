@@ -13,7 +13,9 @@
 //   FGSM and PGD-40 through the plain gradient of the cross-entropy at T = 1;
 //   C&W-L2 (6 × 100 iterations) on the logits;
 //   PGD-40 on the cross-entropy of logits / T (the adaptive fix: undo the
-//   temperature so the softmax does not saturate).
+//   temperature so the softmax does not saturate);
+//   APGD-DLR (100 iterations) and AutoAttack standard on the logits, which
+//   need no knowledge of T (the DLR loss ignores the logits' scale).
 #include <chrono>
 #include <cstdio>
 #include <vector>
@@ -63,8 +65,8 @@ int main(int argc, char** argv) {
     const auto test = data::load_fashion_mnist(data::kDebianFashionMnistDir, false);
     std::printf(
         "| T | clean accuracy | median ‖∇ₓ CE‖₁ at T=1 | FGSM success | PGD-40 success | C&W-L2 success (median L2) "
-        "| PGD-40 on logits/T success | training s |\n");
-    std::printf("| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |\n");
+        "| PGD-40 on logits/T success | APGD-DLR success | AutoAttack success | training s |\n");
+    std::printf("| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |\n");
     std::fflush(stdout);
     for (const double t : temperatures) {
       const auto start = std::chrono::steady_clock::now();
@@ -96,9 +98,24 @@ int main(int argc, char** argv) {
       const auto cw = run_chunked([&](auto& a, auto& b) { return attack::carlini_wagner_l2(f, a, b); }, x, y);
       const auto adaptive =
           run_chunked([&](auto& a, auto& b) { return attack::pgd(f_scaled, a, b, pgd_options); }, x, y);
-      std::printf("| %.0f | %.2f%% | %.2e | %.1f%% | %.1f%% | %.1f%% (%.2f) | %.1f%% | %.0f |\n", t, 100 * clean,
-                  median_gradient_l1(student, x, y), 100 * fgsm.success, 100 * pgd.success, 100 * cw.success,
-                  cw.median_l2, 100 * adaptive.success, training_seconds);
+      // The parameter-free attacks, on the deployed student's own logits (no
+      // knowledge of T): APGD-DLR, and the standard AutoAttack whose Square
+      // queries a Guard that shows the student's probabilities.
+      const auto dlr = run_chunked(
+          [&](auto& a, auto& b) { return attack::apgd(f, a, b, attack::ApgdOptions(0.1).loss(attack::ApgdLoss::Dlr)); },
+          x, y);
+      const auto service = GuardBuilder(student, InputSpec(1, 28, 28).max_batch(256))
+                               .set_output_policy(std::make_shared<conceal::Full>())
+                               .build_shared();
+      const auto aa = run_chunked(
+          [&](auto& a, auto& b) {
+            return attack::auto_attack(f, service.get(), a, b, attack::AutoAttackOptions(0.1)).attack;
+          },
+          x, y);
+      std::printf("| %.0f | %.2f%% | %.2e | %.1f%% | %.1f%% | %.1f%% (%.2f) | %.1f%% | %.1f%% | %.1f%% | %.0f |\n", t,
+                  100 * clean, median_gradient_l1(student, x, y), 100 * fgsm.success, 100 * pgd.success,
+                  100 * cw.success, cw.median_l2, 100 * adaptive.success, 100 * dlr.success, 100 * aa.success,
+                  training_seconds);
       std::fprintf(stderr, "T=%.0f: teacher loss %.4f, student loss %.4f, agreement %.4f, %.0f s in all\n", t,
                    summary.teacher_loss, summary.student_loss, summary.label_agreement, seconds_since(start));
       std::fflush(stdout);
