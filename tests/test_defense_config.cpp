@@ -33,6 +33,7 @@ TEST(DefenseConfig, TheDocumentedExampleBuildsEveryComponent) {
   const auto config = config::parse_config(config::example_config(), reference_model(), kGrayInput);
   EXPECT_EQ(config.evaluation.images, 500);
   EXPECT_EQ(config.evaluation.epsilons, (std::vector<double>{0.03, 0.05, 0.1}));
+  EXPECT_EQ(config.evaluation.black_box.images, 20);
   ASSERT_EQ(config.attacks.size(), 3u);
   EXPECT_EQ(config.attacks[1].type, "pgd");
   EXPECT_EQ(config.attacks[1].steps, 40);

@@ -195,6 +195,9 @@ TEST(Report, EvaluatesEveryDefenseAndWritesConsistentFilesAndPlots) {
   }
   const auto html = read(dir.file("report.html"));
   EXPECT_EQ(html.rfind("<!DOCTYPE html>", 0), 0u);
+  EXPECT_NE(html.find("<h2>Black-box attacks through the full Guard</h2>"), std::string::npos);
+  EXPECT_NE(html.find("<h3>squeeze</h3>"), std::string::npos);
+  EXPECT_NE(html.find("Wilson score interval"), std::string::npos);
   size_t images = 0;
   for (size_t at = html.find("data:image/png;base64,"); at != std::string::npos;
        at = html.find("data:image/png;base64,", at + 1)) {

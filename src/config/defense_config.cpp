@@ -294,7 +294,9 @@ Config load_config(const std::string& path, const Model& model, const std::optio
 std::string example_config() {
   return R"({
   "evaluation": {"images": 500, "epsilons": [0.03, 0.05, 0.1], "roc_epsilon": 0.1,
-                 "calibration_images": 2000, "latency_repeats": 20, "batch_size": 128, "seed": 0},
+                 "calibration_images": 2000, "latency_repeats": 20, "batch_size": 128, "seed": 0,
+                 "black_box": {"images": 20, "square_queries": 1000, "hop_skip_jump_queries": 1000,
+                               "l2_epsilon": 1.5}},
   "attacks": [
     {"type": "fgsm"},
     {"type": "pgd", "steps": 40, "step_ratio": 0.1, "restarts": 1, "eot_samples": 4},
