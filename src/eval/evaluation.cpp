@@ -440,7 +440,8 @@ Evaluation evaluate(config::Config& config, const Model& raw_model, const Evalua
     const auto& defense = config.defenses[d];
     DefenseOutcome outcome;
     outcome.name = defense.name;
-    // Gates included, with fresh state where they can be built anew (the config's own are never used).
+    // Gates included, built fresh where they have factories, so that the
+    // latency runs leave the config's own gates as they were.
     const auto full = defense.gate_factories.size() == defense.gates.size() ? defense.build_fresh_guard(raw_model)
                                                                             : defense.build_guard(raw_model);
     outcome.description = full->describe();
