@@ -54,9 +54,10 @@ std::shared_ptr<const data::ImageSource> fashion_source(bool train, int64_t n) {
 
 eval::Evaluation tiny_evaluation() {
   auto config = config::parse_config(R"({
-    "evaluation": {"images": 16, "epsilons": [0.05, 0.1], "calibration_images": 60, "latency_repeats": 2},
+    "evaluation": {"images": 16, "epsilons": [0.05, 0.1], "calibration_images": 60, "latency_repeats": 2,
+                   "black_box": {"images": 3, "square_queries": 60, "hop_skip_jump_queries": 150, "l2_epsilon": 2.0}},
     "attacks": [{"type": "fgsm"}, {"type": "pgd", "steps": 3, "eot_samples": 1}],
-    "defenses": [{"name": "undefended"},
+    "defenses": [{"name": "undefended", "output": {"policy": "full"}},
                  {"name": "squeeze", "preprocess": [{"type": "bit_depth", "bits": 2}],
                   "detectors": [{"type": "mc_dropout", "samples": 5}, {"type": "kernel_density", "fit_images": 200}]}]
   })",
@@ -148,6 +149,35 @@ TEST(Report, EvaluatesEveryDefenseAndWritesConsistentFilesAndPlots) {
     }
     EXPECT_EQ(class_total, n);
   }
+  // Black-box rows: the settings once, then per defense Square at each ε and HopSkipJump, with intervals.
+  EXPECT_EQ(metrics["black_box"]["images"], 3);
+  EXPECT_EQ(metrics["black_box"]["l2_epsilon"], 2.0);
+  EXPECT_NE(markdown.find("## Black-box attacks through the full Guard"), std::string::npos);
+  for (const auto& d : metrics["defenses"]) {
+    ASSERT_EQ(d["black_box"].size(), 3u) << d["name"];
+    EXPECT_NE(markdown.find("### " + d["name"].get<std::string>() + "\n"), std::string::npos);
+    for (const auto& b : d["black_box"]) {
+      if (!b["applicable"].get<bool>()) {
+        // The squeeze defense answers with labels only.
+        EXPECT_EQ(d["name"], "squeeze");
+        EXPECT_EQ(b["attack"], "Square");
+        EXPECT_EQ(b["not_applicable"], "label-only answers");
+        continue;
+      }
+      EXPECT_EQ(b["images"], 3);
+      expect_wilson(b["success_rate"], b["success_rate_ci"], 3, b["attack"].get<std::string>());
+      const std::string cell = with_interval(b["success_rate"], b["success_rate_ci"]);
+      EXPECT_NE(markdown.find(cell.substr(0, cell.size() - 1) + ", n = 3)"), std::string::npos) << cell;
+      EXPECT_LE(b["median_queries"].get<double>(), b["query_budget"].get<double>());
+      EXPECT_EQ(b["stopped"], 0);  // no gates
+      if (b["attack"] == "HopSkipJump") {
+        EXPECT_EQ(b["epsilon"], 2.0);
+      }
+    }
+  }
+  EXPECT_TRUE(metrics["defenses"][0]["black_box"][0]["applicable"].get<bool>());  // full scores: Square runs
+  EXPECT_FALSE(metrics["defenses"][1]["black_box"][0]["applicable"].get<bool>());
+
   const std::vector<std::tuple<std::string, int, int>> plots = {
       {"accuracy_vs_epsilon.png", 860, 520}, {"roc.png", 860, 560}, {"examples.png", 0, 0}, {"latency.png", 860, 138}};
   for (const auto& [name, width, height] : plots) {
@@ -165,6 +195,9 @@ TEST(Report, EvaluatesEveryDefenseAndWritesConsistentFilesAndPlots) {
   }
   const auto html = read(dir.file("report.html"));
   EXPECT_EQ(html.rfind("<!DOCTYPE html>", 0), 0u);
+  EXPECT_NE(html.find("<h2>Black-box attacks through the full Guard</h2>"), std::string::npos);
+  EXPECT_NE(html.find("<h3>squeeze</h3>"), std::string::npos);
+  EXPECT_NE(html.find("Wilson score interval"), std::string::npos);
   size_t images = 0;
   for (size_t at = html.find("data:image/png;base64,"); at != std::string::npos;
        at = html.find("data:image/png;base64,", at + 1)) {

@@ -1,5 +1,6 @@
 // parry demo: the main job on Fashion-MNIST. Trains (first run) or loads the
 // reference model, evaluates each defense family and writes the report.
+#include <algorithm>
 #include <chrono>
 #include <cstdio>
 #include <filesystem>
@@ -16,7 +17,9 @@ namespace {
 // later run takes about two minutes on 2 cores.
 const char* kDemoConfig = R"({
   "evaluation": {"images": 150, "epsilons": [0.05, 0.1], "roc_epsilon": 0.1, "calibration_images": 500,
-                 "latency_repeats": 20, "seed": 0},
+                 "latency_repeats": 20, "seed": 0,
+                 "black_box": {"images": 20, "square_queries": 1000, "hop_skip_jump_queries": 1000,
+                               "l2_epsilon": 1.5}},
   "attacks": [{"type": "fgsm"}, {"type": "pgd", "steps": 10, "step_ratio": 0.25, "eot_samples": 2}],
   "defenses": [
     {"name": "undefended", "output": {"policy": "full"}},
@@ -56,8 +59,11 @@ int run_demo(const CommonOptions& common, std::string cache_dir, const std::stri
   std::printf("reference model: test accuracy %.2f%% on %lld test images of %s\n",
               100.0 * streamed_accuracy(model, *splits.test), static_cast<long long>(splits.test->size()),
               splits.test->name().c_str());
-  std::printf("evaluating %zu defenses against FGSM and PGD on %lld test images (progress on stderr)\n",
-              config.defenses.size(), static_cast<long long>(config.evaluation.images));
+  std::printf(
+      "evaluating %zu defenses against FGSM and PGD on %lld test images, and against Square and HopSkipJump through "
+      "the full Guard on %lld of them (progress on stderr)\n",
+      config.defenses.size(), static_cast<long long>(config.evaluation.images),
+      static_cast<long long>(std::min(config.evaluation.black_box.images, config.evaluation.images)));
   std::fflush(stdout);
   const auto evaluation = eval::evaluate(config, model, data, print_progress);
   eval::write_report(evaluation, out);
@@ -65,6 +71,7 @@ int run_demo(const CommonOptions& common, std::string cache_dir, const std::stri
   std::printf(
       "Each attack cell: accuracy (right label or flagged) against an attacker who does not know the defense / one "
       "who attacks it (BPDA, EOT, detector-aware).\n");
+  std::printf("\n%s", eval::black_box_tables(evaluation).c_str());
 
   // One defended request, as a service would answer it.
   auto& combined = config.defenses.back();

@@ -42,8 +42,8 @@ int run_eval(const CommonOptions& common, const EvalOptions& opts) {
   }
   const auto evaluation = eval::evaluate(config, model, data, print_progress, ready);
   eval::write_report(evaluation, opts.out);
-  std::printf("%s\nreport: %s/report.html (also report.md, metrics.json, *.png)\n",
-              eval::summary_table(evaluation).c_str(), opts.out.c_str());
+  std::printf("%s\n%s\nreport: %s/report.html (also report.md, metrics.json, *.png)\n",
+              eval::summary_table(evaluation).c_str(), eval::black_box_tables(evaluation).c_str(), opts.out.c_str());
   return 0;
 }
 

@@ -36,6 +36,7 @@ class Oracle {
             return false;
           }
           queries_ += static_cast<int64_t>(r.labels.size());
+          flagged_ += r.verdict == Verdict::Flagged;
           labels.insert(labels.end(), r.labels.begin(), r.labels.end());
           return true;
         });
@@ -50,6 +51,7 @@ class Oracle {
   }
   bool stopped() const { return exhausted_ || !rejected_reason_.empty(); }
   int64_t queries() const { return queries_; }
+  int64_t flagged() const { return flagged_; }
   const std::string& rejected_reason() const { return rejected_reason_; }
 
  private:
@@ -59,6 +61,7 @@ class Oracle {
   bool targeted_;
   int64_t budget_;
   int64_t queries_ = 0;
+  int64_t flagged_ = 0;  // answers with verdict Flagged
   bool exhausted_ = false;
   std::string rejected_reason_;
 };
@@ -147,6 +150,7 @@ AttackResult hop_skip_jump(const Guard& guard, const torch::Tensor& x, const tor
     if (already && *already) {
       result.success[i] = true;
       result.queries[i] = oracle.queries();
+      result.flagged_answers += oracle.flagged();
       continue;
     }
     // A start on the adversarial side: the given image of the target class,
@@ -212,6 +216,7 @@ AttackResult hop_skip_jump(const Guard& guard, const torch::Tensor& x, const tor
       }
     }
     result.queries[i] = oracle.queries();
+    result.flagged_answers += oracle.flagged();
     if (!oracle.rejected_reason().empty()) {
       result.stopped_by_defense = true;
       result.stop_reason = oracle.rejected_reason();

@@ -20,11 +20,13 @@ namespace {
 struct QueryResult {
   torch::Tensor log_scores;
   std::string rejected_reason;
+  int64_t flagged = 0;  // answers with verdict Flagged
 };
 
 QueryResult query(const Guard& guard, const torch::Tensor& x, const RequestContext& context) {
   std::vector<torch::Tensor> parts;
   std::string rejected;
+  int64_t flagged = 0;
   const bool answered =
       parry::detail::for_each_chunk(x.size(0), guard.input_spec().max_batch(), [&](int64_t begin, int64_t end) {
         const Response r = guard.predict(x.slice(0, begin, end), context);
@@ -37,11 +39,12 @@ QueryResult query(const Guard& guard, const torch::Tensor& x, const RequestConte
               "square: the Guard's output policy does not reveal every class score; the Square Attack is "
               "score-based (use a decision-based attack against label-only answers)");
         }
+        flagged += r.verdict == Verdict::Flagged;
         parts.push_back(r.scores);
         return true;
       });
-  if (!answered) return {torch::Tensor(), rejected};
-  return {torch::log(torch::cat(parts).to(torch::kFloat32).clamp_min(1e-12)), ""};
+  if (!answered) return {torch::Tensor(), rejected, flagged};
+  return {torch::log(torch::cat(parts).to(torch::kFloat32).clamp_min(1e-12)), "", flagged};
 }
 
 // Margin loss per sample: negative once the attack succeeds.
@@ -130,6 +133,7 @@ AttackResult square(const Guard& guard, const torch::Tensor& x, const torch::Ten
   const torch::Tensor stripes = (torch::randint(0, 2, {n, c, 1, w}, gen, x0.options()) * 2 - 1) * eps;
   torch::Tensor best = (x0 + stripes).clamp(range.clip_min, range.clip_max);
   QueryResult q = query(guard, best, context);
+  result.flagged_answers += q.flagged;
   if (!q.log_scores.defined()) {
     result.stopped_by_defense = true;
     result.stop_reason = q.rejected_reason;
@@ -167,6 +171,7 @@ AttackResult square(const Guard& guard, const torch::Tensor& x, const torch::Ten
       }
     }
     q = query(guard, candidates, context);
+    result.flagged_answers += q.flagged;
     if (!q.log_scores.defined()) {
       result.stopped_by_defense = true;
       result.stop_reason = q.rejected_reason;

@@ -63,7 +63,21 @@ DefenseSpec parse_defense(const json& value, const std::string& path, const Mode
   BuildContext context;
   context.model = &model;
   context.input = spec.input;
-  for (auto& c : parse_components(o, "gates", ComponentKind::Gate, context)) spec.gates.push_back(c.gate);
+  {
+    // Each gate with its factory: the same JSON entry, built again on demand.
+    const json& list = o.array("gates");
+    BuildContext gate_context = context;
+    gate_context.model = nullptr;  // gates never read the model; the factory outlives parse_config
+    for (size_t i = 0; i < list.size(); ++i) {
+      const std::string entry = o.child("gates") + "[" + std::to_string(i) + "]";
+      spec.gates.push_back(build_any(ComponentKind::Gate, list[i], entry, gate_context).gate);
+      spec.gate_factories.push_back([value = list[i], entry, gate_context](const std::function<double()>& clock) {
+        BuildContext fresh = gate_context;
+        fresh.clock = clock;
+        return build_any(ComponentKind::Gate, value, entry, fresh).gate;
+      });
+    }
+  }
   const json& pre = o.array("preprocess");
   for (size_t i = 0; i < pre.size(); ++i) {
     const std::string entry = o.child("preprocess") + "[" + std::to_string(i) + "]";
@@ -127,6 +141,17 @@ AttackSpec parse_attack(const json& value, const std::string& path) {
   return spec;
 }
 
+BlackBoxSpec parse_black_box(const json& value, const std::string& path) {
+  Object o(value, path);
+  BlackBoxSpec spec;
+  spec.images = o.integer("images", spec.images, 0, 100000);
+  spec.square_queries = o.integer("square_queries", spec.square_queries, 1, 1000000);
+  spec.hop_skip_jump_queries = o.integer("hop_skip_jump_queries", spec.hop_skip_jump_queries, 10, 1000000);
+  spec.l2_epsilon = o.number("l2_epsilon", spec.l2_epsilon, positive, "must be finite and > 0");
+  o.finish();
+  return spec;
+}
+
 EvaluationSpec parse_evaluation(const json& value, const std::string& path) {
   Object o(value, path);
   EvaluationSpec spec;
@@ -145,6 +170,7 @@ EvaluationSpec parse_evaluation(const json& value, const std::string& path) {
   spec.calibration_images = o.integer("calibration_images", spec.calibration_images, 10, 10000);
   spec.latency_repeats = o.integer("latency_repeats", spec.latency_repeats, 1, 100000);
   spec.seed = static_cast<uint64_t>(o.integer("seed", 0, 0, INT64_MAX));
+  if (o.has("black_box")) spec.black_box = parse_black_box(o.get("black_box"), o.child("black_box"));
   o.finish();
   return spec;
 }
@@ -189,13 +215,48 @@ bool DefenseSpec::is_randomised() const {
   return false;
 }
 
-std::shared_ptr<const Guard> DefenseSpec::build_guard(const Model& model) const {
-  GuardBuilder builder(model_for(model), input);
+DefenseSpec& DefenseSpec::add_gate(GateFactory factory) {
+  if (!factory) throw OptionError("DefenseSpec::add_gate: the gate factory is empty");
+  auto gate = factory({});
+  if (!gate) throw OptionError("DefenseSpec::add_gate: the factory built no gate");
+  gates.push_back(std::move(gate));
+  gate_factories.push_back(std::move(factory));
+  return *this;
+}
+
+std::vector<std::shared_ptr<Gate>> DefenseSpec::fresh_gates(const std::function<double()>& clock) const {
+  if (gate_factories.size() != gates.size()) {
+    throw OptionError("defense '" + name + "': " + std::to_string(gates.size()) + " gates but " +
+                      std::to_string(gate_factories.size()) +
+                      " gate factories; add gates with DefenseSpec::add_gate so that they can be built with fresh "
+                      "state");
+  }
+  std::vector<std::shared_ptr<Gate>> out;
+  for (const auto& factory : gate_factories) out.push_back(factory(clock));
+  return out;
+}
+
+namespace {
+
+std::shared_ptr<const Guard> guard_with(const DefenseSpec& spec, const Model& model,
+                                        const std::vector<std::shared_ptr<Gate>>& gates) {
+  GuardBuilder builder(spec.model_for(model), spec.input);
   for (const auto& g : gates) builder.add_gate(g);
-  for (const auto& p : preprocessors) builder.add_preprocessor(p);
-  for (const auto& d : detectors) builder.add_detector(d.detector);
-  if (output) builder.set_output_policy(output);
+  for (const auto& p : spec.preprocessors) builder.add_preprocessor(p);
+  for (const auto& d : spec.detectors) builder.add_detector(d.detector);
+  if (spec.output) builder.set_output_policy(spec.output);
   return builder.build_shared();
+}
+
+}  // namespace
+
+std::shared_ptr<const Guard> DefenseSpec::build_fresh_guard(const Model& model,
+                                                            const std::function<double()>& clock) const {
+  return guard_with(*this, model, fresh_gates(clock));
+}
+
+std::shared_ptr<const Guard> DefenseSpec::build_guard(const Model& model) const {
+  return guard_with(*this, model, gates);
 }
 
 Config parse_config(const std::string& json_text, const Model& model, const std::optional<InputSpec>& data_input) {
@@ -262,7 +323,9 @@ Config load_config(const std::string& path, const Model& model, const std::optio
 std::string example_config() {
   return R"({
   "evaluation": {"images": 500, "epsilons": [0.03, 0.05, 0.1], "roc_epsilon": 0.1,
-                 "calibration_images": 2000, "latency_repeats": 20, "batch_size": 128, "seed": 0},
+                 "calibration_images": 2000, "latency_repeats": 20, "batch_size": 128, "seed": 0,
+                 "black_box": {"images": 20, "square_queries": 1000, "hop_skip_jump_queries": 1000,
+                               "l2_epsilon": 1.5}},
   "attacks": [
     {"type": "fgsm"},
     {"type": "pgd", "steps": 40, "step_ratio": 0.1, "restarts": 1, "eot_samples": 4},

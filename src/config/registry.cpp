@@ -344,6 +344,7 @@ void add_gates(std::vector<ComponentDescriptor>& out) {
     d.adaptive = AdaptiveAttack::BlackBox;
     d.build = [b](Reader& r) {
       ThrottleOptions options = b.read(r);
+      if (r.context().clock) options.clock(r.context().clock);
       // Without its own burst, the global bucket holds one second of global_rate.
       if (options.global_rate() > 0 && !r.object().has("global_burst")) {
         detail::at_path(r.path(), [&] { options.global_burst(options.global_rate()); });

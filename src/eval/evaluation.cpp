@@ -357,6 +357,7 @@ Evaluation evaluate(config::Config& config, const Model& raw_model, const Evalua
   }
 
   std::vector<DefenseRun> runs;
+  std::vector<std::vector<BlackBoxOutcome>> black_box_rows;  // per defense
   for (auto& defense : config.defenses) {
     config::DefenseSpec no_gates = defense;
     no_gates.gates.clear();
@@ -497,6 +498,22 @@ Evaluation evaluate(config::Config& config, const Model& raw_model, const Evalua
       },
       0, n);
 
+  // Black-box rows on the first black_box.images attacked images.
+  evaluation.black_box = settings.black_box;
+  evaluation.black_box.images = std::min(settings.black_box.images, n);
+  if (evaluation.black_box.images > 0) {
+    const auto subset = data.test->read(0, evaluation.black_box.images);
+    for (size_t d = 0; d < runs.size(); ++d) {
+      const auto started = Clock::now();
+      say(progress, "defense " + std::to_string(d + 1) + "/" + std::to_string(runs.size()) + " (" +
+                        config.defenses[d].name + "): black-box attacks on " +
+                        std::to_string(evaluation.black_box.images) + " images through the full Guard");
+      black_box_rows.push_back(
+          black_box(config.defenses[d], raw_model, subset.images, subset.labels, settings, progress));
+      say(progress, "  in " + fixed(std::chrono::duration<double>(Clock::now() - started).count(), 1) + " s");
+    }
+  }
+
   const auto one = data.test->read(0, 1).images;
   // Throughput at the evaluation's batch (at most 256): memory stays that of one batch.
   const int64_t throughput_n = std::min<int64_t>(batch_limit(config, std::min<int64_t>(256, settings.batch_size)), n);
@@ -507,7 +524,10 @@ Evaluation evaluate(config::Config& config, const Model& raw_model, const Evalua
     const auto& defense = config.defenses[d];
     DefenseOutcome outcome;
     outcome.name = defense.name;
-    const auto full = defense.build_guard(raw_model);  // gates included
+    // Gates included, built fresh where they have factories, so that the
+    // latency runs leave the config's own gates as they were.
+    const auto full = defense.gate_factories.size() == defense.gates.size() ? defense.build_fresh_guard(raw_model)
+                                                                            : defense.build_guard(raw_model);
     outcome.description = full->describe();
     const auto total = static_cast<double>(n);
     outcome.clean_accuracy = run.clean_correct / total;
@@ -547,6 +567,7 @@ Evaluation evaluate(config::Config& config, const Model& raw_model, const Evalua
       r.clean_images = neg.numel();
       outcome.detectors.push_back(r);
     }
+    if (d < black_box_rows.size()) outcome.black_box = black_box_rows[d];
     // Latency with the full Guard (gates included), one client per call.
     for (int i = 0; i < 3; ++i) full->predict(one, RequestContext{"warm-up"});
     auto t0 = Clock::now();

@@ -38,7 +38,78 @@ std::string rate_cell_n(double rate, int64_t n) {
   return percent(rate) + " (" + interval_text(rate, n) + ", n = " + std::to_string(n) + ")";
 }
 
+// The explanation of the black-box rows, stated once.
+std::string black_box_sentence(const Evaluation& e) {
+  const auto& b = e.black_box;
+  return "Square (score-based, L∞ at each ε, at most " + std::to_string(b.square_queries) +
+         " queries per image) and HopSkipJump (decision-based, labels only, L2, at most " +
+         std::to_string(b.hop_skip_jump_queries) +
+         " queries per image) attack each defense through Guard::predict of its full Guard (gates, preprocessing, "
+         "detectors, output policy) on the first " +
+         std::to_string(b.images) +
+         " images, one run per image. Each run meets fresh gates, as a new attacker meets a deployed service: "
+         "throttle buckets full, query-monitor store empty, one client id, and a throttle clock that stands still "
+         "(the attacker never waits). A run succeeds when its final image is labelled wrongly and not flagged by "
+         "the Guard, and for HopSkipJump, a minimum-distortion attack, lies within L2 " +
+         fixed(b.l2_epsilon, 2) +
+         " of the clean image. Stopped: a gate refused a query and the run ended there; flagged: a gate or detector "
+         "flagged at least one of its answers. This is a budget-limited attacker that does not adapt to the gates.";
+}
+
+// "3/20 (rate_limited)".
+std::string runs_cell(int64_t count, int64_t n, const std::vector<std::string>& reasons = {}) {
+  std::string out = std::to_string(count) + "/" + std::to_string(n);
+  if (count > 0 && !reasons.empty()) {
+    out += " (";
+    for (size_t i = 0; i < reasons.size(); ++i) out += (i ? ", " : "") + reasons[i];
+    out += ")";
+  }
+  return out;
+}
+
+std::string budget_cell(const BlackBoxOutcome& o) {
+  return (o.norm == "l2" ? "L2 ≤ " + fixed(o.epsilon, 2) : "L∞ ε=" + fixed(o.epsilon, 2)) + ", " +
+         std::to_string(o.query_budget) + " queries";
+}
+
+std::string median_l2_cell(const BlackBoxOutcome& o) {
+  if (o.norm != "l2" || !o.applicable) return "–";
+  return std::isfinite(o.median_l2) ? fixed(o.median_l2, 2) : "∞ (over half found none)";
+}
+
+// The cells of one black-box row: attack, budget, success, median queries, median L2, stopped, flagged.
+std::vector<std::string> black_box_cells(const BlackBoxOutcome& o) {
+  if (!o.applicable) return {o.attack, budget_cell(o), "not applicable: " + o.not_applicable, "–", "–", "–", "–"};
+  return {o.attack,
+          budget_cell(o),
+          rate_cell_n(o.success_rate, o.images),
+          fixed(o.median_queries, 0),
+          median_l2_cell(o),
+          runs_cell(o.stopped, o.images, o.stop_reasons),
+          runs_cell(o.flagged, o.images)};
+}
+
+const char* const kBlackBoxHeader[] = {
+    "attack", "budget", "success", "median queries", "median L2", "stopped by the gates", "flagged"};
+
 }  // namespace
+
+std::string black_box_tables(const Evaluation& e) {
+  if (e.black_box.images == 0) return "";
+  std::ostringstream out;
+  out << black_box_sentence(e) << "\n";
+  for (const auto& d : e.defenses) {
+    out << "\n### " << d.name << "\n\n|";
+    for (const char* h : kBlackBoxHeader) out << " " << h << " |";
+    out << "\n|---|---|---:|---:|---:|---:|---:|\n";
+    for (const auto& o : d.black_box) {
+      out << "|";
+      for (const auto& cell : black_box_cells(o)) out << " " << cell << " |";
+      out << "\n";
+    }
+  }
+  return out.str();
+}
 
 std::string summary_table(const Evaluation& e) {
   std::ostringstream out;
@@ -204,6 +275,12 @@ nlohmann::json to_json(const Evaluation& e) {
   root["throughput_batch"] = e.throughput_batch;
   root["seconds"] = e.seconds;
   root["example_epsilon"] = e.example_epsilon;
+  root["black_box"] = {{"images", e.black_box.images},
+                       {"square_queries", e.black_box.square_queries},
+                       {"hop_skip_jump_queries", e.black_box.hop_skip_jump_queries},
+                       {"l2_epsilon", e.black_box.l2_epsilon},
+                       {"gates", "fresh per run: throttle buckets full, query-monitor store empty, clock held still"},
+                       {"client_ids", {"eval-square", "eval-hop-skip-jump"}}};
   for (const auto& d : e.defenses) {
     nlohmann::json j;
     j["name"] = d.name;
@@ -281,6 +358,30 @@ nlohmann::json to_json(const Evaluation& e) {
                                 {"roc_fpr", r.roc_fpr},
                                 {"roc_tpr", r.roc_tpr}});
     }
+    j["black_box"] = nlohmann::json::array();
+    for (const auto& o : d.black_box) {
+      nlohmann::json b = {{"attack", o.attack},
+                          {"norm", o.norm},
+                          {"epsilon", o.epsilon},
+                          {"query_budget", o.query_budget},
+                          {"applicable", o.applicable}};
+      if (!o.applicable) {
+        b["not_applicable"] = o.not_applicable;
+      } else {
+        b["images"] = o.images;
+        b["success_rate"] = o.success_rate;
+        b["success_rate_ci"] = interval_json(o.success_rate, o.images);
+        b["median_queries"] = o.median_queries;
+        if (o.norm == "l2") {
+          // JSON has no infinity: null when over half of the runs found no adversarial image.
+          b["median_l2"] = std::isfinite(o.median_l2) ? nlohmann::json(o.median_l2) : nlohmann::json(nullptr);
+        }
+        b["stopped"] = o.stopped;
+        b["stop_reasons"] = o.stop_reasons;
+        b["flagged"] = o.flagged;
+      }
+      j["black_box"].push_back(b);
+    }
     root["defenses"].push_back(j);
   }
   return root;
@@ -354,6 +455,7 @@ void write_report(const Evaluation& e, const std::string& directory) {
       for (const auto& w : warnings) md << "- " << w << "\n";
     }
   }
+  if (e.black_box.images > 0) md << "\n## Black-box attacks through the full Guard\n\n" << black_box_tables(e);
   md << "\n## Clean accuracy per class\n\n" << class_table(e);
   md << "\n## Defenses\n\n";
   for (const auto& d : e.defenses) md << "- **" << d.name << "**: `" << d.description << "`\n";
@@ -404,6 +506,20 @@ void write_report(const Evaluation& e, const std::string& directory) {
       html << "<p>Sanity-check warnings (the figure they concern is unreliable):</p>\n<ul>";
       for (const auto& w : warnings) html << "<li>" << html_escape(w) << "</li>";
       html << "</ul>\n";
+    }
+  }
+  if (e.black_box.images > 0) {
+    html << "<h2>Black-box attacks through the full Guard</h2>\n<p>" << html_escape(black_box_sentence(e)) << "</p>\n";
+    for (const auto& d : e.defenses) {
+      html << "<h3>" << html_escape(d.name) << "</h3>\n<table><tr>";
+      for (const char* h : kBlackBoxHeader) html << "<th>" << h << "</th>";
+      html << "</tr>\n";
+      for (const auto& o : d.black_box) {
+        html << "<tr>";
+        for (const auto& cell : black_box_cells(o)) html << "<td>" << html_escape(cell) << "</td>";
+        html << "</tr>\n";
+      }
+      html << "</table>\n";
     }
   }
   html << "<h2>Clean accuracy per class</h2>\n<table><tr><th>class</th>";

@@ -36,7 +36,8 @@ PY
 
 cat >rgb.json <<'JSON'
 {"feature_layer": "fc",
- "evaluation": {"images": 16, "epsilons": [0.03], "calibration_images": 20, "latency_repeats": 2, "batch_size": 8},
+ "evaluation": {"images": 16, "epsilons": [0.03], "calibration_images": 20, "latency_repeats": 2, "batch_size": 8,
+                "black_box": {"images": 2, "square_queries": 50, "hop_skip_jump_queries": 100, "l2_epsilon": 3.0}},
  "attacks": [{"type": "fgsm"}, {"type": "pgd", "steps": 2, "eot_samples": 1}],
  "defenses": [{"name": "undefended", "output": {"policy": "full"}},
               {"name": "guarded", "preprocess": [{"type": "bit_depth", "bits": 5}],

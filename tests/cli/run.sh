@@ -31,7 +31,8 @@ expect_error "subcommand" frobnicate
 
 # A tiny config: calibrate, evaluate, predict.
 cat >config.json <<'JSON'
-{"evaluation": {"images": 12, "epsilons": [0.1], "calibration_images": 50, "latency_repeats": 2},
+{"evaluation": {"images": 12, "epsilons": [0.1], "calibration_images": 50, "latency_repeats": 2,
+                "black_box": {"images": 3, "square_queries": 100, "hop_skip_jump_queries": 200}},
  "attacks": [{"type": "fgsm"}],
  "defenses": [{"name": "undefended"},
               {"name": "guarded", "preprocess": [{"type": "bit_depth", "bits": 4}],

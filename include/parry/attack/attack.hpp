@@ -46,6 +46,9 @@ struct AttackResult {
   torch::Tensor start_norm;         ///< decision-based attacks: norm of the first adversarial point (else undefined)
   bool stopped_by_defense = false;  ///< black-box: the Guard rejected a query
   std::string stop_reason;          ///< its public reason code, if so
+  /// Black-box: answers (requests to Guard::predict) with verdict Flagged,
+  /// by a gate (query monitor) or a detector; the attack uses them as any answer.
+  int64_t flagged_answers = 0;
 
   /// Fraction of samples attacked successfully.
   double success_rate() const { return success.to(torch::kFloat64).mean().item<double>(); }

@@ -8,6 +8,7 @@
 //   "config: defenses[1].preprocess[0].bits: must be in 1..8, but got 9".
 #pragma once
 
+#include <functional>
 #include <memory>
 #include <optional>
 #include <string>
@@ -23,6 +24,11 @@
 namespace parry::config {
 
 struct ComponentDescriptor;  // parry/config/registry.hpp
+
+/// Builds one gate anew, with fresh state: a throttle with every bucket full,
+/// a query monitor with an empty store. `clock` is the time in seconds a
+/// throttle reads; empty: the steady clock (conceal::steady_seconds).
+using GateFactory = std::function<std::shared_ptr<Gate>(const std::function<double()>& clock)>;
 
 /// One detector of a defense and how to prepare it.
 struct DetectorSpec {
@@ -49,7 +55,18 @@ struct DefenseSpec {
   std::string name;
   /// The Guard's input: the config's "input", else the data set's shape.
   InputSpec input{1, 28, 28};
+  /// The Guard's gates. They hold state (throttle buckets, monitor history)
+  /// shared by every Guard built from this spec.
   std::vector<std::shared_ptr<Gate>> gates;
+  /// One factory per gate, in the same order: parse_config fills both, so
+  /// black-box evaluation runs can meet the same gates with fresh state.
+  std::vector<GateFactory> gate_factories;
+  /// Appends a gate built by `factory` (steady clock) and keeps the factory.
+  DefenseSpec& add_gate(GateFactory factory);
+  /// New gates with fresh state, one per gate, from gate_factories; `gates`
+  /// is not touched. @throws parry::OptionError if a gate has no factory
+  ///   (added to `gates` by hand).
+  std::vector<std::shared_ptr<Gate>> fresh_gates(const std::function<double()>& clock = {}) const;
   std::vector<std::shared_ptr<const Preprocessor>> preprocessors;
   /// Registry type of each preprocessor parsed from JSON (empty for hand-added ones).
   std::vector<std::string> preprocessor_types;
@@ -70,6 +87,9 @@ struct DefenseSpec {
   Model model_for(const Model& model) const;
   /// The Guard over model_for(model) with all stages added (calibrate detectors first).
   std::shared_ptr<const Guard> build_guard(const Model& model) const;
+  /// The same Guard with fresh_gates(clock) instead of `gates`: what a new
+  /// client meets at a just-deployed service.
+  std::shared_ptr<const Guard> build_fresh_guard(const Model& model, const std::function<double()>& clock = {}) const;
 };
 
 /// An attack of the evaluation. Budgets ε come from EvaluationSpec::epsilons.
@@ -92,6 +112,19 @@ struct AttackSpec {
   int64_t target_classes = 9;     ///< autoattack: targets of APGD-T and FAB-T
 };
 
+/// The evaluation's black-box rows (eval::black_box, docs/evaluation.md):
+/// Square and HopSkipJump through each defense's full Guard.
+struct BlackBoxSpec {
+  /// The first `images` attacked images get one run of each attack
+  /// (at most EvaluationSpec::images); 0 disables the rows.
+  int64_t images = 20;
+  int64_t square_queries = 1000;         ///< Square's queries per image, >= 1
+  int64_t hop_skip_jump_queries = 1000;  ///< HopSkipJump's queries per image, >= 10
+  /// L2 budget (pixel units) at which HopSkipJump's success is counted; 1.5
+  /// suits 28×28 images in [0, 1] (scale with √(pixels) for larger ones).
+  double l2_epsilon = 1.5;
+};
+
 struct EvaluationSpec {
   int64_t images = 500;                           ///< test images attacked
   std::vector<double> epsilons{0.03, 0.05, 0.1};  ///< L∞ budgets in pixel units [0, 1]
@@ -102,6 +135,7 @@ struct EvaluationSpec {
   /// evaluation holds one batch, not the data set.
   int64_t batch_size = 128;
   uint64_t seed = 0;
+  BlackBoxSpec black_box;
 };
 
 struct Config {

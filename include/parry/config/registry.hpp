@@ -85,6 +85,8 @@ struct OptionDescriptor {
 struct BuildContext {
   const Model* model = nullptr;  ///< detectors that copy the model (mc_dropout) need it
   InputSpec input{1, 28, 28};    ///< the defense's input (the query monitor fingerprints this shape)
+  /// Time in seconds for throttles; empty: the steady clock (GateFactory).
+  std::function<double()> clock;
 };
 
 /// What a factory builds: the member of the descriptor's kind is set.

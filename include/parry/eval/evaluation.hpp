@@ -15,8 +15,14 @@
 //   - for each detector, the ROC curve on clean vs PGD examples at roc_epsilon;
 //   - latency of Guard::predict at batch 1 and throughput at the evaluation's
 //     batch_size (at most 256 and what every Guard accepts).
-// Gates (throttling) are left out of the accuracy runs, which send thousands
-// of queries; their cost is in the latency figures.
+//   - black-box rows (eval/black_box.hpp): Square at each ε (where the
+//     output policy shows scores) and HopSkipJump (labels only) through the
+//     defense's full Guard, gates included, on the first black_box.images
+//     images, each run meeting fresh gates.
+// Gates (throttling, query monitoring) are left out of the white-box
+// accuracy runs; they meet the black-box rows, and their cost is in the
+// latency figures (measured on fresh gates, so the config's gates keep no
+// state from the evaluation).
 //
 // Every rate is a proportion of a stated number of images (the `images` and
 // `*_images` fields), from which the report gives its 95% Wilson interval
@@ -36,6 +42,7 @@
 #include "parry/config/defense_config.hpp"
 #include "parry/core/model.hpp"
 #include "parry/data/image_source.hpp"
+#include "parry/eval/black_box.hpp"
 
 namespace parry::eval {
 
@@ -84,6 +91,8 @@ struct DefenseOutcome {
   double images_per_second = 0.0;  ///< Guard::predict at Evaluation::throughput_batch
   std::vector<AttackOutcome> attacks;
   std::vector<DetectorOutcome> detectors;
+  /// Square at each ε, then HopSkipJump; empty when black_box.images is 0.
+  std::vector<BlackBoxOutcome> black_box;
   /// Clean accuracy per class (index = label; NaN for a class absent from
   /// the evaluated images).
   std::vector<double> class_accuracy;
@@ -101,6 +110,8 @@ struct Evaluation {
   torch::Tensor example_clean, example_adversarial;  ///< up to 8 images each (N×C×H×W), for the grid
   std::vector<int64_t> example_labels;
   double example_epsilon = 0.0;
+  /// The black-box settings as run: images = min(black_box.images, images).
+  config::BlackBoxSpec black_box;
   int64_t throughput_batch = 0;  ///< images per call of the throughput figures: min(batch_size, 256, max_batch)
   double seconds = 0.0;
 };

@@ -1,5 +1,6 @@
 // eval::write_report: the report of an evaluation (report.html, report.md,
-// metrics.json and PNG plots drawn with OpenCV) and its summary table.
+// metrics.json and PNG plots drawn with OpenCV), its summary table and its
+// black-box tables.
 #pragma once
 
 #include <string>
@@ -15,5 +16,11 @@ void write_report(const Evaluation& evaluation, const std::string& directory);
 
 /// The Markdown summary table (also printed by the CLI).
 std::string summary_table(const Evaluation& evaluation);
+
+/// The black-box rows as Markdown: a sentence on what they measure, then one
+/// table per defense (attack, budget, success with its 95% interval and n,
+/// median queries, median L2, runs stopped and flagged by the defense).
+/// Empty when the evaluation ran none (black_box.images = 0).
+std::string black_box_tables(const Evaluation& evaluation);
 
 }  // namespace parry::eval

@@ -1,0 +1,78 @@
+// eval::black_box: the black-box rows of the evaluation. Square (score-based,
+// L∞) and HopSkipJump (decision-based, L2) attack a defense through
+// Guard::predict of its full Guard — gates, validation, preprocessing,
+// detectors and output policy — at stated query budgets, on a few images.
+//
+// What a run is. One attack on one image is one run: a new attacker meeting
+// the deployed service. Each run gets a Guard built anew with fresh gates
+// (config::DefenseSpec::build_fresh_guard): every throttle bucket full, every
+// query monitor's store empty — no benign history, so a monitor only ever
+// matches the attacker's own queries, which is the conservative choice for
+// the defense (a store pre-filled with other traffic could only add matches).
+// The throttles' clock is held still during a run: the attacker sends as fast
+// as the service answers and never waits, so it gets each bucket's burst and
+// then every query is refused. The figures do not depend on the machine's
+// speed; an attacker who waits for refills is slowed, not stopped (Throttle's
+// threat model). All queries of a run come from one client id,
+// "eval-square" or "eval-hop-skip-jump"; the attacker does not rotate ids.
+// The config's own gates are never touched.
+//
+// What counts as a success. After the run, the attacker's final image (the
+// best it holds, also when the gates stopped it) is sent through the Guard
+// without gates: the attack succeeds on the image if that answer is a wrong,
+// unflagged label, and — for HopSkipJump, a minimum-distortion attack — if
+// the L2 distance to the clean image is at most the stated L2 budget. Images
+// the model already gets wrong count as successes, as they count against the
+// accuracy rows. Square runs only where the output policy reveals every
+// class score; elsewhere its row says why it did not run.
+//
+// What it is not. A budget-limited attacker that does not know the gates:
+// it neither spaces its queries to evade the monitor nor rotates client ids.
+// An adaptive attacker of the query monitor is future work (issue 17).
+#pragma once
+
+#include <functional>
+#include <string>
+#include <vector>
+
+#include "parry/config/defense_config.hpp"
+#include "parry/core/model.hpp"
+
+namespace parry::eval {
+
+/// One black-box attack against one defense, over the runs of the subset.
+struct BlackBoxOutcome {
+  std::string attack;        ///< "Square" or "HopSkipJump"
+  std::string norm;          ///< "linf" (Square) or "l2" (HopSkipJump)
+  double epsilon = 0.0;      ///< Square: its L∞ budget; HopSkipJump: the L2 budget of success_rate
+  int64_t query_budget = 0;  ///< queries per image at most
+  /// False if the attack did not run; `not_applicable` says why
+  /// ("label-only answers": the output policy hides the scores Square needs).
+  bool applicable = true;
+  std::string not_applicable;
+  int64_t images = 0;  ///< n: runs, one per image (0 when not applicable)
+  /// Runs whose final image the Guard (without gates) labels wrongly and does
+  /// not flag, within the budget: the success count is success_rate·images.
+  double success_rate = 0.0;
+  double median_queries = 0.0;  ///< queries spent per run, median over the runs
+  /// HopSkipJump: median L2 distance of the final adversarial image over the
+  /// runs, counting a run without one as infinitely far (so +inf when at least
+  /// half found none); Square: 0.
+  double median_l2 = 0.0;
+  int64_t stopped = 0;                    ///< runs a gate stopped (a query was rejected)
+  std::vector<std::string> stop_reasons;  ///< their distinct public reasons ("rate_limited", "flagged")
+  int64_t flagged = 0;                    ///< runs with at least one answer flagged (a gate or a detector)
+};
+
+/// Runs Square at each ε of `settings.epsilons` and HopSkipJump on (x, y),
+/// one run per image (see the header comment), with the budgets of
+/// settings.black_box. `raw_model` is the bare model (the defense applies its
+/// model_input). Detectors must be calibrated. `progress` gets one line per attack (may be empty).
+/// @throws parry::OptionError if the defense has gates without factories
+///   (config::DefenseSpec::fresh_gates).
+std::vector<BlackBoxOutcome> black_box(const config::DefenseSpec& defense, const Model& raw_model,
+                                       const torch::Tensor& x, const torch::Tensor& y,
+                                       const config::EvaluationSpec& settings,
+                                       const std::function<void(const std::string&)>& progress = {});
+
+}  // namespace parry::eval
