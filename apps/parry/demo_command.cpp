@@ -20,7 +20,8 @@ const char* kDemoConfig = R"({
                  "latency_repeats": 20, "seed": 0,
                  "black_box": {"images": 20, "square_queries": 1000, "hop_skip_jump_queries": 1000,
                                "l2_epsilon": 1.5}},
-  "attacks": [{"type": "fgsm"}, {"type": "pgd", "steps": 10, "step_ratio": 0.25, "eot_samples": 2}],
+  "attacks": [{"type": "fgsm"}, {"type": "pgd", "steps": 10, "step_ratio": 0.25, "eot_samples": 2},
+              {"type": "autoattack", "version": "standard"}],
   "defenses": [
     {"name": "undefended", "output": {"policy": "full"}},
     {"name": "concealment", "gates": [{"type": "throttle", "rate": 50, "burst": 64}],
@@ -60,7 +61,8 @@ int run_demo(const CommonOptions& common, std::string cache_dir, const std::stri
               100.0 * streamed_accuracy(model, *splits.test), static_cast<long long>(splits.test->size()),
               splits.test->name().c_str());
   std::printf(
-      "evaluating %zu defenses against FGSM and PGD on %lld test images, and against Square and HopSkipJump through "
+      "evaluating %zu defenses against FGSM, PGD and AutoAttack on %lld test images, and against Square and "
+      "HopSkipJump through "
       "the full Guard on %lld of them (progress on stderr)\n",
       config.defenses.size(), static_cast<long long>(config.evaluation.images),
       static_cast<long long>(std::min(config.evaluation.black_box.images, config.evaluation.images)));
