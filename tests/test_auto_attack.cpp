@@ -182,3 +182,27 @@ TEST_F(AutoAttackTest, RandVersionAveragesGradientsOverDraws) {
   // APGD-CE on 4 images: a clean pass, (5 + 1) × 20 draws, and the judging pass, per image.
   EXPECT_EQ(r.stages[0].forward_passes, 4 * (1 + 6 * 20 + 1));
 }
+
+TEST_F(AutoAttackTest, MaskingIsJudgedOnAllImagesAndSkippedComponentsAreWarned) {
+  using C = AutoAttackComponent;
+  const auto stages = [](int64_t square_broken, bool white_box_skipped) {
+    std::vector<AutoAttackStage> s(2);
+    s[0].component = C::ApgdCe;
+    s[0].skipped = white_box_skipped;
+    s[1].component = C::Square;
+    s[1].broken = square_broken;
+    return s;
+  };
+  // checks.py's α = 0.2% of the images: 2 of 1,000 is not above it, 3 is.
+  EXPECT_EQ(square_masking_warning(stages(2, false), 1000), "");
+  EXPECT_NE(square_masking_warning(stages(3, false), 1000).find("masked"), std::string::npos);
+  EXPECT_EQ(square_masking_warning(stages(3, true), 1000), "");  // no white-box attack ran before it
+  // A published ensemble that had to skip Square says so.
+  const auto data = parry::testing::correctly_classified(4);
+  const auto model = parry::testing::reference_model();
+  const auto label_only = guard_of(model, std::make_shared<LabelOnly>());
+  const auto r = auto_attack(differentiable(model), label_only.get(), data.images, data.labels,
+                             quick(0.01).components({C::ApgdCe, C::Square}));
+  if (r.stages[1].attacked > 0) EXPECT_TRUE(has_warning(r, "ran without square")) << all_warnings(r);
+  EXPECT_TRUE(r.stages[1].skipped);
+}

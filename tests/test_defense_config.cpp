@@ -215,76 +215,77 @@ TEST(DefenseConfig, AutoAttackEntriesNameAVersionOrTheirComponents) {
                   "attacks[0].components[0]: must be a string");
   expect_rejected(R"({"attacks": [{"type": "autoattack", "square_queries": 0}]})", "attacks[0].square_queries:");
   expect_rejected(R"({"attacks": [{"type": "pgd", "version": "standard"}]})", "attacks[0].version");
+}
 
-  TEST(DefenseConfig, BlackBoxSettingsHaveDefaultsAndParseStrictly) {
-    const auto defaults = config::parse_config(with_defense(R"({"name": "a"})"), reference_model(), kGrayInput);
-    EXPECT_EQ(defaults.evaluation.black_box.images, 20);
-    EXPECT_EQ(defaults.evaluation.black_box.square_queries, 1000);
-    EXPECT_EQ(defaults.evaluation.black_box.hop_skip_jump_queries, 1000);
-    EXPECT_DOUBLE_EQ(defaults.evaluation.black_box.l2_epsilon, 1.5);
-    const auto given = config::parse_config(
-        R"({"defenses": [{"name": "a"}], "evaluation": {"black_box": {"images": 0, "square_queries": 7,
+TEST(DefenseConfig, BlackBoxSettingsHaveDefaultsAndParseStrictly) {
+  const auto defaults = config::parse_config(with_defense(R"({"name": "a"})"), reference_model(), kGrayInput);
+  EXPECT_EQ(defaults.evaluation.black_box.images, 20);
+  EXPECT_EQ(defaults.evaluation.black_box.square_queries, 1000);
+  EXPECT_EQ(defaults.evaluation.black_box.hop_skip_jump_queries, 1000);
+  EXPECT_DOUBLE_EQ(defaults.evaluation.black_box.l2_epsilon, 1.5);
+  const auto given = config::parse_config(
+      R"({"defenses": [{"name": "a"}], "evaluation": {"black_box": {"images": 0, "square_queries": 7,
           "hop_skip_jump_queries": 10, "l2_epsilon": 0.25}}})",
-        reference_model(), kGrayInput);
-    EXPECT_EQ(given.evaluation.black_box.images, 0);
-    EXPECT_EQ(given.evaluation.black_box.square_queries, 7);
-    EXPECT_EQ(given.evaluation.black_box.hop_skip_jump_queries, 10);
-    EXPECT_DOUBLE_EQ(given.evaluation.black_box.l2_epsilon, 0.25);
-    const auto bad = [](const std::string& black_box) {
-      return R"({"defenses": [{"name": "a"}], "evaluation": {"black_box": )" + black_box + "}}";
-    };
-    expect_rejected(bad(R"({"images": -1})"), "evaluation.black_box.images: must be in 0..100000, but got -1");
-    expect_rejected(bad(R"({"images": 2.5})"), "evaluation.black_box.images: must be an integer");
-    expect_rejected(bad(R"({"square_queries": 0})"), "evaluation.black_box.square_queries: must be in 1..1000000");
-    expect_rejected(bad(R"({"hop_skip_jump_queries": 9})"),
-                    "evaluation.black_box.hop_skip_jump_queries: must be in 10..1000000, but got 9");
-    expect_rejected(bad(R"({"l2_epsilon": 0})"), "evaluation.black_box.l2_epsilon: must be finite and > 0");
-    expect_rejected(bad(R"({"l2_epsilon": "big"})"), "evaluation.black_box.l2_epsilon: must be a number");
-    expect_rejected(bad(R"({"queries": 100})"), "evaluation.black_box.queries: unknown key");
-    expect_rejected(bad("20"), "evaluation.black_box: must be an object");
-  }
+      reference_model(), kGrayInput);
+  EXPECT_EQ(given.evaluation.black_box.images, 0);
+  EXPECT_EQ(given.evaluation.black_box.square_queries, 7);
+  EXPECT_EQ(given.evaluation.black_box.hop_skip_jump_queries, 10);
+  EXPECT_DOUBLE_EQ(given.evaluation.black_box.l2_epsilon, 0.25);
+  const auto bad = [](const std::string& black_box) {
+    return R"({"defenses": [{"name": "a"}], "evaluation": {"black_box": )" + black_box + "}}";
+  };
+  expect_rejected(bad(R"({"images": -1})"), "evaluation.black_box.images: must be in 0..100000, but got -1");
+  expect_rejected(bad(R"({"images": 2.5})"), "evaluation.black_box.images: must be an integer");
+  expect_rejected(bad(R"({"square_queries": 0})"), "evaluation.black_box.square_queries: must be in 1..1000000");
+  expect_rejected(bad(R"({"hop_skip_jump_queries": 9})"),
+                  "evaluation.black_box.hop_skip_jump_queries: must be in 10..1000000, but got 9");
+  expect_rejected(bad(R"({"l2_epsilon": 0})"), "evaluation.black_box.l2_epsilon: must be finite and > 0");
+  expect_rejected(bad(R"({"l2_epsilon": "big"})"), "evaluation.black_box.l2_epsilon: must be a number");
+  expect_rejected(bad(R"({"queries": 100})"), "evaluation.black_box.queries: unknown key");
+  expect_rejected(bad("20"), "evaluation.black_box: must be an object");
+}
 
-  TEST(DefenseConfig, GatesAreBuiltAgainWithFreshStateAndTheGivenClock) {
-    const auto config =
-        config::parse_config(with_defense(R"({"name": "a", "gates": [{"type": "throttle", "rate": 1, "burst": 2},
+TEST(DefenseConfig, GatesAreBuiltAgainWithFreshStateAndTheGivenClock) {
+  const auto config =
+      config::parse_config(with_defense(R"({"name": "a", "gates": [{"type": "throttle", "rate": 1, "burst": 2},
                                              {"type": "query_monitor", "action": "reject"}]})"),
-                             reference_model(), kGrayInput);
-    const auto& spec = config.defenses[0];
-    ASSERT_EQ(spec.gate_factories.size(), 2u);
-    const RequestContext client{"c"};
-    const auto image = torch::rand({1, 1, 28, 28});
-    // Spend the config's own throttle bucket: fresh gates do not share it.
-    EXPECT_EQ(spec.gates[0]->admit(client, image).action, GateDecision::Action::Admit);
-    EXPECT_EQ(spec.gates[0]->admit(client, image).action, GateDecision::Action::Admit);
-    EXPECT_EQ(spec.gates[0]->admit(client, image).action, GateDecision::Action::Reject);
-    EXPECT_EQ(spec.gates[1]->admit(client, image).action, GateDecision::Action::Admit);
-    EXPECT_EQ(spec.gates[1]->admit(client, image).action, GateDecision::Action::Reject);  // the same image again
-    double now = 0.0;
-    const auto fresh = spec.fresh_gates([&] { return now; });
-    ASSERT_EQ(fresh.size(), 2u);
-    EXPECT_NE(fresh[0], spec.gates[0]);
-    EXPECT_EQ(fresh[0]->describe(), spec.gates[0]->describe());
-    EXPECT_EQ(fresh[1]->describe(), spec.gates[1]->describe());
-    EXPECT_EQ(fresh[1]->admit(client, image).action, GateDecision::Action::Admit);  // an empty store
-    EXPECT_EQ(fresh[0]->admit(client, image).action, GateDecision::Action::Admit);  // a full bucket
-    EXPECT_EQ(fresh[0]->admit(client, image).action, GateDecision::Action::Admit);
-    EXPECT_EQ(fresh[0]->admit(client, image).action, GateDecision::Action::Reject);
-    now = 1.0;  // the fresh throttle reads the given clock: one second refills one image
-    EXPECT_EQ(fresh[0]->admit(client, image).action, GateDecision::Action::Admit);
-    EXPECT_EQ(fresh[0]->admit(client, image).action, GateDecision::Action::Reject);
-    // A fresh Guard is built from fresh gates too.
-    const auto guard = spec.build_fresh_guard(reference_model(), [] { return 0.0; });
-    ASSERT_EQ(guard->gates().size(), 2u);
-    EXPECT_NE(guard->gates()[0], spec.gates[0]);
-    EXPECT_NE(guard->gates()[1], spec.gates[1]);
+                           reference_model(), kGrayInput);
+  const auto& spec = config.defenses[0];
+  ASSERT_EQ(spec.gate_factories.size(), 2u);
+  const RequestContext client{"c"};
+  const auto image = torch::rand({1, 1, 28, 28});
+  // Spend the config's own throttle bucket: fresh gates do not share it.
+  EXPECT_EQ(spec.gates[0]->admit(client, image).action, GateDecision::Action::Admit);
+  EXPECT_EQ(spec.gates[0]->admit(client, image).action, GateDecision::Action::Admit);
+  EXPECT_EQ(spec.gates[0]->admit(client, image).action, GateDecision::Action::Reject);
+  EXPECT_EQ(spec.gates[1]->admit(client, image).action, GateDecision::Action::Admit);
+  EXPECT_EQ(spec.gates[1]->admit(client, image).action, GateDecision::Action::Reject);  // the same image again
+  double now = 0.0;
+  const auto fresh = spec.fresh_gates([&] { return now; });
+  ASSERT_EQ(fresh.size(), 2u);
+  EXPECT_NE(fresh[0], spec.gates[0]);
+  EXPECT_EQ(fresh[0]->describe(), spec.gates[0]->describe());
+  EXPECT_EQ(fresh[1]->describe(), spec.gates[1]->describe());
+  EXPECT_EQ(fresh[1]->admit(client, image).action, GateDecision::Action::Admit);  // an empty store
+  EXPECT_EQ(fresh[0]->admit(client, image).action, GateDecision::Action::Admit);  // a full bucket
+  EXPECT_EQ(fresh[0]->admit(client, image).action, GateDecision::Action::Admit);
+  EXPECT_EQ(fresh[0]->admit(client, image).action, GateDecision::Action::Reject);
+  now = 1.0;  // the fresh throttle reads the given clock: one second refills one image
+  EXPECT_EQ(fresh[0]->admit(client, image).action, GateDecision::Action::Admit);
+  EXPECT_EQ(fresh[0]->admit(client, image).action, GateDecision::Action::Reject);
+  // A fresh Guard is built from fresh gates too.
+  const auto guard = spec.build_fresh_guard(reference_model(), [] { return 0.0; });
+  ASSERT_EQ(guard->gates().size(), 2u);
+  EXPECT_NE(guard->gates()[0], spec.gates[0]);
+  EXPECT_NE(guard->gates()[1], spec.gates[1]);
 
-    // A gate added by hand cannot be built again; add_gate keeps its factory.
-    config::DefenseSpec by_hand = spec;
-    by_hand.gates.push_back(spec.gates[0]);
-    EXPECT_THROW(by_hand.fresh_gates(), OptionError);
-    config::DefenseSpec with_factory = spec;
-    with_factory.add_gate(
-        [](const std::function<double()>&) -> std::shared_ptr<Gate> { return std::make_shared<conceal::Throttle>(); });
-    EXPECT_EQ(with_factory.fresh_gates().size(), 3u);
-    EXPECT_THROW(with_factory.add_gate(nullptr), OptionError);
-  }
+  // A gate added by hand cannot be built again; add_gate keeps its factory.
+  config::DefenseSpec by_hand = spec;
+  by_hand.gates.push_back(spec.gates[0]);
+  EXPECT_THROW(by_hand.fresh_gates(), OptionError);
+  config::DefenseSpec with_factory = spec;
+  with_factory.add_gate(
+      [](const std::function<double()>&) -> std::shared_ptr<Gate> { return std::make_shared<conceal::Throttle>(); });
+  EXPECT_EQ(with_factory.fresh_gates().size(), 3u);
+  EXPECT_THROW(with_factory.add_gate(nullptr), OptionError);
+}

@@ -176,6 +176,139 @@ TEST(Evaluation, DetectorsAreCalibratedFromStreamedScoresOnEveryClass) {
   EXPECT_LE(outcome.clean_fpr, 1.0);
 }
 
+namespace {
+
+const eval::BlackBoxOutcome& row(const eval::DefenseOutcome& d, const std::string& attack, double epsilon) {
+  for (const auto& o : d.black_box) {
+    if (o.attack == attack && std::abs(o.epsilon - epsilon) < 1e-12) return o;
+  }
+  throw std::runtime_error("no black-box row " + attack + " for " + d.name);
+}
+
+// Five defenses over the same model: open (scores, no gates), a throttle
+// too tight for one run, one roomy enough for one run but not for two, a
+// flagging query monitor, and label-only answers.
+const char* kBlackBoxDefenses = R"(
+  {"name": "open", "output": {"policy": "full"}},
+  {"name": "tight", "gates": [{"type": "throttle", "rate": 1, "burst": 30}], "output": {"policy": "full"}},
+  {"name": "roomy", "gates": [{"type": "throttle", "rate": 1, "burst": 250}], "output": {"policy": "full"}},
+  {"name": "monitored", "gates": [{"type": "query_monitor", "action": "flag"}], "output": {"policy": "full"}},
+  {"name": "label-only"})";
+const char* kBlackBoxBudgets = R"({"images": 6, "square_queries": 100, "hop_skip_jump_queries": 200,
+                                   "l2_epsilon": 4.0})";
+
+}  // namespace
+
+TEST(Evaluation, BlackBoxRowsMeetTheFullGuardWithFreshGatesPerRun) {
+  auto data = colour_data(40);
+  auto config = colour_config(data.model, kBlackBoxDefenses, 12, 16, kBlackBoxBudgets);
+  const auto e = eval::evaluate(config, data.model, {data.train, data.test});
+  EXPECT_EQ(e.black_box.images, 6);
+  ASSERT_EQ(e.defenses.size(), 5u);
+  // The runs' images: the first 6 attacked, in the seeded order; any the
+  // model already gets wrong (blue ones) are won with the first query.
+  const auto subset = data::shuffled(data.test, 0)->read(0, 6);
+  const int64_t correct = data.model.logits(subset.images).argmax(1).eq(subset.labels).sum().item<int64_t>();
+  ASSERT_GT(correct, 0);
+
+  const auto& open = e.defenses[0];
+  ASSERT_EQ(open.black_box.size(), 3u);  // Square at both ε, HopSkipJump
+  for (const auto& o : open.black_box) {
+    EXPECT_TRUE(o.applicable) << o.attack;
+    EXPECT_EQ(o.images, 6) << o.attack;
+    EXPECT_EQ(o.stopped, 0) << o.attack;
+    EXPECT_EQ(o.flagged, 0) << o.attack;
+    EXPECT_GE(o.success_rate, (6.0 - static_cast<double>(correct)) / 6.0 - 1e-12) << o.attack;
+  }
+  // ε = 0.05 cannot move a class-channel margin of about 14 across 36 pixels; ε = 0.3 can.
+  EXPECT_DOUBLE_EQ(row(open, "Square", 0.05).success_rate, (6.0 - static_cast<double>(correct)) / 6.0);
+  EXPECT_GT(row(open, "Square", 0.3).success_rate, row(open, "Square", 0.05).success_rate);
+  const auto& hsj = row(open, "HopSkipJump", 4.0);
+  EXPECT_EQ(hsj.norm, "l2");
+  EXPECT_EQ(hsj.query_budget, 200);
+  EXPECT_TRUE(std::isfinite(hsj.median_l2));
+  EXPECT_LE(hsj.median_queries, 200.0);
+
+  // Burst 30: every run on a correctly classified image needs more and is stopped.
+  const auto& tight = e.defenses[1];
+  EXPECT_EQ(row(tight, "Square", 0.05).stopped, correct);
+  EXPECT_EQ(row(tight, "HopSkipJump", 4.0).stopped, correct);
+  EXPECT_EQ(row(tight, "HopSkipJump", 4.0).stop_reasons, std::vector<std::string>{"rate_limited"});
+  EXPECT_LT(row(tight, "HopSkipJump", 4.0).success_rate, hsj.success_rate + 1e-12);
+  EXPECT_LE(row(tight, "Square", 0.05).median_queries, 30.0);
+  // Burst 250 holds one run (at most 200 queries) but not two: a gate shared
+  // between runs would stop the later ones.
+  for (const auto& o : e.defenses[2].black_box) EXPECT_EQ(o.stopped, 0) << o.attack << " " << o.epsilon;
+  for (size_t i = 0; i < open.black_box.size(); ++i) {
+    EXPECT_DOUBLE_EQ(e.defenses[2].black_box[i].success_rate, open.black_box[i].success_rate);
+    EXPECT_DOUBLE_EQ(e.defenses[2].black_box[i].median_queries, open.black_box[i].median_queries);
+  }
+  // The monitor flags HopSkipJump's near-identical queries in every run that goes past its first answer.
+  const auto& monitored = e.defenses[3];
+  EXPECT_EQ(row(monitored, "HopSkipJump", 4.0).flagged, correct);
+  EXPECT_EQ(row(monitored, "HopSkipJump", 4.0).stopped, 0);
+  // Label-only answers: no Square, but HopSkipJump runs.
+  const auto& label_only = e.defenses[4];
+  ASSERT_EQ(label_only.black_box.size(), 3u);
+  for (double eps : {0.05, 0.3}) {
+    EXPECT_FALSE(row(label_only, "Square", eps).applicable);
+    EXPECT_EQ(row(label_only, "Square", eps).not_applicable, "label-only answers");
+    EXPECT_EQ(row(label_only, "Square", eps).images, 0);
+  }
+  EXPECT_TRUE(row(label_only, "HopSkipJump", 4.0).applicable);
+  EXPECT_EQ(row(label_only, "HopSkipJump", 4.0).images, 6);
+  EXPECT_DOUBLE_EQ(row(label_only, "HopSkipJump", 4.0).success_rate, hsj.success_rate);
+
+  // The config's own gates saw none of it (latency runs use fresh gates too).
+  const auto throttle = std::dynamic_pointer_cast<conceal::Throttle>(config.defenses[1].gates[0]);
+  ASSERT_NE(throttle, nullptr);
+  EXPECT_EQ(throttle->tracked_clients(), 0u);
+  const auto monitor = std::dynamic_pointer_cast<conceal::QueryMonitor>(config.defenses[3].gates[0]);
+  ASSERT_NE(monitor, nullptr);
+  EXPECT_EQ(monitor->stats().images, 0u);
+
+  // Evaluated again from the same config: the same black-box figures.
+  const auto again = eval::evaluate(config, data.model, {data.train, data.test});
+  for (size_t d = 0; d < e.defenses.size(); ++d) {
+    ASSERT_EQ(again.defenses[d].black_box.size(), e.defenses[d].black_box.size());
+    for (size_t i = 0; i < e.defenses[d].black_box.size(); ++i) {
+      const auto &a = e.defenses[d].black_box[i], &b = again.defenses[d].black_box[i];
+      EXPECT_DOUBLE_EQ(a.success_rate, b.success_rate) << e.defenses[d].name << " " << a.attack;
+      EXPECT_DOUBLE_EQ(a.median_queries, b.median_queries) << e.defenses[d].name << " " << a.attack;
+      EXPECT_EQ(a.median_l2, b.median_l2) << e.defenses[d].name << " " << a.attack;
+      EXPECT_EQ(a.stopped, b.stopped) << e.defenses[d].name << " " << a.attack;
+      EXPECT_EQ(a.flagged, b.flagged) << e.defenses[d].name << " " << a.attack;
+    }
+  }
+
+  // The report: one black-box table per defense, with intervals.
+  parry::testing::TempDir dir;
+  eval::write_report(e, dir.path().string());
+  std::ifstream in(dir.file("report.md"));
+  const std::string md((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  EXPECT_NE(md.find("## Black-box attacks through the full Guard"), std::string::npos);
+  for (const auto& d : e.defenses) EXPECT_NE(md.find("### " + d.name + "\n"), std::string::npos) << d.name;
+  EXPECT_NE(md.find("| Square | L∞ ε=0.05, 100 queries | not applicable: label-only answers |"), std::string::npos);
+  EXPECT_NE(md.find(std::to_string(correct) + "/6 (rate_limited)"), std::string::npos);
+}
+
+TEST(Evaluation, BlackBoxRowsNeedGatesThatCanBeBuiltAgain) {
+  auto data = colour_data(40);
+  auto config = colour_config(data.model, R"({"name": "open", "output": {"policy": "full"}})", 12, 16,
+                              R"({"images": 2, "square_queries": 10, "hop_skip_jump_queries": 20})");
+  // A gate added by hand has no factory: the black-box rows refuse rather than share its state.
+  config.defenses[0].gates.push_back(std::make_shared<conceal::Throttle>());
+  EXPECT_THROW(eval::evaluate(config, data.model, {data.train, data.test}), OptionError);
+  config.evaluation.black_box.images = 0;  // without black-box rows it evaluates
+  const auto e = eval::evaluate(config, data.model, {data.train, data.test});
+  EXPECT_TRUE(e.defenses[0].black_box.empty());
+  parry::testing::TempDir dir;
+  eval::write_report(e, dir.path().string());
+  std::ifstream in(dir.file("report.md"));
+  const std::string md((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  EXPECT_EQ(md.find("Black-box"), std::string::npos);
+}
+
 TEST(Evaluation, AutoAttackReportsEveryComponentAndItsSanityChecks) {
   auto data = colour_data(40);
   const std::string defenses = R"({"name": "scores", "output": {"policy": "full"}},
@@ -239,136 +372,4 @@ TEST(Evaluation, AutoAttackReportsEveryComponentAndItsSanityChecks) {
   EXPECT_NEAR(robustbench[0]["autoattack_acc"].get<double>(), 100.0 * a.stages.back().robust_after / 24.0, 1e-9);
   EXPECT_NEAR(robustbench[0]["clean_acc"].get<double>(), 100.0 * a.clean_correct / 24.0, 1e-9);
   EXPECT_EQ(metrics["defenses"][0]["attacks"][0]["auto_attack"]["stages"].size(), 4u);
-
-  namespace {
-
-  const eval::BlackBoxOutcome& row(const eval::DefenseOutcome& d, const std::string& attack, double epsilon) {
-    for (const auto& o : d.black_box) {
-      if (o.attack == attack && std::abs(o.epsilon - epsilon) < 1e-12) return o;
-    }
-    throw std::runtime_error("no black-box row " + attack + " for " + d.name);
-  }
-
-  // Five defenses over the same model: open (scores, no gates), a throttle
-  // too tight for one run, one roomy enough for one run but not for two, a
-  // flagging query monitor, and label-only answers.
-  const char* kBlackBoxDefenses = R"(
-  {"name": "open", "output": {"policy": "full"}},
-  {"name": "tight", "gates": [{"type": "throttle", "rate": 1, "burst": 30}], "output": {"policy": "full"}},
-  {"name": "roomy", "gates": [{"type": "throttle", "rate": 1, "burst": 250}], "output": {"policy": "full"}},
-  {"name": "monitored", "gates": [{"type": "query_monitor", "action": "flag"}], "output": {"policy": "full"}},
-  {"name": "label-only"})";
-  const char* kBlackBoxBudgets = R"({"images": 6, "square_queries": 100, "hop_skip_jump_queries": 200,
-                                   "l2_epsilon": 4.0})";
-
-  }  // namespace
-
-  TEST(Evaluation, BlackBoxRowsMeetTheFullGuardWithFreshGatesPerRun) {
-    auto data = colour_data(40);
-    auto config = colour_config(data.model, kBlackBoxDefenses, 12, 16, kBlackBoxBudgets);
-    const auto e = eval::evaluate(config, data.model, {data.train, data.test});
-    EXPECT_EQ(e.black_box.images, 6);
-    ASSERT_EQ(e.defenses.size(), 5u);
-    // The runs' images: the first 6 attacked, in the seeded order; any the
-    // model already gets wrong (blue ones) are won with the first query.
-    const auto subset = data::shuffled(data.test, 0)->read(0, 6);
-    const int64_t correct = data.model.logits(subset.images).argmax(1).eq(subset.labels).sum().item<int64_t>();
-    ASSERT_GT(correct, 0);
-
-    const auto& open = e.defenses[0];
-    ASSERT_EQ(open.black_box.size(), 3u);  // Square at both ε, HopSkipJump
-    for (const auto& o : open.black_box) {
-      EXPECT_TRUE(o.applicable) << o.attack;
-      EXPECT_EQ(o.images, 6) << o.attack;
-      EXPECT_EQ(o.stopped, 0) << o.attack;
-      EXPECT_EQ(o.flagged, 0) << o.attack;
-      EXPECT_GE(o.success_rate, (6.0 - static_cast<double>(correct)) / 6.0 - 1e-12) << o.attack;
-    }
-    // ε = 0.05 cannot move a class-channel margin of about 14 across 36 pixels; ε = 0.3 can.
-    EXPECT_DOUBLE_EQ(row(open, "Square", 0.05).success_rate, (6.0 - static_cast<double>(correct)) / 6.0);
-    EXPECT_GT(row(open, "Square", 0.3).success_rate, row(open, "Square", 0.05).success_rate);
-    const auto& hsj = row(open, "HopSkipJump", 4.0);
-    EXPECT_EQ(hsj.norm, "l2");
-    EXPECT_EQ(hsj.query_budget, 200);
-    EXPECT_TRUE(std::isfinite(hsj.median_l2));
-    EXPECT_LE(hsj.median_queries, 200.0);
-
-    // Burst 30: every run on a correctly classified image needs more and is stopped.
-    const auto& tight = e.defenses[1];
-    EXPECT_EQ(row(tight, "Square", 0.05).stopped, correct);
-    EXPECT_EQ(row(tight, "HopSkipJump", 4.0).stopped, correct);
-    EXPECT_EQ(row(tight, "HopSkipJump", 4.0).stop_reasons, std::vector<std::string>{"rate_limited"});
-    EXPECT_LT(row(tight, "HopSkipJump", 4.0).success_rate, hsj.success_rate + 1e-12);
-    EXPECT_LE(row(tight, "Square", 0.05).median_queries, 30.0);
-    // Burst 250 holds one run (at most 200 queries) but not two: a gate shared
-    // between runs would stop the later ones.
-    for (const auto& o : e.defenses[2].black_box) EXPECT_EQ(o.stopped, 0) << o.attack << " " << o.epsilon;
-    for (size_t i = 0; i < open.black_box.size(); ++i) {
-      EXPECT_DOUBLE_EQ(e.defenses[2].black_box[i].success_rate, open.black_box[i].success_rate);
-      EXPECT_DOUBLE_EQ(e.defenses[2].black_box[i].median_queries, open.black_box[i].median_queries);
-    }
-    // The monitor flags HopSkipJump's near-identical queries in every run that goes past its first answer.
-    const auto& monitored = e.defenses[3];
-    EXPECT_EQ(row(monitored, "HopSkipJump", 4.0).flagged, correct);
-    EXPECT_EQ(row(monitored, "HopSkipJump", 4.0).stopped, 0);
-    // Label-only answers: no Square, but HopSkipJump runs.
-    const auto& label_only = e.defenses[4];
-    ASSERT_EQ(label_only.black_box.size(), 3u);
-    for (double eps : {0.05, 0.3}) {
-      EXPECT_FALSE(row(label_only, "Square", eps).applicable);
-      EXPECT_EQ(row(label_only, "Square", eps).not_applicable, "label-only answers");
-      EXPECT_EQ(row(label_only, "Square", eps).images, 0);
-    }
-    EXPECT_TRUE(row(label_only, "HopSkipJump", 4.0).applicable);
-    EXPECT_EQ(row(label_only, "HopSkipJump", 4.0).images, 6);
-    EXPECT_DOUBLE_EQ(row(label_only, "HopSkipJump", 4.0).success_rate, hsj.success_rate);
-
-    // The config's own gates saw none of it (latency runs use fresh gates too).
-    const auto throttle = std::dynamic_pointer_cast<conceal::Throttle>(config.defenses[1].gates[0]);
-    ASSERT_NE(throttle, nullptr);
-    EXPECT_EQ(throttle->tracked_clients(), 0u);
-    const auto monitor = std::dynamic_pointer_cast<conceal::QueryMonitor>(config.defenses[3].gates[0]);
-    ASSERT_NE(monitor, nullptr);
-    EXPECT_EQ(monitor->stats().images, 0u);
-
-    // Evaluated again from the same config: the same black-box figures.
-    const auto again = eval::evaluate(config, data.model, {data.train, data.test});
-    for (size_t d = 0; d < e.defenses.size(); ++d) {
-      ASSERT_EQ(again.defenses[d].black_box.size(), e.defenses[d].black_box.size());
-      for (size_t i = 0; i < e.defenses[d].black_box.size(); ++i) {
-        const auto &a = e.defenses[d].black_box[i], &b = again.defenses[d].black_box[i];
-        EXPECT_DOUBLE_EQ(a.success_rate, b.success_rate) << e.defenses[d].name << " " << a.attack;
-        EXPECT_DOUBLE_EQ(a.median_queries, b.median_queries) << e.defenses[d].name << " " << a.attack;
-        EXPECT_EQ(a.median_l2, b.median_l2) << e.defenses[d].name << " " << a.attack;
-        EXPECT_EQ(a.stopped, b.stopped) << e.defenses[d].name << " " << a.attack;
-        EXPECT_EQ(a.flagged, b.flagged) << e.defenses[d].name << " " << a.attack;
-      }
-    }
-
-    // The report: one black-box table per defense, with intervals.
-    parry::testing::TempDir dir;
-    eval::write_report(e, dir.path().string());
-    std::ifstream in(dir.file("report.md"));
-    const std::string md((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
-    EXPECT_NE(md.find("## Black-box attacks through the full Guard"), std::string::npos);
-    for (const auto& d : e.defenses) EXPECT_NE(md.find("### " + d.name + "\n"), std::string::npos) << d.name;
-    EXPECT_NE(md.find("| Square | L∞ ε=0.05, 100 queries | not applicable: label-only answers |"), std::string::npos);
-    EXPECT_NE(md.find(std::to_string(correct) + "/6 (rate_limited)"), std::string::npos);
-  }
-
-  TEST(Evaluation, BlackBoxRowsNeedGatesThatCanBeBuiltAgain) {
-    auto data = colour_data(40);
-    auto config = colour_config(data.model, R"({"name": "open", "output": {"policy": "full"}})", 12, 16,
-                                R"({"images": 2, "square_queries": 10, "hop_skip_jump_queries": 20})");
-    // A gate added by hand has no factory: the black-box rows refuse rather than share its state.
-    config.defenses[0].gates.push_back(std::make_shared<conceal::Throttle>());
-    EXPECT_THROW(eval::evaluate(config, data.model, {data.train, data.test}), OptionError);
-    config.evaluation.black_box.images = 0;  // without black-box rows it evaluates
-    const auto e = eval::evaluate(config, data.model, {data.train, data.test});
-    EXPECT_TRUE(e.defenses[0].black_box.empty());
-    parry::testing::TempDir dir;
-    eval::write_report(e, dir.path().string());
-    std::ifstream in(dir.file("report.md"));
-    const std::string md((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
-    EXPECT_EQ(md.find("Black-box"), std::string::npos);
-  }
+}

@@ -162,7 +162,7 @@ class ApgdRun {
     torch::Tensor previous = current.clone();
     torch::Tensor previous_loss = loss.clone();
     torch::Tensor raises = torch::zeros({n}, x.options());
-    torch::Tensor halved_last = torch::ones({n}, torch::kBool);
+    torch::Tensor halved_last = torch::ones({n}, x.options().dtype(torch::kBool));
     torch::Tensor best_loss_last = best_loss.clone();
     const auto checkpoints = apgd_checkpoints(o_.steps());
     size_t next_checkpoint = 1;
@@ -232,14 +232,16 @@ class ApgdRun {
         check_labels("apgd", logits, y);
         labels_checked_ = true;
       }
-      const torch::Tensor per_sample = sample_loss(logits, y, target);
+      const torch::Tensor per_sample =
+          sample_loss(logits, y.to(logits.device()), target.defined() ? target.to(logits.device()) : target);
       total = draw == 0 ? per_sample : total + per_sample;
     }
     if (s_.eot_samples > 1) total = total / static_cast<double>(s_.eot_samples);
     torch::Tensor grad = torch::autograd::grad({total.sum()}, {input}, /*grad_outputs=*/{}, /*retain_graph=*/false,
                                                /*create_graph=*/false, /*allow_unused=*/true)[0];
     if (!grad.defined()) grad = torch::zeros_like(input);
-    return {grad.detach(), total.detach(), logits.detach()};
+    // Bookkeeping stays on the input's device (a Guard may answer from another).
+    return {grad.detach(), total.detach().to(point.device()), logits.detach().to(point.device())};
   }
 
   torch::Tensor sample_loss(const torch::Tensor& logits, const torch::Tensor& y, const torch::Tensor& target) const {
@@ -276,7 +278,7 @@ AttackResult apgd(const LogitsFn& f, const torch::Tensor& x, const torch::Tensor
   }
   const int64_t n = x.size(0);
   const torch::Tensor x0 = x.detach();
-  const torch::Tensor clean_logits = detail::evaluate(f, x0);
+  const torch::Tensor clean_logits = detail::evaluate(f, x0).to(x0.device());
   check_labels("apgd", clean_logits, y);
   const int64_t classes = clean_logits.size(1);
   if (options.loss() == ApgdLoss::Dlr) {
@@ -307,7 +309,7 @@ AttackResult apgd(const LogitsFn& f, const torch::Tensor& x, const torch::Tensor
       const torch::Tensor target = targeted_dlr ? ranked.index_select(0, active).select(1, t + 1) : torch::Tensor();
       const auto outcome = runner.run(xa, ya, target, gen, trace);
       trace = nullptr;  // the first run only
-      result.queries.index_add_(0, active, torch::full({active.size(0)}, run_cost, torch::kInt64));
+      result.queries.index_add_(0, active.cpu(), torch::full({active.size(0)}, run_cost, torch::kInt64));
       const torch::Tensor rows = outcome.fooled.nonzero().flatten();
       const torch::Tensor fooled_rows = active.index_select(0, rows);
       result.adversarial.index_copy_(0, fooled_rows, outcome.adversarial.index_select(0, rows));

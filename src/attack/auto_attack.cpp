@@ -189,6 +189,24 @@ bool reveals_scores(const Guard& guard, int64_t classes) {
 
 }  // namespace
 
+std::string square_masking_warning(const std::vector<AutoAttackStage>& stages, int64_t images) {
+  // checks.py: α = 0.002 of the images, and only when white-box attacks ran before Square.
+  bool white_box_ran = false;
+  for (const auto& stage : stages) {
+    if (stage.component != AutoAttackComponent::Square) {
+      white_box_ran = white_box_ran || !stage.skipped;
+      continue;
+    }
+    if (white_box_ran && !stage.skipped && images > 0 &&
+        static_cast<double>(stage.broken) / static_cast<double>(images) > 0.002) {
+      return "the black-box Square Attack broke " + share(stage.broken, images) +
+             " images that every white-box attack before it missed: the gradients are likely masked, so this "
+             "evaluation is unreliable; consider an adaptive attack";
+    }
+  }
+  return "";
+}
+
 std::vector<std::string> auto_attack_checks(const LogitsFn& f, const torch::Tensor& x, const torch::Tensor& y,
                                             bool expect_randomised) {
   std::vector<std::string> warnings;
@@ -223,14 +241,18 @@ std::vector<std::string> auto_attack_checks(const LogitsFn& f, const torch::Tens
         "the model's output looks like probabilities, not logits: the cross-entropy and DLR losses "
         "are computed on what it returns, so give the attack the logits");
   }
-  // Zero gradients of the cross-entropy at the clean images.
-  const auto [grad, logits] = objective_gradient(f, x, 1, [&y](const torch::Tensor& out) {
+  // Zero gradients: the authors' code checks the DLR gradient (what APGD-DLR
+  // and APGD-T climb); the cross-entropy's when there are too few classes.
+  const bool use_dlr = z.size(1) >= 3;
+  const auto [grad, logits] = objective_gradient(f, x, 1, [&y, use_dlr](const torch::Tensor& out) {
+    if (use_dlr) return dlr_loss(out, y.to(out.device())).sum();
     return torch::nn::functional::cross_entropy(
-        out, y, torch::nn::functional::CrossEntropyFuncOptions().reduction(torch::kSum));
+        out, y.to(out.device()), torch::nn::functional::CrossEntropyFuncOptions().reduction(torch::kSum));
   });
   const int64_t zero = flat(grad).abs().sum(1).eq(0).sum().item<int64_t>();
   if (zero > 0) {
-    warnings.push_back("the loss gradient is exactly zero on " + share(zero, n) +
+    warnings.push_back(std::string("the ") + (use_dlr ? "DLR" : "cross-entropy") +
+                       " loss gradient is exactly zero on " + share(zero, n) +
                        " images: gradient-based attacks cannot move them, so their robustness may be masked");
   }
   // Backward passes inside the forward: the defense optimises while answering.
@@ -261,7 +283,7 @@ AutoAttackResult auto_attack(const LogitsFn& f, const Guard* guard, const torch:
   if (options.components().empty()) throw OptionError("auto_attack: the custom version needs its components");
   const int64_t n = x.size(0);
   const torch::Tensor x0 = x.detach();
-  const torch::Tensor clean_logits = evaluate(f, x0);
+  const torch::Tensor clean_logits = evaluate(f, x0).to(x0.device());
   check_labels("auto_attack", clean_logits, y);
   const int64_t classes = clean_logits.size(1);
 
@@ -306,6 +328,10 @@ AutoAttackResult auto_attack(const LogitsFn& f, const Guard* guard, const torch:
       }
     }
     if (stage.attacked == 0 && !stage.skipped) skip("no image left to attack");
+    if (stage.skipped && stage.attacked > 0) {
+      result.warnings.push_back(std::string("the ensemble ran without ") + to_string(component) + " (" +
+                                stage.skip_reason + "): its robust accuracy is that of the components that ran");
+    }
     if (stage.skipped) {
       stage.robust_after = n - total.success.sum().item<int64_t>();
       result.stages.push_back(stage);
@@ -361,27 +387,20 @@ AutoAttackResult auto_attack(const LogitsFn& f, const Guard* guard, const torch:
     // model misclassifies the returned point (one more forward pass each).
     const torch::Tensor adversarial =
         project(r.adversarial, xa, options.epsilon(), options.norm(), gs.clip_min, gs.clip_max);
-    const torch::Tensor broken = evaluate(f, adversarial).argmax(1).ne(ya);
+    const torch::Tensor broken = evaluate(f, adversarial).to(x0.device()).argmax(1).ne(ya);
     const torch::Tensor rows = active.masked_select(broken);
     total.adversarial.index_copy_(0, rows, adversarial.index_select(0, broken.nonzero().flatten()));
     total.success.index_fill_(0, rows, true);
     const torch::Tensor spent = r.queries + 1;
-    total.queries.index_add_(0, active, spent);
+    total.queries.index_add_(0, active.cpu(), spent.cpu());
     stage.broken = rows.numel();
     stage.forward_passes = spent.sum().item<int64_t>();
     stage.robust_after = n - total.success.sum().item<int64_t>();
     stage.seconds = std::chrono::duration<double>(Clock::now() - started).count();
     result.stages.push_back(stage);
   }
-  // Square breaking what every white-box attack missed points at gradient masking (checks.py: α = 0.002).
-  for (const auto& stage : result.stages) {
-    if (stage.component == C::Square && !stage.skipped && result.stages.size() > 1 &&
-        static_cast<double>(stage.broken) / static_cast<double>(n) > 0.002) {
-      result.warnings.push_back("the black-box Square Attack broke " + share(stage.broken, n) +
-                                " images that every white-box attack before it missed: the gradients are likely "
-                                "masked, so this evaluation is unreliable; consider an adaptive attack");
-    }
-  }
+  const std::string masking = square_masking_warning(result.stages, n);
+  if (!masking.empty()) result.warnings.push_back(masking);
   total.norm = perturbation_norm(total.adversarial - x0, options.norm());
   return result;
 }

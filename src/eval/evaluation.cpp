@@ -2,6 +2,7 @@
 #include "parry/eval/evaluation.hpp"
 
 #include <algorithm>
+#include <cctype>
 #include <chrono>
 #include <cmath>
 #include <cstdint>
@@ -239,8 +240,20 @@ void accumulate(attack::AutoAttackResult& total, const attack::AutoAttackResult&
     }
   }
   total.clean_correct += batch.clean_correct;
+  // The masking check is judged on the whole evaluation (below), not per
+  // batch; other warnings are kept once per kind (their counts are the first
+  // batch's).
+  const std::string batch_masking = attack::square_masking_warning(batch.stages, batch.attack.success.size(0));
+  const auto kind = [](std::string w) {
+    w.erase(std::remove_if(w.begin(), w.end(), [](char c) { return std::isdigit(static_cast<unsigned char>(c)); }),
+            w.end());
+    return w;
+  };
   for (const auto& w : batch.warnings) {
-    if (std::find(total.warnings.begin(), total.warnings.end(), w) == total.warnings.end()) total.warnings.push_back(w);
+    if (w == batch_masking) continue;
+    const bool seen = std::any_of(total.warnings.begin(), total.warnings.end(),
+                                  [&](const std::string& t) { return kind(t) == kind(w); });
+    if (!seen) total.warnings.push_back(w);
   }
 }
 
@@ -550,6 +563,8 @@ Evaluation evaluate(config::Config& config, const Model& raw_model, const Evalua
       result.stages = run.auto_attack[i].stages;
       result.clean_correct = run.auto_attack[i].clean_correct;
       result.warnings = run.auto_attack[i].warnings;
+      const std::string masking = attack::square_masking_warning(result.stages, n);
+      if (!masking.empty()) result.warnings.push_back(masking);
       outcome.attacks.push_back(result);
     }
     for (size_t k = 0; k < defense.detectors.size(); ++k) {

@@ -30,6 +30,17 @@
 // distillation, a saturated softmax) does not stall them as it stalls the
 // cross-entropy.
 //
+// Where this differs from the authors' code (fra31/auto-attack,
+// autopgd_base.py), each without changing which images count as broken:
+//   - the first fooling iterate is returned (theirs: the last one);
+//   - the first period's count of loss rises compares iteration 0 with the
+//     start point's loss (theirs compares with a zero row, so it counts
+//     iteration 0 as a rise for the cross-entropy and never for DLR);
+//   - APGD-T ranks its targets once, on the clean logits (theirs re-ranks the
+//     still-robust images per target, which differs for randomised models);
+//   - with EOT the per-sample loss that steers the step is averaged over the
+//     draws (theirs uses the last draw's).
+//
 // Threat model: a white-box attacker with gradients of the attacked function
 // (Guard::differentiable_logits: BPDA for non-differentiable preprocessors,
 // EOT over a randomised defense's draws with settings().eot_samples).

@@ -133,11 +133,18 @@ struct AutoAttackResult {
 /// The sanity checks AutoAttack runs before attacking, on a batch: the
 /// model is randomised (5 forwards differ by more than 1e-4 in normalised
 /// logits, or in accuracy), its output is a probability distribution, some
-/// inputs have a zero loss gradient, and the forward pass runs autograd
-/// backward functions (a defense that optimises at inference time).
+/// inputs have a zero DLR gradient (cross-entropy below 3 classes), and the
+/// forward pass runs autograd backward functions on the calling thread (a
+/// defense that optimises at inference time; CUDA backward passes run on the
+/// engine's device threads and are not seen).
 /// `expect_randomised` (the rand version) silences the first.
 std::vector<std::string> auto_attack_checks(const LogitsFn& f, const torch::Tensor& x, const torch::Tensor& y,
                                             bool expect_randomised);
+
+/// The gradient-masking check of the authors' checks.py on stages summed
+/// over `images` images: Square ran after at least one white-box component and
+/// broke more than 0.2% of the images. The warning's sentence, or "" if none.
+std::string square_masking_warning(const std::vector<AutoAttackStage>& stages, int64_t images);
 
 /// Runs the ensemble on (x, y): x N×C×H×W inside the pixel range, y int64 N
 /// true labels. `guard`, if not null, answers Square's queries (it should be
