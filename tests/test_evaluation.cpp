@@ -324,7 +324,7 @@ TEST(Evaluation, AutoAttackReportsEveryComponentAndItsSanityChecks) {
   for (const auto& d : e.defenses) {
     ASSERT_EQ(d.attacks.size(), 2u);
     for (const auto& a : d.attacks) {
-      EXPECT_EQ(a.attack, "AutoAttack-standard");
+      EXPECT_EQ(a.attack, "AutoAttack-standard (10 iterations, Square 50 queries)");
       ASSERT_TRUE(a.is_auto_attack());
       ASSERT_EQ(a.stages.size(), 4u);
       EXPECT_EQ(a.images, 24);

@@ -108,10 +108,25 @@ attack::AttackResult run_attack(const config::AttackSpec& spec, const attack::Lo
 
 std::string attack_label(const config::AttackSpec& spec) {
   if (spec.type == "autoattack") {
-    if (spec.version != "custom") return "AutoAttack-" + spec.version;
-    std::string label = "AutoAttack(";
-    for (size_t i = 0; i < spec.components.size(); ++i) label += (i ? "+" : "") + spec.components[i];
-    return label + ")";
+    std::string label;
+    if (spec.version != "custom") {
+      label = "AutoAttack-" + spec.version;
+    } else {
+      label = "AutoAttack(";
+      for (size_t i = 0; i < spec.components.size(); ++i) label += (i ? "+" : "") + spec.components[i];
+      label += ")";
+    }
+    // Budgets below the published ones are part of the name: the figure is not the published ensemble's.
+    std::string changed;
+    if (spec.steps != 100) changed += std::to_string(spec.steps) + " iterations";
+    if (spec.square_queries != 5000) {
+      changed +=
+          (changed.empty() ? "" : ", ") + std::string("Square ") + std::to_string(spec.square_queries) + " queries";
+    }
+    if (spec.target_classes != 9) {
+      changed += (changed.empty() ? "" : ", ") + std::to_string(spec.target_classes) + " targets";
+    }
+    return changed.empty() ? label : label + " (" + changed + ")";
   }
   if (spec.type == "fgsm") return "FGSM";
   if (spec.type == "pgd") return "PGD-" + std::to_string(spec.steps);
