@@ -48,26 +48,11 @@ int main(int argc, char** argv) {
   const auto options = attack::AutoAttackOptions(eps, attack::Norm::Linf, attack::auto_attack_version(version))
                            .settings(settings)
                            .client_id("autoattack-table");
-  std::vector<attack::AutoAttackStage> stages;
-  std::vector<std::string> warnings;
-  int64_t robust = 0;
+  attack::AutoAttackTally tally;
   start = std::chrono::steady_clock::now();
   parry::detail::for_each_chunk(n, 250, [&](int64_t begin, int64_t end) {
-    const auto r = attack::auto_attack(f, guard.get(), test.images.slice(0, begin, end),
-                                       test.labels.slice(0, begin, end), options);
-    if (stages.empty()) {
-      stages = r.stages;
-    } else {
-      for (size_t s = 0; s < stages.size(); ++s) {
-        stages[s].attacked += r.stages[s].attacked;
-        stages[s].broken += r.stages[s].broken;
-        stages[s].robust_after += r.stages[s].robust_after;
-        stages[s].forward_passes += r.stages[s].forward_passes;
-        stages[s].seconds += r.stages[s].seconds;
-      }
-    }
-    for (const auto& w : r.warnings) warnings.push_back(w);
-    robust += (~r.attack.success).sum().item<int64_t>();
+    tally.add(attack::auto_attack(f, guard.get(), test.images.slice(0, begin, end), test.labels.slice(0, begin, end),
+                                  options));
   });
   const double aa_seconds = bench::seconds_since(start);
 
@@ -76,7 +61,7 @@ int main(int argc, char** argv) {
   std::printf("| clean | %.1f%% | |\n", 100 * clean);
   std::printf("| PGD-40 (α = ε/10) | %.1f%% | %.1f |\n", 100 * pgd_robust, pgd_seconds);
   int64_t passes = 0;
-  for (const auto& s : stages) {
+  for (const auto& s : tally.stages()) {
     passes += s.forward_passes;
     if (s.skipped) {
       std::printf("| AutoAttack-%s after %s | skipped: %s | |\n", version.c_str(), attack::to_string(s.component),
@@ -87,9 +72,9 @@ int main(int argc, char** argv) {
     }
   }
   std::printf("| AutoAttack-%s total | %.1f%% | %.1f |\n", version.c_str(),
-              100.0 * static_cast<double>(robust) / static_cast<double>(n), aa_seconds);
+              100.0 * static_cast<double>(tally.robust()) / static_cast<double>(n), aa_seconds);
   std::printf("forward passes: %lld (%.0f per image)\n", static_cast<long long>(passes),
               static_cast<double>(passes) / static_cast<double>(n));
-  for (const auto& w : warnings) std::printf("warning: %s\n", w.c_str());
+  for (const auto& w : tally.warnings()) std::printf("warning: %s\n", w.c_str());
   return 0;
 }

@@ -77,6 +77,65 @@ TEST_F(ApgdTest, HalvesWhenTheBestLossStallsEvenIfMostStepsRaiseIt) {
   for (int64_t k = 0; k < 100; ++k) EXPECT_NEAR(trace.step_size[k], k <= 40 ? 0.2 : 0.1, 1e-7) << "iteration " << k;
 }
 
+TEST_F(ApgdTest, RhoRuleHalvesAtExactlyRhoTimesThePeriodAndNotAbove) {
+  // Periods 1 and 2 rise throughout. Period 3 (iterations 41–56, 16 steps,
+  // ρ·16 = 12 exactly) drops `drops` times by 1, then rises by 0.5 in the
+  // rest, beating the best loss either way (so only condition 1 can halve):
+  // 12 raises (≤ ρ·period, as the authors' code) halve at w = 57; 13 do not.
+  const auto script = [](int drops) {
+    return [drops](int64_t k) {
+      if (k <= 40) return -5.0 + 0.01 * static_cast<double>(k);
+      const double at_40 = -5.0 + 0.4;
+      if (k <= 56) {
+        const int64_t into = k - 40;  // 1 … 16
+        return into <= drops ? at_40 - static_cast<double>(into)
+                             : at_40 - drops + 0.5 * static_cast<double>(into - drops);
+      }
+      return at_40 + 10.0 + 0.01 * static_cast<double>(k);
+    };
+  };
+  const auto twelve = trace_of(scripted(script(4)));
+  const auto thirteen = trace_of(scripted(script(3)));
+  for (int64_t k = 0; k < 100; ++k) {
+    EXPECT_NEAR(twelve.step_size[k], k < 57 ? 0.2 : 0.1, 1e-7) << "12 raises, iteration " << k;
+    EXPECT_NEAR(thirteen.step_size[k], 0.2, 1e-7) << "13 raises, iteration " << k;
+  }
+}
+
+TEST_F(ApgdTest, AHalvingRestartsFromTheBestPointWithItsGradient) {
+  // Logits [v + d·(Σx − Σx detached), 0] for label 1: the loss is the
+  // scripted v exactly, the gradient's sign is d's. The best loss is at
+  // iteration 0's iterate (v = −1, d = +1); every later one has v = −5 (no
+  // raise: a halving at the first checkpoint w) and d = −1. Iteration w must
+  // step from the best point with its gradient, its momentum term taken
+  // against the iterate before the reset (as autopgd_base.py).
+  auto seen = std::make_shared<std::vector<torch::Tensor>>();
+  const LogitsFn f = [seen](const torch::Tensor& x) {
+    const auto call = static_cast<int64_t>(seen->size());
+    seen->push_back(x.detach().clone());
+    const double v = call == 0 ? -30.0 : (call == 2 ? -1.0 : -5.0);
+    const double d = call <= 2 ? 1.0 : -1.0;
+    auto logits = torch::zeros({x.size(0), 2});
+    logits.select(1, 0).fill_(v);
+    return logits + d * (x - x.detach()).flatten(1).sum(1, true);
+  };
+  const auto x = torch::full({1, 1, 2, 2}, 0.5f);
+  ApgdTrace trace;
+  apgd(f, x, torch::ones({1}, torch::kInt64), ApgdOptions(0.1).steps(30).trace(&trace));
+  // Call 0: the clean pass; call 1: the start; call k + 2: the iterate after iteration k.
+  const int64_t w = apgd_checkpoints(30)[1];
+  ASSERT_GE(seen->size(), static_cast<size_t>(w + 3));
+  const auto step = torch::tensor({0.1f});  // 2ε halved once
+  const auto from_best =
+      apgd_update((*seen)[2], (*seen)[w], torch::ones_like(x), x, step, 0.75, 0.1, Norm::Linf, 0.0, 1.0);
+  const auto without_reset =
+      apgd_update((*seen)[w + 1], (*seen)[w], -torch::ones_like(x), x, step, 0.75, 0.1, Norm::Linf, 0.0, 1.0);
+  EXPECT_NEAR(trace.step_size[w - 1], 0.2, 1e-7);
+  EXPECT_NEAR(trace.step_size[w], 0.1, 1e-7);
+  EXPECT_TRUE(torch::allclose((*seen)[w + 2], from_best, 0, 1e-6)) << (*seen)[w + 2] << from_best;
+  EXPECT_FALSE(torch::allclose(from_best, without_reset, 0, 1e-6)) << "the test must tell the two apart";
+}
+
 TEST_F(ApgdTest, MomentumUpdateMatchesAHandStepOnAQuadratic) {
   // Ascending L(x) = −(x − c)² with c = 1: ∇L = −2(x − c).
   const auto origin = torch::tensor({0.5f, 0.5f, 0.5f}).view({1, 3, 1, 1});

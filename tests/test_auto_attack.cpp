@@ -203,6 +203,69 @@ TEST_F(AutoAttackTest, MaskingIsJudgedOnAllImagesAndSkippedComponentsAreWarned) 
   const auto label_only = guard_of(model, std::make_shared<LabelOnly>());
   const auto r = auto_attack(differentiable(model), label_only.get(), data.images, data.labels,
                              quick(0.01).components({C::ApgdCe, C::Square}));
-  if (r.stages[1].attacked > 0) EXPECT_TRUE(has_warning(r, "ran without square")) << all_warnings(r);
+  if (r.stages[1].attacked > 0) {
+    EXPECT_TRUE(has_warning(r, "ran without square")) << all_warnings(r);
+  }
   EXPECT_TRUE(r.stages[1].skipped);
+}
+
+TEST_F(AutoAttackTest, TallySumsBatchesAndJudgesMaskingOnTheWhole) {
+  using C = AutoAttackComponent;
+  const auto batch = [](int64_t images, int64_t square_broken, bool square_skipped) {
+    AutoAttackResult r;
+    r.attack.success = torch::zeros({images}, torch::kBool);
+    r.attack.success.slice(0, 0, square_broken + 1).fill_(true);  // one misclassified clean, the rest broken
+    r.clean_correct = images - 1;
+    r.stages.resize(2);
+    r.stages[0].component = C::ApgdCe;
+    r.stages[0].attacked = images - 1;
+    r.stages[0].robust_after = images - 1;
+    r.stages[0].forward_passes = 10 * images;
+    r.stages[0].seconds = 1.5;
+    r.stages[1].component = C::Square;
+    r.stages[1].attacked = images - 1;
+    r.stages[1].broken = square_broken;
+    r.stages[1].robust_after = images - 1 - square_broken;
+    r.stages[1].skipped = square_skipped;
+    r.stages[1].skip_reason = square_skipped ? "no Guard" : "";
+    r.warnings = {"the DLR loss gradient is exactly zero on " + std::to_string(images / 10) + " images"};
+    const std::string masking = square_masking_warning(r.stages, images);
+    if (!masking.empty()) r.warnings.push_back(masking);
+    return r;
+  };
+  AutoAttackTally tally;
+  const AutoAttackResult first = batch(100, 1, false);  // 1 of 100 broken by Square: 1% > 0.2% in this batch
+  ASSERT_EQ(first.warnings.size(), 2u);
+  tally.add(first);
+  tally.add(batch(900, 0, true));
+  EXPECT_EQ(tally.images(), 1000);
+  EXPECT_EQ(tally.clean_correct(), 998);
+  EXPECT_EQ(tally.robust(), 1000 - 2 - 1);
+  ASSERT_EQ(tally.stages().size(), 2u);
+  EXPECT_EQ(tally.stages()[0].attacked, 998);
+  EXPECT_EQ(tally.stages()[0].forward_passes, 10000);
+  EXPECT_DOUBLE_EQ(tally.stages()[0].seconds, 3.0);
+  EXPECT_EQ(tally.stages()[1].broken, 1);
+  EXPECT_EQ(tally.stages()[1].robust_after, 99 - 1 + 899);
+  EXPECT_FALSE(tally.stages()[1].skipped) << "ran on one batch";
+  // 1 of 1,000 is below checks.py's 0.2%: no masking warning; the zero-gradient warning once (the first batch's).
+  const auto warnings = tally.warnings();
+  ASSERT_EQ(warnings.size(), 1u);
+  EXPECT_NE(warnings[0].find("on 10 images"), std::string::npos);
+  // 3 of 1,000 is above it.
+  AutoAttackTally masked;
+  masked.add(batch(500, 3, false));
+  masked.add(batch(500, 0, false));
+  ASSERT_EQ(masked.warnings().size(), 2u);
+  EXPECT_NE(masked.warnings()[1].find("masked"), std::string::npos);
+  // Stages skipped on every batch stay skipped, with the reason.
+  AutoAttackTally skipped;
+  skipped.add(batch(10, 0, true));
+  skipped.add(batch(10, 0, true));
+  EXPECT_TRUE(skipped.stages()[1].skipped);
+  EXPECT_EQ(skipped.stages()[1].skip_reason, "no Guard");
+  // Batches of a different ensemble cannot be summed.
+  AutoAttackResult other = batch(10, 0, false);
+  other.stages.pop_back();
+  EXPECT_THROW(skipped.add(other), OptionError);
 }

@@ -207,6 +207,52 @@ std::string square_masking_warning(const std::vector<AutoAttackStage>& stages, i
   return "";
 }
 
+void AutoAttackTally::add(const AutoAttackResult& batch) {
+  if (stages_.empty()) {
+    stages_ = batch.stages;
+  } else {
+    if (batch.stages.size() != stages_.size()) {
+      throw OptionError("AutoAttackTally::add: a batch has " + std::to_string(batch.stages.size()) +
+                        " stages where the earlier ones had " + std::to_string(stages_.size()));
+    }
+    for (size_t s = 0; s < stages_.size(); ++s) {
+      auto& into = stages_[s];
+      const auto& from = batch.stages[s];
+      into.attacked += from.attacked;
+      into.broken += from.broken;
+      into.robust_after += from.robust_after;
+      into.forward_passes += from.forward_passes;
+      into.seconds += from.seconds;
+      into.skipped = into.skipped && from.skipped;
+      if (into.skip_reason.empty()) into.skip_reason = from.skip_reason;
+    }
+  }
+  const int64_t n = batch.attack.success.defined() ? batch.attack.success.size(0) : 0;
+  images_ += n;
+  clean_correct_ += batch.clean_correct;
+  if (n > 0) robust_ += n - batch.attack.success.sum().item<int64_t>();
+  const std::string batch_masking = square_masking_warning(batch.stages, n);
+  // A warning's kind: its sentence without the counts.
+  const auto kind = [](std::string w) {
+    w.erase(std::remove_if(w.begin(), w.end(), [](char c) { return std::isdigit(static_cast<unsigned char>(c)); }),
+            w.end());
+    return w;
+  };
+  for (const auto& w : batch.warnings) {
+    if (w == batch_masking) continue;
+    const bool seen =
+        std::any_of(warnings_.begin(), warnings_.end(), [&](const std::string& t) { return kind(t) == kind(w); });
+    if (!seen) warnings_.push_back(w);
+  }
+}
+
+std::vector<std::string> AutoAttackTally::warnings() const {
+  std::vector<std::string> all = warnings_;
+  const std::string masking = square_masking_warning(stages_, images_);
+  if (!masking.empty()) all.push_back(masking);
+  return all;
+}
+
 std::vector<std::string> auto_attack_checks(const LogitsFn& f, const torch::Tensor& x, const torch::Tensor& y,
                                             bool expect_randomised) {
   std::vector<std::string> warnings;

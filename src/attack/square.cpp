@@ -3,7 +3,6 @@
 
 #include <cmath>
 #include <limits>
-#include <random>
 
 #include "parry/detail/chunks.hpp"
 #include "parry/detail/generator.hpp"
@@ -57,6 +56,34 @@ torch::Tensor margin_loss(const torch::Tensor& log_scores, const torch::Tensor& 
   const torch::Tensor other =
       std::get<0>(log_scores.scatter(1, y.view({-1, 1}), -std::numeric_limits<float>::infinity()).max(1));
   return targeted ? other - own : own - other;
+}
+
+// Replaces, in every candidate, one random side×side window by the clean
+// image ±ε (one sign per channel), clipped to the box. A window that leaves
+// the candidate unchanged is drawn again, up to 10 times (as the paper's
+// code). Vectorised over the batch: the window is a mask, not a loop.
+void place_squares(torch::Tensor& candidates, const torch::Tensor& originals, int64_t side, double eps,
+                   const GradientSettings& range, torch::Generator& gen) {
+  const int64_t h = candidates.size(2), w = candidates.size(3), c = candidates.size(1);
+  const auto index = candidates.options().dtype(torch::kInt64);
+  const torch::Tensor row_ids = torch::arange(h, index).view({1, h}), col_ids = torch::arange(w, index).view({1, w});
+  torch::Tensor pending = torch::arange(candidates.size(0), index);
+  for (int attempt = 0; attempt < 10 && pending.numel() > 0; ++attempt) {
+    const int64_t m = pending.numel();
+    const torch::Tensor r0 = torch::randint(0, h - side + 1, {m, 1}, gen, index);
+    const torch::Tensor c0 = torch::randint(0, w - side + 1, {m, 1}, gen, index);
+    const torch::Tensor signs = torch::randint(0, 2, {m, c, 1, 1}, gen, candidates.options()) * 2 - 1;
+    const torch::Tensor in_rows = row_ids.ge(r0) & row_ids.lt(r0 + side);  // m×h
+    const torch::Tensor in_cols = col_ids.ge(c0) & col_ids.lt(c0 + side);  // m×w
+    const torch::Tensor window = in_rows.view({m, 1, h, 1}) & in_cols.view({m, 1, 1, w});
+    const torch::Tensor current = candidates.index_select(0, pending);
+    const torch::Tensor proposal = torch::where(
+        window, (originals.index_select(0, pending) + signs * eps).clamp(range.clip_min, range.clip_max), current);
+    const torch::Tensor changed = proposal.ne(current).flatten(1).any(1);
+    const torch::Tensor moved = changed.nonzero().flatten();
+    candidates.index_copy_(0, pending.index_select(0, moved), proposal.index_select(0, moved));
+    pending = pending.masked_select(changed.logical_not());
+  }
 }
 
 }  // namespace
@@ -121,7 +148,6 @@ AttackResult square(const Guard& guard, const torch::Tensor& x, const torch::Ten
   const int64_t n = x0.size(0), c = x0.size(1), h = x0.size(2), w = x0.size(3);
   const double eps = options.epsilon();
   const RequestContext context{options.client_id()};
-  std::mt19937_64 rng(options.seed());
   torch::Generator gen = parry::detail::make_generator(options.seed(), x0.device());
 
   AttackResult result;
@@ -155,25 +181,8 @@ AttackResult square(const Guard& guard, const torch::Tensor& x, const torch::Ten
     const double p = square_fraction(options.p_init(), iteration, options.max_queries(), options.rescale_schedule());
     const int64_t side =
         std::clamp<int64_t>(std::llround(std::sqrt(p * static_cast<double>(h * w))), 1, std::min(h, w) - 1);
-    torch::Tensor candidates = best.index_select(0, active).clone();
-    const auto* rows = active.data_ptr<int64_t>();
-    std::uniform_int_distribution<int64_t> pick_row(0, h - side), pick_col(0, w - side), coin(0, 1);
-    for (int64_t k = 0; k < active.numel(); ++k) {
-      const torch::Tensor original = x0[rows[k]];
-      torch::Tensor candidate = candidates[k];
-      // Resample until the square actually changes the image (as the paper's code).
-      for (int attempt = 0; attempt < 10; ++attempt) {
-        const int64_t r0 = pick_row(rng), c0 = pick_col(rng);
-        torch::Tensor window = candidate.narrow(1, r0, side).narrow(2, c0, side);
-        const torch::Tensor before = window.clone();
-        for (int64_t ch = 0; ch < c; ++ch) {
-          const double sign = coin(rng) ? 1.0 : -1.0;
-          window[ch].copy_((original[ch].narrow(0, r0, side).narrow(1, c0, side) + sign * eps)
-                               .clamp(range.clip_min, range.clip_max));
-        }
-        if (!torch::equal(window, before)) break;
-      }
-    }
+    torch::Tensor candidates = best.index_select(0, active);
+    place_squares(candidates, x0.index_select(0, active), side, eps, range, gen);
     q = query(guard, candidates, context);
     result.flagged_answers += q.flagged;
     if (!q.log_scores.defined()) {

@@ -53,10 +53,6 @@ Verdicts run_guard(const Guard& guard, const torch::Tensor& x) {
   return {torch::cat(labels), torch::cat(flags)};
 }
 
-double defended_rate(const Verdicts& v, const torch::Tensor& y) {
-  return (v.labels.eq(y) | v.flagged).to(torch::kFloat64).mean().item<double>();
-}
-
 torch::Tensor preprocessed(const Guard& guard, const torch::Tensor& x) {
   // 256 rows bound the memory of the preprocessors (Guard::preprocess has no batch limit).
   return parry::detail::map_chunks(x, 256, [&](const torch::Tensor& chunk) { return guard.preprocess(chunk); });
@@ -232,46 +228,11 @@ struct DefenseRun {
   std::vector<double> class_correct, class_total;
   std::vector<double> defended, adaptive_defended, l2_sum;       // per transfer
   std::vector<int64_t> forward_passes;                           // per transfer
-  std::vector<attack::AutoAttackResult> auto_attack;             // per transfer: stages and warnings summed
+  std::vector<attack::AutoAttackTally> auto_attack;              // per transfer: stages and warnings summed
   std::vector<std::vector<torch::Tensor>> negatives, positives;  // per detector
 };
 
 // Adds one batch's AutoAttack outcome to the running totals.
-void accumulate(attack::AutoAttackResult& total, const attack::AutoAttackResult& batch) {
-  if (total.stages.empty()) {
-    total.stages = batch.stages;
-  } else {
-    for (size_t s = 0; s < batch.stages.size() && s < total.stages.size(); ++s) {
-      auto& into = total.stages[s];
-      const auto& from = batch.stages[s];
-      into.attacked += from.attacked;
-      into.broken += from.broken;
-      into.robust_after += from.robust_after;
-      into.forward_passes += from.forward_passes;
-      into.seconds += from.seconds;
-      // A stage skipped on every batch stays skipped with its reason.
-      into.skipped = into.skipped && from.skipped;
-      if (into.skip_reason.empty()) into.skip_reason = from.skip_reason;
-    }
-  }
-  total.clean_correct += batch.clean_correct;
-  // The masking check is judged on the whole evaluation (below), not per
-  // batch; other warnings are kept once per kind (their counts are the first
-  // batch's).
-  const std::string batch_masking = attack::square_masking_warning(batch.stages, batch.attack.success.size(0));
-  const auto kind = [](std::string w) {
-    w.erase(std::remove_if(w.begin(), w.end(), [](char c) { return std::isdigit(static_cast<unsigned char>(c)); }),
-            w.end());
-    return w;
-  };
-  for (const auto& w : batch.warnings) {
-    if (w == batch_masking) continue;
-    const bool seen = std::any_of(total.warnings.begin(), total.warnings.end(),
-                                  [&](const std::string& t) { return kind(t) == kind(w); });
-    if (!seen) total.warnings.push_back(w);
-  }
-}
-
 // prepare_detectors on data already in its random order.
 void prepare_in_order(config::DefenseSpec& defense, const Model& raw_model, const EvaluationData& data,
                       const config::EvaluationSpec& settings, const Progress& progress) {
@@ -495,7 +456,7 @@ Evaluation evaluate(config::Config& config, const Model& raw_model, const Evalua
                                         run.guard.get(), &details);
               adv = r.adversarial;
               run.forward_passes[i] += r.queries.sum().item<int64_t>();
-              accumulate(run.auto_attack[i], details);
+              run.auto_attack[i].add(details);
             } else {
               adaptive_settings.targeted = run.targeted;
               adaptive_settings.eot_samples = std::min<int64_t>(spec.eot_samples, run.eot_samples_cap);
@@ -575,11 +536,9 @@ Evaluation evaluate(config::Config& config, const Model& raw_model, const Evalua
       result.mean_l2 = run.l2_sum[i] / total;
       result.images = n;
       result.forward_passes = run.forward_passes[i];
-      result.stages = run.auto_attack[i].stages;
-      result.clean_correct = run.auto_attack[i].clean_correct;
-      result.warnings = run.auto_attack[i].warnings;
-      const std::string masking = attack::square_masking_warning(result.stages, n);
-      if (!masking.empty()) result.warnings.push_back(masking);
+      result.stages = run.auto_attack[i].stages();
+      result.clean_correct = run.auto_attack[i].clean_correct();
+      result.warnings = run.auto_attack[i].warnings();
       outcome.attacks.push_back(result);
     }
     for (size_t k = 0; k < defense.detectors.size(); ++k) {

@@ -146,6 +146,33 @@ std::vector<std::string> auto_attack_checks(const LogitsFn& f, const torch::Tens
 /// broke more than 0.2% of the images. The warning's sentence, or "" if none.
 std::string square_masking_warning(const std::vector<AutoAttackStage>& stages, int64_t images);
 
+/// AutoAttack run batch by batch (an evaluation larger than one call), summed:
+/// per stage the images attacked, broken and still robust, the forward passes
+/// and the seconds are added, and a stage skipped on every batch stays
+/// skipped with its reason. Warnings are kept once per kind (the counts in a
+/// kept sentence are its first batch's), except Square's gradient-masking
+/// check, which is judged again on all the images at once (checks.py judges
+/// the whole evaluation, and 0.2% of one batch is not 0.2% of all).
+class AutoAttackTally {
+ public:
+  /// Adds one batch's result (stages in the same order on every batch).
+  void add(const AutoAttackResult& batch);
+  const std::vector<AutoAttackStage>& stages() const { return stages_; }
+  int64_t images() const { return images_; }
+  int64_t clean_correct() const { return clean_correct_; }
+  /// Images correctly classified after the whole ensemble.
+  int64_t robust() const { return robust_; }
+  /// The batches' warnings, each kind once, then the whole-evaluation masking check's.
+  std::vector<std::string> warnings() const;
+
+ private:
+  std::vector<AutoAttackStage> stages_;
+  std::vector<std::string> warnings_;
+  int64_t images_ = 0;
+  int64_t clean_correct_ = 0;
+  int64_t robust_ = 0;
+};
+
 /// Runs the ensemble on (x, y): x N×C×H×W inside the pixel range, y int64 N
 /// true labels. `guard`, if not null, answers Square's queries (it should be
 /// the defense that `f` differentiates). Every result lies within ε of x and
