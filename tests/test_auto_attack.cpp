@@ -1,5 +1,6 @@
 #include "attack_support.hpp"
 
+#include "parry/attack/apgd.hpp"
 #include "parry/attack/auto_attack.hpp"
 #include "parry/conceal/output_policies.hpp"
 #include "parry/conceal/throttle.hpp"
@@ -151,6 +152,22 @@ TEST_F(AutoAttackTest, SanityChecksFlagWhatMakesAnEvaluationUnreliable) {
         return f(moved);
       },
       "optimises at inference time");
+  // A misclassified image whose true class ranks third has DLR ≡ 1 and a zero
+  // gradient; it needs no attack, so it raises no warning.
+  auto relabelled = data.labels.clone();
+  {
+    torch::NoGradGuard no_grad;
+    relabelled[0] = f(data.images.slice(0, 0, 1)).argsort(1, true)[0][2];
+  }
+  const auto third = auto_attack_checks(f, data.images, relabelled, false);
+  EXPECT_TRUE(std::none_of(third.begin(), third.end(),
+                           [](const std::string& w) { return w.find("zero") != std::string::npos; }));
+  {
+    torch::AutoGradMode grad_on(true);
+    const auto probe = data.images.slice(0, 0, 1).detach().requires_grad_(true);
+    const auto loss = dlr_loss(f(probe), relabelled.slice(0, 0, 1)).sum();
+    EXPECT_EQ(torch::autograd::grad({loss}, {probe})[0].abs().sum().item<double>(), 0.0) << "DLR ≡ 1 there";
+  }
   // The rand version expects randomness.
   const auto noisy = [f](const torch::Tensor& x) { return f(x + 0.05 * torch::randn_like(x)); };
   const auto warnings = auto_attack_checks(noisy, data.images, data.labels, true);

@@ -256,7 +256,6 @@ std::vector<std::string> AutoAttackTally::warnings() const {
 std::vector<std::string> auto_attack_checks(const LogitsFn& f, const torch::Tensor& x, const torch::Tensor& y,
                                             bool expect_randomised) {
   std::vector<std::string> warnings;
-  const int64_t n = x.size(0);
   // Randomised: five forward passes, normalised logits compared pairwise (checks.py: α = 1e-4).
   std::vector<torch::Tensor> outputs;
   std::vector<int64_t> correct;
@@ -295,11 +294,18 @@ std::vector<std::string> auto_attack_checks(const LogitsFn& f, const torch::Tens
     return torch::nn::functional::cross_entropy(
         out, y.to(out.device()), torch::nn::functional::CrossEntropyFuncOptions().reduction(torch::kSum));
   });
-  const int64_t zero = flat(grad).abs().sum(1).eq(0).sum().item<int64_t>();
+  // Counted on the correctly classified images only (a deviation from
+  // checks.py, which counts all): where the true class ranks third, DLR =
+  // −(z_π3 − z_π1)/(z_π1 − z_π3) ≡ 1 and its gradient is exactly zero, but
+  // such an image is already misclassified and no attack needs to move it.
+  // On the PGD-trained reference model that case was every zero of checks.py's count.
+  const torch::Tensor judged = logits.argmax(1).eq(y.to(logits.device()));
+  const int64_t zero = (flat(grad).abs().sum(1).eq(0) & judged).sum().item<int64_t>();
   if (zero > 0) {
     warnings.push_back(std::string("the ") + (use_dlr ? "DLR" : "cross-entropy") +
-                       " loss gradient is exactly zero on " + share(zero, n) +
-                       " images: gradient-based attacks cannot move them, so their robustness may be masked");
+                       " loss gradient is exactly zero on " + share(zero, judged.sum().item<int64_t>()) +
+                       " correctly classified images: gradient-based attacks cannot move them, so their "
+                       "robustness may be masked");
   }
   // Backward passes inside the forward: the defense optimises while answering.
   backward_calls = 0;
