@@ -8,6 +8,7 @@
 
 using parry::IoError;
 using parry::data::read_idx;
+using parry::testing::write_gzip;
 
 namespace {
 
@@ -21,13 +22,6 @@ std::string header(uint8_t type, const std::vector<uint32_t>& sizes) {
 
 void write_plain(const std::string& path, const std::string& bytes) {
   std::ofstream(path, std::ios::binary) << bytes;
-}
-
-void write_gzip(const std::string& path, const std::string& bytes) {
-  gzFile f = gzopen(path.c_str(), "wb");
-  ASSERT_NE(f, nullptr);
-  ASSERT_EQ(gzwrite(f, bytes.data(), static_cast<unsigned>(bytes.size())), static_cast<int>(bytes.size()));
-  gzclose(f);
 }
 
 std::string ubyte_images() {

@@ -18,6 +18,7 @@ namespace data = parry::data;
 using parry::IoError;
 using parry::OptionError;
 using parry::testing::TempDir;
+using parry::testing::write_gzip;
 
 namespace {
 
@@ -62,14 +63,6 @@ std::string idx_bytes(uint8_t type, const std::vector<uint32_t>& sizes, const st
   }
   for (uint8_t v : values) h.push_back(static_cast<char>(v));
   return h;
-}
-
-void write_gzip(const std::string& path, const std::string& bytes) {
-  fs::create_directories(fs::path(path).parent_path());
-  gzFile f = gzopen(path.c_str(), "wb");
-  ASSERT_NE(f, nullptr);
-  ASSERT_EQ(gzwrite(f, bytes.data(), static_cast<unsigned>(bytes.size())), static_cast<int>(bytes.size()));
-  gzclose(f);
 }
 
 // n images 1×3×2 with pixel values 10 * i + j, and labels.

@@ -14,10 +14,9 @@ using parry::InputSpec;
 using parry::Model;
 using parry::OptionError;
 using parry::StateError;
+using parry::testing::kFixtures;
 
 namespace {
-
-const std::string kFixtures = PARRY_TEST_FIXTURES;
 
 torch::Tensor expected(const std::string& fixture, const char* name) {
   return torch::jit::load(kFixtures + "/" + fixture + "_expected.pt").attr(name).toTensor();

@@ -3,6 +3,7 @@
 
 #include <gtest/gtest.h>
 #include <torch/torch.h>
+#include <zlib.h>
 
 #include <cstdlib>
 #include <filesystem>
@@ -31,6 +32,21 @@ class TempDir {
  private:
   std::filesystem::path path_;
 };
+
+#ifdef PARRY_TEST_FIXTURES
+/// The folder of committed test fixtures.
+inline const std::string kFixtures = PARRY_TEST_FIXTURES;
+#endif
+
+/// Writes `bytes` gzip-compressed to `path`, creating its folder.
+inline void write_gzip(const std::string& path, const std::string& bytes) {
+  const auto folder = std::filesystem::path(path).parent_path();
+  if (!folder.empty()) std::filesystem::create_directories(folder);
+  gzFile f = gzopen(path.c_str(), "wb");
+  ASSERT_NE(f, nullptr);
+  ASSERT_EQ(gzwrite(f, bytes.data(), static_cast<unsigned>(bytes.size())), static_cast<int>(bytes.size()));
+  gzclose(f);
+}
 
 /// Seeds LibTorch and uses one intra-op thread so results are reproducible.
 class SeededTest : public ::testing::Test {

@@ -6,10 +6,9 @@
 #include "test_support.hpp"
 
 using parry::Model;
+using parry::testing::kFixtures;
 
 namespace {
-
-const std::string kFixtures = PARRY_TEST_FIXTURES;
 
 class TorchScriptTest : public parry::testing::SeededTest {
  protected:

@@ -26,10 +26,6 @@ constexpr const char* kFormatKey = "parry_format";
 constexpr const char* kFormatValue = "parry-module-state-v1";
 constexpr const char* kTagKey = "parry_module";
 
-std::string describe_path(const std::string& path) {
-  return "file '" + path + "'";
-}
-
 }  // namespace
 
 bool is_dropout_module(const torch::nn::Module& m) {

@@ -12,13 +12,9 @@
 
 namespace parry::detail {
 
-namespace {
-
 std::string describe_path(const std::string& path) {
   return "file '" + path + "'";
 }
-
-}  // namespace
 
 void atomic_write(const std::string& path, const std::function<void(const std::string&)>& write_to) {
   const std::string tmp =

@@ -6,6 +6,9 @@
 
 namespace parry::detail {
 
+/// "file 'PATH'": how error messages name a file.
+std::string describe_path(const std::string& path);
+
 /// Writes a file atomically: `write_to` fills a temporary file in the same
 /// directory, which is then renamed over `path`. A crash or exception midway
 /// leaves any previous file at `path` intact and removes the temporary.
