@@ -21,7 +21,21 @@ struct TrainOptions {
   double epsilon = 0.1;          // adversarial, L∞ in [0, 1] pixels
   int64_t steps = 7;             // adversarial PGD/TRADES steps
   std::string checkpoint_dir;    // adversarial: resumable checkpoints
+  // Data-parallel training (docs/training.md, "Several processes").
+  int64_t world_size = 1;
+  int64_t rank = 0;
+  std::string master = "127.0.0.1:29500";  // HOST:PORT of the rendezvous store
+  bool master_hosted = false;              // set by --nproc for its children: the launcher hosts the store
+  int64_t nproc = 0;                       // > 0: start this many local ranks
+  double dist_timeout = 300;               // seconds a rank waits for the others
 };
+
+/// parry train --nproc N: hosts the rendezvous store, starts N copies of
+/// this command line as ranks 0 … N − 1 on loopback, and waits for them. If
+/// a rank fails, the others fail within --dist-timeout (they name it); any
+/// still running after that are stopped. Returns 0 if every rank succeeded,
+/// else the first failing rank's exit status.
+int launch_local_ranks(const TrainOptions& opts);
 
 /// Trains a new reference CNN plainly on the training split of --data and saves it to opts.out.
 models::ReferenceCnn train_reference(const CommonOptions& common, const TrainOptions& opts);

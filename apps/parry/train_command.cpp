@@ -50,13 +50,46 @@ TrainingData training_data(const CommonOptions& common, int64_t limit) {
   return out;
 }
 
+// Rank 0 reports progress; the other ranks of a data-parallel run stay quiet.
+std::function<void(const train::StepProgress&)> progress_for(const TrainOptions& opts) {
+  return opts.rank == 0 ? train::progress_printer() : std::function<void(const train::StepProgress&)>();
+}
+
+// The process group of --world-size/--rank/--master, or null for one process.
+std::shared_ptr<train::ProcessGroup> process_group(const TrainOptions& opts) {
+  if (opts.world_size == 1) return nullptr;
+  const auto colon = opts.master.rfind(':');
+  int64_t port = 0;
+  try {
+    if (colon == std::string::npos || colon == 0) throw std::invalid_argument("no port");
+    size_t used = 0;
+    port = std::stoll(opts.master.substr(colon + 1), &used);
+    if (used != opts.master.size() - colon - 1) throw std::invalid_argument("trailing characters");
+  } catch (const std::exception&) {
+    throw OptionError("--master must be HOST:PORT, but got '" + opts.master + "'");
+  }
+  if (opts.rank == 0) {
+    std::fprintf(stderr, "rank 0 of %lld: waiting for the other ranks at %s\n", static_cast<long long>(opts.world_size),
+                 opts.master.c_str());
+  }
+  return train::ProcessGroup::connect(train::ProcessGroupOptions()
+                                          .world_size(opts.world_size)
+                                          .rank(opts.rank)
+                                          .master_host(opts.master.substr(0, colon))
+                                          .master_port(port)
+                                          .host_store(!opts.master_hosted)
+                                          .timeout_seconds(opts.dist_timeout)
+                                          .join_timeout_seconds(opts.dist_timeout));
+}
+
 void save_model(const Model& model, const std::string& out) {
   fs::create_directories(fs::absolute(out).parent_path());
   model.save(out);  // TorchScript models as TorchScript archives, the reference CNN as its state
 }
 
 // Papernot et al. 2016: teacher and student trained at T; the student is returned.
-Model train_distilled(const TrainingData& data, const TrainOptions& opts) {
+Model train_distilled(const TrainingData& data, const TrainOptions& opts,
+                      const std::shared_ptr<train::ProcessGroup>& group) {
   std::fprintf(stderr, "defensive distillation at T = %g on %lld images (%lld epochs per stage)\n", opts.temperature,
                static_cast<long long>(data.train.size()), static_cast<long long>(opts.epochs));
   torch::manual_seed(opts.seed);
@@ -67,7 +100,8 @@ Model train_distilled(const TrainingData& data, const TrainOptions& opts) {
                                                .batch_size(opts.batch)
                                                .learning_rate(opts.lr)
                                                .seed(opts.seed)
-                                               .on_progress(train::progress_printer()))
+                                               .process_group(group)
+                                               .on_progress(progress_for(opts)))
                            .fit(teacher, student, data.train.images, data.train.labels);
   std::fprintf(stderr, "distilled in %.1f s; student agrees with the teacher on %.2f%% of the training images\n",
                summary.seconds, 100.0 * summary.label_agreement);
@@ -75,7 +109,8 @@ Model train_distilled(const TrainingData& data, const TrainOptions& opts) {
 }
 
 // Madry et al. 2017 / Wong et al. 2020 / Zhang et al. 2019, resumable with --checkpoint-dir.
-Model train_adversarial(const TrainingData& data, const TrainOptions& opts) {
+Model train_adversarial(const TrainingData& data, const TrainOptions& opts,
+                        const std::shared_ptr<train::ProcessGroup>& group) {
   const auto method = train::adversarial_method_from_string(opts.attack);
   std::fprintf(stderr, "%s adversarial training at eps %g on %lld images (%lld epochs)\n", train::to_string(method),
                opts.epsilon, static_cast<long long>(data.train.size()), static_cast<long long>(opts.epochs));
@@ -93,12 +128,20 @@ Model train_adversarial(const TrainingData& data, const TrainOptions& opts) {
                                         .seed(opts.seed)
                                         .eval_samples(held_out.size())
                                         .checkpoint_dir(opts.checkpoint_dir)
-                                        .on_progress(train::progress_printer()));
-  trainer.fit(model, data.train, held_out, train::epoch_printer());
+                                        .process_group(group)
+                                        .on_progress(progress_for(opts)));
+  const auto summary =
+      trainer.fit(model, data.train, held_out,
+                  opts.rank == 0 ? train::epoch_printer() : std::function<void(const train::EpochReport&)>());
+  if (summary.resumed_from_epoch > 0 && opts.rank == 0) {
+    std::fprintf(stderr, "resumed from epoch %lld of %s\n", static_cast<long long>(summary.resumed_from_epoch),
+                 opts.checkpoint_dir.c_str());
+  }
   return model;
 }
 
-Model train_plain(const TrainingData& data, const TrainOptions& opts) {
+Model train_plain(const TrainingData& data, const TrainOptions& opts,
+                  const std::shared_ptr<train::ProcessGroup>& group = nullptr) {
   std::fprintf(stderr, "training %s on %lld images of %s (%lld epochs)\n",
                opts.model.empty() ? "the reference CNN" : opts.model.c_str(), static_cast<long long>(data.train.size()),
                data.name.c_str(), static_cast<long long>(opts.epochs));
@@ -111,7 +154,8 @@ Model train_plain(const TrainingData& data, const TrainOptions& opts) {
                                                  .learning_rate(opts.lr)
                                                  .seed(opts.seed)
                                                  .random_flip(opts.augment)
-                                                 .on_progress(train::progress_printer()));
+                                                 .process_group(group)
+                                                 .on_progress(progress_for(opts)));
   std::fprintf(stderr, "trained in %.1f s, final loss %.4f\n", summary.seconds, summary.final_loss);
   return model;
 }
@@ -128,11 +172,25 @@ models::ReferenceCnn train_reference(const CommonOptions& common, const TrainOpt
 namespace {
 
 int run_train(const CommonOptions& common, const TrainOptions& opts) {
+  if (opts.nproc > 0) {
+    if (opts.world_size != 1) throw OptionError("give either --nproc or --world-size, not both");
+    return launch_local_ranks(opts);
+  }
+  if (opts.rank >= opts.world_size) {
+    throw OptionError("--rank must lie in [0, --world-size = " + std::to_string(opts.world_size) + "), but got " +
+                      std::to_string(opts.rank));
+  }
+  const auto group = process_group(opts);
   const auto data = training_data(common, opts.limit);
-  Model model = opts.method == "distilled"     ? train_distilled(data, opts)
-                : opts.method == "adversarial" ? train_adversarial(data, opts)
-                                               : train_plain(data, opts);
+  Model model = opts.method == "distilled"     ? train_distilled(data, opts, group)
+                : opts.method == "adversarial" ? train_adversarial(data, opts, group)
+                                               : train_plain(data, opts, group);
   model.set_training(false);
+  if (group && opts.rank == 0) {
+    std::fprintf(stderr, "rank 0: %.1f s in %lld collectives (communication and waiting for other ranks)\n",
+                 group->communication_seconds(), static_cast<long long>(group->collectives()));
+  }
+  if (opts.rank != 0) return 0;  // rank 0 saves and evaluates the (identical) model
   save_model(model, opts.out);
   if (data.test) {
     std::printf("test accuracy: %.2f%% on %lld images of %s\n", 100.0 * streamed_accuracy(model, *data.test),
@@ -177,6 +235,31 @@ Command add_train_command(CLI::App& app, const CommonOptions& common) {
       ->capture_default_str();
   train_cmd->add_option("--checkpoint-dir", train_opts.checkpoint_dir,
                         "Adversarial training: checkpoint after every epoch and resume from it when rerun");
+  const char* distributed = "Data-parallel training (docs/training.md)";
+  train_cmd->add_option("--world-size", train_opts.world_size, "Number of ranks of a data-parallel run")
+      ->check(CLI::Range(1, 4096))
+      ->group(distributed)
+      ->capture_default_str();
+  train_cmd->add_option("--rank", train_opts.rank, "This process's rank, in [0, --world-size)")
+      ->check(CLI::NonNegativeNumber)
+      ->group(distributed)
+      ->capture_default_str();
+  train_cmd
+      ->add_option("--master", train_opts.master,
+                   "HOST:PORT of the rendezvous store; rank 0 listens there (trusted networks only)")
+      ->group(distributed)
+      ->capture_default_str();
+  train_cmd->add_option("--nproc", train_opts.nproc, "Start this many local ranks on loopback (one machine)")
+      ->check(CLI::Range(1, 64))
+      ->group(distributed);
+  train_cmd
+      ->add_option("--dist-timeout", train_opts.dist_timeout,
+                   "Seconds a rank waits for the others before the run fails, naming the rank that stopped")
+      ->check(CLI::Range(1.0, 86400.0))
+      ->group(distributed)
+      ->capture_default_str();
+  train_cmd->add_flag("--master-hosted", train_opts.master_hosted, "The store is hosted by a launcher (--nproc)")
+      ->group("");
 
   return {train_cmd, [&common, opts] { return run_train(common, *opts); }};
 }

@@ -6,3 +6,4 @@
 #include "parry/train/classifier_trainer.hpp"
 #include "parry/train/detector_trainer.hpp"
 #include "parry/train/distillation.hpp"
+#include "parry/train/process_group.hpp"

@@ -48,6 +48,10 @@ PgdOptions& PgdOptions::gaussian_start(double sigma) {
   gaussian_sigma_ = sigma;
   return *this;
 }
+PgdOptions& PgdOptions::start_perturbation(torch::Tensor delta) {
+  start_perturbation_ = std::move(delta);
+  return *this;
+}
 PgdOptions& PgdOptions::loss(PgdLoss l) {
   loss_ = l;
   return *this;
@@ -74,6 +78,10 @@ namespace {
 torch::Tensor start_point(const torch::Tensor& x, const PgdOptions& o, torch::Generator& gen) {
   const auto& s = o.settings();
   torch::Tensor delta;
+  if (o.start_perturbation().defined()) {
+    return project(x + o.start_perturbation().to(x.device(), x.scalar_type()), x, o.epsilon(), o.norm(), s.clip_min,
+                   s.clip_max);
+  }
   switch (o.start()) {
     case PgdStart::None:
       return x.clone();
@@ -123,6 +131,10 @@ std::pair<torch::Tensor, torch::Tensor> kl_gradient(const LogitsFn& f, const tor
 AttackResult pgd(const LogitsFn& f, const torch::Tensor& x, const torch::Tensor& y, const PgdOptions& options) {
   const auto& s = options.settings();
   check_batch("pgd", x, y, s);
+  if (options.start_perturbation().defined() &&
+      (options.restarts() != 1 || options.start_perturbation().sizes() != x.sizes())) {
+    throw OptionError("pgd: start_perturbation needs restarts = 1 and the shape of x");
+  }
   require(!options.last_iterate() || options.restarts() == 1, "pgd",
           "last_iterate returns the one run's last point and needs restarts = 1", options.restarts());
   const bool kl = options.loss() == PgdLoss::KlToClean;

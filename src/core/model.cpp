@@ -374,6 +374,11 @@ class TorchScriptBackend final : public ModelBackend {
     for (const auto& p : module_.parameters()) out.push_back(p);
     return out;
   }
+  std::vector<torch::Tensor> buffers() const override {
+    std::vector<torch::Tensor> out;
+    for (const auto& b : module_.buffers()) out.push_back(b);
+    return out;
+  }
   void set_training(bool on) override { module_.train(on); }
   bool is_training() const override { return module_.is_training(); }
   void save(const std::string& path) const override {
@@ -476,6 +481,7 @@ class TransformedBackend final : public ModelBackend {
     return std::make_shared<TransformedBackend>(inner_->with_feature_layer(layer), transform_);
   }
   std::vector<torch::Tensor> parameters() const override { return inner_->parameters(); }
+  std::vector<torch::Tensor> buffers() const override { return inner_->buffers(); }
   void set_training(bool on) override { inner_->set_training(on); }
   bool is_training() const override { return inner_->is_training(); }
   void save(const std::string& path) const override { inner_->save(path); }

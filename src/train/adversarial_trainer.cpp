@@ -151,6 +151,10 @@ AdversarialTrainerOptions& AdversarialTrainerOptions::on_progress(std::function<
   on_progress_ = std::move(f);
   return *this;
 }
+AdversarialTrainerOptions& AdversarialTrainerOptions::process_group(std::shared_ptr<ProcessGroup> group) {
+  process_group_ = std::move(group);
+  return *this;
+}
 
 double AdversarialTrainerOptions::step_size() const {
   if (step_size_ > 0) return step_size_;
@@ -202,24 +206,28 @@ AdversarialTrainer::AdversarialTrainer(AdversarialTrainerOptions options)
   }
 }
 
-torch::Tensor AdversarialTrainer::attack(Model& model, const torch::Tensor& x, const torch::Tensor& y) {
+torch::Tensor AdversarialTrainer::start_noise(int64_t rows, const torch::Tensor& x) {
+  std::vector<int64_t> shape = x.sizes().vec();
+  shape[0] = rows;
+  const auto dtype = torch::TensorOptions().dtype(x.scalar_type());
+  // Drawn on the CPU from the checkpointed generator (then moved to x's
+  // device by pgd), so a resumed run continues its stream.
+  if (options_.method() == AdversarialMethod::Trades) {
+    return 0.001 * torch::randn(shape, generator_, dtype);  // Zhang et al.: x + 0.001·N(0, I)
+  }
+  return (torch::rand(shape, generator_, dtype) * 2 - 1) * options_.epsilon();  // uniform in the ε-ball
+}
+
+torch::Tensor AdversarialTrainer::attack(Model& model, const torch::Tensor& x, const torch::Tensor& y,
+                                         const torch::Tensor& start) {
   const auto& o = options_;
   attack::GradientSettings settings;
   settings.clip_min = o.clip_min();
   settings.clip_max = o.clip_max();
-  // The trainer's generator (a shared handle, checkpointed) draws the random
-  // starts, so a resumed run continues its stream; the last iterate is
-  // trained on. Off the CPU, the CPU generator draws the seed of a generator
-  // on the input's device, which keeps the run reproducible and resumable.
-  torch::Generator start_generator = generator_;
-  if (!x.device().is_cpu()) {
-    const auto seed = torch::randint(0, std::numeric_limits<int64_t>::max(), {1}, generator_, torch::kInt64);
-    start_generator = parry::detail::make_generator(static_cast<uint64_t>(seed.item<int64_t>()), x.device());
-  }
   auto pgd_options = attack::PgdOptions(o.epsilon())
                          .step_size(o.step_size())
                          .settings(settings)
-                         .generator(start_generator)
+                         .start_perturbation(start)
                          .last_iterate(true);
   switch (o.method()) {
     case AdversarialMethod::Pgd:  // Madry et al.: uniform start, `steps` sign steps
@@ -229,7 +237,7 @@ torch::Tensor AdversarialTrainer::attack(Model& model, const torch::Tensor& x, c
       pgd_options.steps(1);
       break;
     case AdversarialMethod::Trades:  // Zhang et al.: start at x + 0.001·N(0, I), ascend KL(p(x) ‖ p(x'))
-      pgd_options.steps(o.steps()).gaussian_start(0.001).loss(attack::PgdLoss::KlToClean);
+      pgd_options.steps(o.steps()).loss(attack::PgdLoss::KlToClean);
       break;
   }
   return attack::pgd(attack::differentiable(model), x, y, pgd_options).adversarial;
@@ -240,8 +248,15 @@ TrainingBatch AdversarialTrainer::adversarial_batch(Model& model, const torch::T
   check_pixel_range("AdversarialTrainer::adversarial_batch", x, options_.clip_min(), options_.clip_max());
   ModeGuard eval_mode(model, /*training=*/false);
   check_labels_below("AdversarialTrainer::adversarial_batch", y, class_count(model, x));  // eval mode: no copy
+  return shard_batch(model, x, y, x.size(0), 0);
+}
+
+TrainingBatch AdversarialTrainer::shard_batch(Model& model, const torch::Tensor& x, const torch::Tensor& y,
+                                              int64_t global_rows, int64_t begin) {
+  ModeGuard eval_mode(model, /*training=*/false);
   const int64_t n = x.size(0);
-  const auto k = static_cast<int64_t>(std::llround(options_.adversarial_fraction() * static_cast<double>(n)));
+  const int64_t end = begin + n;
+  const auto k = static_cast<int64_t>(std::llround(options_.adversarial_fraction() * static_cast<double>(global_rows)));
   TrainingBatch batch;
   batch.labels = y;
   if (k == 0) {
@@ -249,22 +264,30 @@ TrainingBatch AdversarialTrainer::adversarial_batch(Model& model, const torch::T
     batch.adversarial = torch::zeros({n}, torch::kBool);
     return batch;
   }
-  if (k == n) {
-    batch.images = attack(model, x, y);
+  if (k == global_rows) {
+    const torch::Tensor start = start_noise(global_rows, x).slice(0, begin, end);
+    batch.images = n > 0 ? attack(model, x, y, start) : x.detach();
     batch.adversarial = torch::ones({n}, torch::kBool);
     return batch;
   }
-  // Drawn on the CPU (the checkpointed generator), then moved to the batch's device.
-  const torch::Tensor rows =
-      std::get<0>(torch::randperm(n, generator_, torch::kInt64).slice(0, 0, k).sort()).to(x.device());
-  const torch::Tensor adv = attack(model, x.index_select(0, rows), y.index_select(0, rows));
-  batch.images = x.detach().clone().index_copy_(0, rows, adv);
-  batch.adversarial = torch::zeros({n}, torch::kBool).index_fill_(0, rows, true);
+  // The k adversarial rows of the global batch (sorted), then their starts;
+  // this shard takes the rows inside [begin, end).
+  const torch::Tensor rows = std::get<0>(torch::randperm(global_rows, generator_, torch::kInt64).slice(0, 0, k).sort());
+  const torch::Tensor starts = start_noise(k, x);
+  const torch::Tensor mine = (rows >= begin).logical_and(rows < end).nonzero().flatten();
+  const torch::Tensor local_rows = (rows.index_select(0, mine) - begin).to(x.device());
+  batch.images = x.detach().clone();
+  batch.adversarial = torch::zeros({n}, torch::kBool);
+  if (local_rows.numel() > 0) {
+    const torch::Tensor adv =
+        attack(model, x.index_select(0, local_rows), y.index_select(0, local_rows), starts.index_select(0, mine));
+    batch.images.index_copy_(0, local_rows, adv);
+    batch.adversarial.index_fill_(0, local_rows.cpu(), true);
+  }
   return batch;
 }
 
-torch::Tensor AdversarialTrainer::loss(Model& model, const torch::Tensor& x, const torch::Tensor& y) {
-  const TrainingBatch batch = adversarial_batch(model, x, y);
+torch::Tensor AdversarialTrainer::batch_loss(Model& model, const TrainingBatch& batch, const torch::Tensor& x) {
   if (options_.method() != AdversarialMethod::Trades) {
     return torch::nn::functional::cross_entropy(model.logits(batch.images), batch.labels);
   }
@@ -272,7 +295,11 @@ torch::Tensor AdversarialTrainer::loss(Model& model, const torch::Tensor& x, con
   const torch::Tensor adv_logits = model.logits(batch.images);
   const torch::Tensor log_clean = torch::log_softmax(clean_logits, 1);
   const torch::Tensor kl = (log_clean.exp() * (log_clean - torch::log_softmax(adv_logits, 1))).sum(1).mean();
-  return torch::nn::functional::cross_entropy(clean_logits, y) + options_.trades_beta() * kl;
+  return torch::nn::functional::cross_entropy(clean_logits, batch.labels) + options_.trades_beta() * kl;
+}
+
+torch::Tensor AdversarialTrainer::loss(Model& model, const torch::Tensor& x, const torch::Tensor& y) {
+  return batch_loss(model, adversarial_batch(model, x, y), x);
 }
 
 std::string AdversarialTrainer::checkpoint_path(const std::string& dir) {
@@ -306,6 +333,8 @@ AdversarialTrainingSummary AdversarialTrainer::fit(Model& model, const data::Lab
     return std::make_unique<torch::optim::SGD>(
         parameters, torch::optim::SGDOptions(o.learning_rate()).momentum(o.momentum()).weight_decay(o.weight_decay()));
   };
+  const DataParallel parallel(o.process_group());
+  parallel.synchronise(model);  // before the optimizer sees the parameters
   std::unique_ptr<torch::optim::Optimizer> optimizer = make_optimizer(model.parameters());
   generator_ = at::detail::createCPUGenerator(o.seed());
   torch::manual_seed(o.seed());  // dropout masks draw from the default generator
@@ -323,12 +352,28 @@ AdversarialTrainingSummary AdversarialTrainer::fit(Model& model, const data::Lab
     }
     checkpoint = checkpoint_path(o.checkpoint_dir());
     signature = training_signature(o, train);
+    // A checkpoint continues only with the world size that wrote it: the
+    // shards, and so the sums of floating-point gradients, depend on it.
+    if (parallel.distributed()) signature += "\nworld_size=" + std::to_string(parallel.world_size());
     if (o.resume() && parry::detail::file_exists(checkpoint)) {
       const CheckpointContents restored =
           restore_checkpoint(checkpoint, signature, o.epochs(), model, make_optimizer, optimizer, generator_);
       history = restored.history;
       previous_seconds = restored.seconds;
       summary.resumed_from_epoch = restored.epoch;
+    }
+  }
+  if (parallel.distributed()) {
+    // Every rank must resume from the same epoch (the checkpoint directory
+    // is shared, or copied to every machine).
+    torch::Tensor epochs = torch::zeros({parallel.world_size()}, torch::kFloat64);
+    epochs[parallel.rank()] = static_cast<double>(summary.resumed_from_epoch);
+    parallel.group()->all_reduce_sum(epochs);
+    const auto [lowest, highest] = torch::aminmax(epochs);
+    if (lowest.item<double>() != highest.item<double>()) {
+      throw DistributedError("AdversarialTrainer::fit: the ranks found different checkpoints in '" +
+                             o.checkpoint_dir() + "' (resumed epochs " + c10::str(epochs.to(torch::kInt64)) +
+                             "); the checkpoint directory must be shared by every rank or copied to each");
     }
   }
 
@@ -338,6 +383,7 @@ AdversarialTrainingSummary AdversarialTrainer::fit(Model& model, const data::Lab
   for (int64_t epoch = summary.resumed_from_epoch + 1; epoch <= o.epochs(); ++epoch) {
     const auto epoch_start = std::chrono::steady_clock::now();
     model.set_training(true);
+    parallel.begin_epoch(o.seed(), epoch);
     const torch::Tensor order = torch::randperm(n, generator_, torch::kInt64);
     double loss_sum = 0;
     int64_t seen = 0;
@@ -346,15 +392,15 @@ AdversarialTrainingSummary AdversarialTrainer::fit(Model& model, const data::Lab
     parry::detail::for_each_chunk(n, o.batch_size(), [&](int64_t begin, int64_t end) {
       lr = o.learning_rate_at(step, total_steps, epoch);
       set_learning_rate(*optimizer, lr);
-      const torch::Tensor index = order.slice(0, begin, end);
-      const torch::Tensor x = train.images.index_select(0, index);
-      const torch::Tensor y = train.labels.index_select(0, index);
-      optimizer->zero_grad();
-      const torch::Tensor batch_loss = loss(model, x, y);
-      batch_loss.backward();
-      optimizer->step();
-      loss_sum += batch_loss.item<double>() * static_cast<double>(x.size(0));
-      seen += x.size(0);
+      const BatchRows rows = parallel.rows(order.slice(0, begin, end), generator_);
+      loss_sum += parallel.step(model, *optimizer, rows, [&](const BatchRows& r) {
+        const torch::Tensor x = train.images.index_select(0, r.shard());
+        const torch::Tensor y = train.labels.index_select(0, r.shard());
+        // Every rank draws the whole batch's random starts, also for an empty shard.
+        const TrainingBatch batch = shard_batch(model, x, y, r.index.size(0), r.begin);
+        return r.rows() > 0 ? batch_loss(model, batch, x) : torch::Tensor();
+      });
+      seen += end - begin;
       if (o.on_progress()) {
         o.on_progress()(StepProgress{epoch, o.epochs(), seen, n, loss_sum / static_cast<double>(seen),
                                      previous_seconds + seconds_since(start)});
@@ -368,9 +414,13 @@ AdversarialTrainingSummary AdversarialTrainer::fit(Model& model, const data::Lab
     report.learning_rate = lr;
     report.seconds = seconds_since(epoch_start);
     if (eval_n > 0) {
-      const torch::Tensor ex = held_out.images.slice(0, 0, eval_n);
-      const torch::Tensor ey = held_out.labels.slice(0, 0, eval_n);
-      report.clean_accuracy = accuracy(model, ex, ey);
+      // Each rank evaluates its shard of the held-out subset.
+      const auto [lo, hi] = shard_of_batch(eval_n, parallel.rank(), parallel.world_size());
+      const torch::Tensor ex = held_out.images.slice(0, lo, hi);
+      const torch::Tensor ey = held_out.labels.slice(0, lo, hi);
+      const double correct =
+          hi > lo ? static_cast<double>(std::llround(accuracy(model, ex, ey) * static_cast<double>(hi - lo))) : 0.0;
+      report.clean_accuracy = parallel.sum(correct) / static_cast<double>(eval_n);
       attack::GradientSettings settings;
       settings.clip_min = o.clip_min();
       settings.clip_max = o.clip_max();
@@ -378,14 +428,14 @@ AdversarialTrainingSummary AdversarialTrainer::fit(Model& model, const data::Lab
       const auto pgd_options = attack::PgdOptions(o.epsilon()).steps(o.eval_steps()).settings(settings);
       const auto f = attack::differentiable(model);
       int64_t robust = 0;
-      parry::detail::for_each_chunk(eval_n, 500, [&](int64_t begin, int64_t end) {
+      parry::detail::for_each_chunk(hi - lo, 500, [&](int64_t begin, int64_t end) {
         const auto r = attack::pgd(f, ex.slice(0, begin, end), ey.slice(0, begin, end), pgd_options);
         robust += (~r.success).sum().item<int64_t>();
       });
-      report.adversarial_accuracy = static_cast<double>(robust) / static_cast<double>(eval_n);
+      report.adversarial_accuracy = parallel.sum(static_cast<double>(robust)) / static_cast<double>(eval_n);
     }
     history.push_back(report);
-    if (!checkpoint.empty()) {
+    if (!checkpoint.empty() && parallel.rank() == 0) {  // rank 0 alone writes (atomically)
       save_checkpoint(checkpoint, signature, epoch, previous_seconds + seconds_since(start), model, *optimizer,
                       generator_, history);
     }

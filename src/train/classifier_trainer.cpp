@@ -8,10 +8,11 @@
 
 #include "parry/detail/chunks.hpp"
 #include "parry/detail/require.hpp"
+#include "train/support.hpp"
 
 namespace parry::train {
 
-using detail::require;
+using parry::detail::require;
 
 ClassifierTrainerOptions& ClassifierTrainerOptions::epochs(int64_t v) {
   require(v >= 1, "ClassifierTrainerOptions::epochs", "must be at least 1", v);
@@ -53,6 +54,10 @@ ClassifierTrainerOptions& ClassifierTrainerOptions::random_shift(int64_t pixels)
 }
 ClassifierTrainerOptions& ClassifierTrainerOptions::on_progress(std::function<void(const StepProgress&)> f) {
   on_progress_ = std::move(f);
+  return *this;
+}
+ClassifierTrainerOptions& ClassifierTrainerOptions::process_group(std::shared_ptr<ProcessGroup> group) {
+  process_group_ = std::move(group);
   return *this;
 }
 
@@ -104,54 +109,30 @@ TrainingSummary fit_classifier(Model& model, const torch::Tensor& images, const 
       labels.scalar_type() != torch::kInt64) {
     throw OptionError("fit_classifier: labels must be int64 of shape N matching the images");
   }
-  auto parameters = model.parameters();
-  if (parameters.empty()) throw OptionError("fit_classifier: the model has no trainable parameters");
+  if (model.parameters().empty()) throw OptionError("fit_classifier: the model has no trainable parameters");
 
   const auto start = std::chrono::steady_clock::now();
-  auto elapsed = [&] { return std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count(); };
-  torch::Generator generator = at::detail::createCPUGenerator(options.seed());
-  torch::manual_seed(options.seed());  // dropout masks draw from the default generator
-  torch::optim::Adam optimizer(parameters,
-                               torch::optim::AdamOptions(options.learning_rate()).weight_decay(options.weight_decay()));
-  const int64_t n = images.size(0);
-  const int64_t steps_per_epoch = (n + options.batch_size() - 1) / options.batch_size();
-  const int64_t total_steps = steps_per_epoch * options.epochs();
-  int64_t step = 0;
+  const detail::LoopSettings settings{
+      options.epochs(),       options.batch_size(), options.learning_rate(), options.final_lr_fraction(),
+      options.weight_decay(), options.seed(),       &options.on_progress(),  options.process_group()};
+  const bool augmenting = options.random_flip() || options.random_shift() > 0;
   TrainingSummary summary;
-  model.set_training(true);
-  for (int64_t epoch = 1; epoch <= options.epochs(); ++epoch) {
-    const torch::Tensor order = torch::randperm(n, generator, torch::kInt64);
-    double loss_sum = 0;
-    int64_t seen = 0;
-    parry::detail::for_each_chunk(n, options.batch_size(), [&](int64_t begin, int64_t end) {
-      // Cosine annealing from lr to lr * final_lr_fraction.
-      const double progress = static_cast<double>(step) / static_cast<double>(total_steps);
-      const double lr =
-          options.learning_rate() *
-          (options.final_lr_fraction() + (1 - options.final_lr_fraction()) * 0.5 * (1 + std::cos(M_PI * progress)));
-      for (auto& group : optimizer.param_groups()) {
-        static_cast<torch::optim::AdamOptions&>(group.options()).lr(lr);
-      }
-      const torch::Tensor index = order.slice(0, begin, end);
-      const torch::Tensor x =
-          augment_batch(images.index_select(0, index), options.random_flip(), options.random_shift(), generator);
-      const torch::Tensor y = labels.index_select(0, index);
-      optimizer.zero_grad();
-      const torch::Tensor loss = torch::nn::functional::cross_entropy(model.logits(x), y);
-      loss.backward();
-      optimizer.step();
-      loss_sum += loss.item<double>() * static_cast<double>(x.size(0));
-      seen += x.size(0);
-      if (options.on_progress()) {
-        options.on_progress()(
-            StepProgress{epoch, options.epochs(), seen, n, loss_sum / static_cast<double>(seen), elapsed()});
-      }
-      ++step;
-    });
-    summary.final_loss = loss_sum / static_cast<double>(n);
-  }
-  model.set_training(false);
-  summary.seconds = elapsed();
+  summary.final_loss = detail::run_training(model, images.size(0), settings, [&](const detail::BatchRows& rows) {
+    // Augmentation draws for the whole global batch on every rank, so that
+    // the generator streams stay in step and a row is augmented as it would
+    // be in one process.
+    torch::Tensor x;
+    if (augmenting) {
+      x = augment_batch(images.index_select(0, rows.index), options.random_flip(), options.random_shift(),
+                        *rows.generator)
+              .slice(0, rows.begin, rows.end);
+    } else {
+      x = images.index_select(0, rows.shard());
+    }
+    if (rows.rows() == 0) return torch::Tensor();
+    return torch::nn::functional::cross_entropy(model.logits(x), labels.index_select(0, rows.shard()));
+  });
+  summary.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
   return summary;
 }
 

@@ -74,6 +74,10 @@ DetectorTrainerOptions& DetectorTrainerOptions::on_progress(std::function<void(c
   on_progress_ = std::move(f);
   return *this;
 }
+DetectorTrainerOptions& DetectorTrainerOptions::process_group(std::shared_ptr<ProcessGroup> group) {
+  process_group_ = std::move(group);
+  return *this;
+}
 
 DetectorTrainer::DetectorTrainer(DetectorTrainerOptions options) : options_(std::move(options)) {
   if (options_.attacks().empty()) {
@@ -129,9 +133,11 @@ std::shared_ptr<LearnedDetector> DetectorTrainer::fit(const Model& target, Model
                       std::to_string(expected) + " outputs, but got " + std::to_string(outputs));
   }
   const data::LabeledImages set = make_training_set(target, clean);
-  const LoopSettings settings{options_.epochs(), options_.batch_size(),  options_.learning_rate(), 0.05, 0.0,
-                              options_.seed(),   &options_.on_progress()};
-  run_training(network, set.images.size(0), settings, [&](const torch::Tensor& index) {
+  const LoopSettings settings{options_.epochs(), options_.batch_size(),   options_.learning_rate(), 0.05, 0.0,
+                              options_.seed(),   &options_.on_progress(), options_.process_group()};
+  run_training(network, set.images.size(0), settings, [&](const BatchRows& rows) {
+    if (rows.rows() == 0) return torch::Tensor();  // an empty shard of a data-parallel run
+    const torch::Tensor index = rows.shard();
     return torch::nn::functional::cross_entropy(network.logits(set.images.index_select(0, index)),
                                                 set.labels.index_select(0, index));
   });

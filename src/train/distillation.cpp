@@ -50,6 +50,10 @@ DistillationOptions& DistillationOptions::on_progress(std::function<void(const S
   on_progress_ = std::move(f);
   return *this;
 }
+DistillationOptions& DistillationOptions::process_group(std::shared_ptr<ProcessGroup> group) {
+  process_group_ = std::move(group);
+  return *this;
+}
 
 torch::Tensor soft_labels(const Model& teacher, const torch::Tensor& images, double temperature, int64_t batch_size) {
   check_images("soft_labels", images);
@@ -86,7 +90,7 @@ bool share_parameters(const Model& a, const Model& b) {
 
 LoopSettings loop_settings(const DistillationOptions& o) {
   return LoopSettings{o.epochs(),       o.batch_size(), o.learning_rate(), o.final_lr_fraction(),
-                      o.weight_decay(), o.seed(),       &o.on_progress()};
+                      o.weight_decay(), o.seed(),       &o.on_progress(),  o.process_group()};
 }
 
 }  // namespace
@@ -99,7 +103,9 @@ double Distillation::train_student(const Model& teacher, Model& student, const t
   }
   const double t = options_.temperature();
   const torch::Tensor targets = soft_labels(teacher, images, t);
-  return run_training(student, images.size(0), loop_settings(options_), [&](const torch::Tensor& index) {
+  return run_training(student, images.size(0), loop_settings(options_), [&](const BatchRows& rows) {
+    if (rows.rows() == 0) return torch::Tensor();  // an empty shard of a data-parallel run
+    const torch::Tensor index = rows.shard();
     return soft_cross_entropy(student.logits(images.index_select(0, index)), targets.index_select(0, index), t);
   });
 }
@@ -117,11 +123,12 @@ DistillationSummary Distillation::fit(Model& teacher, Model& student, const torc
   const double t = options_.temperature();
   DistillationSummary summary;
   // Stage 1: the teacher learns the hard labels through softmax(F(x) / T).
-  summary.teacher_loss =
-      run_training(teacher, images.size(0), loop_settings(options_), [&](const torch::Tensor& index) {
-        return torch::nn::functional::cross_entropy(teacher.logits(images.index_select(0, index)) / t,
-                                                    labels.index_select(0, index));
-      });
+  summary.teacher_loss = run_training(teacher, images.size(0), loop_settings(options_), [&](const BatchRows& rows) {
+    if (rows.rows() == 0) return torch::Tensor();  // an empty shard of a data-parallel run
+    const torch::Tensor index = rows.shard();
+    return torch::nn::functional::cross_entropy(teacher.logits(images.index_select(0, index)) / t,
+                                                labels.index_select(0, index));
+  });
   // Stages 2 and 3: soft labels at T, the student learns them at T.
   summary.student_loss = train_student(teacher, student, images);
   {

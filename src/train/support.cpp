@@ -75,11 +75,73 @@ void set_learning_rate(torch::optim::Optimizer& optimizer, double lr) {
   for (auto& group : optimizer.param_groups()) group.options().set_lr(lr);
 }
 
+void DataParallel::synchronise(Model& model) const {
+  if (group_) group_->broadcast_module_state(model.parameters(), model.buffers());
+}
+
+void DataParallel::begin_epoch(uint64_t seed, int64_t epoch) const {
+  if (group_) torch::manual_seed(seed + 1000003ULL * static_cast<uint64_t>(epoch) + static_cast<uint64_t>(rank()));
+}
+
+BatchRows DataParallel::rows(const torch::Tensor& index, torch::Generator& generator) const {
+  BatchRows out;
+  out.index = index;
+  out.generator = &generator;
+  std::tie(out.begin, out.end) = shard_of_batch(index.size(0), rank(), world_size());
+  return out;
+}
+
+double DataParallel::step(Model& model, torch::optim::Optimizer& optimizer, const BatchRows& rows,
+                          const std::function<torch::Tensor(const BatchRows&)>& batch_loss) const {
+  optimizer.zero_grad();
+  double shard_loss = 0;
+  const torch::Tensor loss = batch_loss(rows);  // also for an empty shard: it makes the batch's random draws
+  if (rows.rows() > 0) {
+    loss.backward();
+    shard_loss = loss.item<double>();
+  }
+  std::vector<double> loss_sum{shard_loss * static_cast<double>(rows.rows())};
+  if (group_) {
+    // Each shard's gradient is of its mean loss: weighted by its share of
+    // the batch, the sum over ranks is the gradient of the batch's mean.
+    const double weight = static_cast<double>(rows.rows()) / static_cast<double>(rows.index.size(0));
+    group_->sum_gradients(model.parameters(), weight, loss_sum);
+  }
+  optimizer.step();
+  if (group_) group_->average_buffers(model.buffers());
+  return loss_sum[0];
+}
+
+double DataParallel::sum(double value) const {
+  if (!group_) return value;
+  torch::Tensor t = torch::tensor({value}, torch::kFloat64);
+  group_->all_reduce_sum(t);
+  return t.item<double>();
+}
+
+torch::Tensor DataParallel::gather_rows(const torch::Tensor& local) const {
+  if (!group_) return local;
+  torch::Tensor counts = torch::zeros({world_size()}, torch::kFloat64);
+  counts[rank()] = static_cast<double>(local.size(0));
+  group_->all_reduce_sum(counts);
+  std::vector<torch::Tensor> parts;
+  for (int64_t r = 0; r < world_size(); ++r) {
+    std::vector<int64_t> shape = local.sizes().vec();
+    shape[0] = static_cast<int64_t>(counts[r].item<double>());
+    std::vector<torch::Tensor> one{r == rank() ? local.contiguous().clone() : torch::empty(shape, local.options())};
+    if (shape[0] > 0) group_->broadcast(one, r);
+    parts.push_back(one[0]);
+  }
+  return torch::cat(parts);
+}
+
 double run_training(Model& model, int64_t n, const LoopSettings& s,
-                    const std::function<torch::Tensor(const torch::Tensor&)>& batch_loss) {
+                    const std::function<torch::Tensor(const BatchRows&)>& batch_loss) {
   const auto start = std::chrono::steady_clock::now();
+  const DataParallel parallel(s.group);
   torch::Generator generator = at::detail::createCPUGenerator(s.seed);
   torch::manual_seed(s.seed);  // dropout masks draw from the default generator
+  parallel.synchronise(model);
   torch::optim::Adam optimizer(model.parameters(),
                                torch::optim::AdamOptions(s.learning_rate).weight_decay(s.weight_decay));
   const int64_t steps_per_epoch = (n + s.batch_size - 1) / s.batch_size;
@@ -89,18 +151,15 @@ double run_training(Model& model, int64_t n, const LoopSettings& s,
   EvalOnExit leave_in_eval_mode(model);
   model.set_training(true);
   for (int64_t epoch = 1; epoch <= s.epochs; ++epoch) {
+    parallel.begin_epoch(s.seed, epoch);
     const torch::Tensor order = torch::randperm(n, generator, torch::kInt64);
     double loss_sum = 0;
     int64_t seen = 0;
     parry::detail::for_each_chunk(n, s.batch_size, [&](int64_t begin, int64_t end) {
       set_learning_rate(optimizer, cosine(s.learning_rate, s.final_lr_fraction, step, total_steps));
-      const torch::Tensor index = order.slice(0, begin, end);
-      optimizer.zero_grad();
-      const torch::Tensor loss = batch_loss(index);
-      loss.backward();
-      optimizer.step();
-      loss_sum += loss.item<double>() * static_cast<double>(index.size(0));
-      seen += index.size(0);
+      const BatchRows rows = parallel.rows(order.slice(0, begin, end), generator);
+      loss_sum += parallel.step(model, optimizer, rows, batch_loss);
+      seen += end - begin;
       if (s.on_progress && *s.on_progress) {
         (*s.on_progress)(
             StepProgress{epoch, s.epochs, seen, n, loss_sum / static_cast<double>(seen), seconds_since(start)});

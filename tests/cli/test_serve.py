@@ -9,52 +9,28 @@ not match the model), calibrates, starts `parry serve --port 0`, drives it over
 HTTP (urllib), reads /metrics, stops it with SIGTERM and checks exit status 0.
 Standard library only (PNG encoded by hand with zlib).
 """
-import gzip
 import json
 import os
 import shutil
 import signal
-import struct
 import subprocess
 import sys
 import urllib.error
 import urllib.request
-import zlib
+
+from support import check, fail, png_grey, test_images
 
 CLASSES = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"]
 INTERNAL_WORDS = ["/", "\\", ".pt", ".json", ".cpp", ".hpp", "torch", "c10", "aten", "1.13", "opencv", "eigen",
                   "exception", "std::", "httplib", "prometheus", "sha256", "alice", "state"]
 
 
-def fail(message):
-    print("FAIL: " + message, file=sys.stderr)
-    sys.exit(1)
 
 
-def check(condition, message):
-    if not condition:
-        fail(message)
 
 
-def png_grey(pixels, width, height, channels=1):
-    """A minimal 8-bit greyscale (channels 1) or RGB (channels 3, interleaved) PNG."""
-    row = width * channels
-    raw = b"".join(b"\0" + pixels[y * row:(y + 1) * row] for y in range(height))
-    colour_type = 0 if channels == 1 else 2
-
-    def chunk(kind, data):
-        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xffffffff)
-
-    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, colour_type, 0, 0, 0)) +
-            chunk(b"IDAT", zlib.compress(raw)) + chunk(b"IEND", b""))
 
 
-def test_images(directory, count):
-    with gzip.open(os.path.join(directory, "t10k-images-idx3-ubyte.gz")) as f:
-        images = f.read()
-    with gzip.open(os.path.join(directory, "t10k-labels-idx1-ubyte.gz")) as f:
-        labels = f.read()
-    return [(images[16 + i * 784:16 + (i + 1) * 784], labels[8 + i]) for i in range(count)]
 
 
 def run(args, stdin=None):

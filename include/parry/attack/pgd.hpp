@@ -61,6 +61,12 @@ struct PgdOptions {
   /// Start at x + σ·N(0, I) projected (PgdStart::Gaussian); σ > 0 in pixel
   /// units (Zhang et al. use 0.001 on [0, 1] images).
   PgdOptions& gaussian_start(double sigma);
+  /// Start at x + δ projected onto the ball and the pixel range, for a
+  /// caller that drew δ (same shape as x) itself: a data-parallel trainer
+  /// draws the starts of a whole global batch and passes each rank its rows.
+  /// Overrides the random start; needs restarts = 1 (checked by pgd()).
+  /// Default: none (undefined).
+  PgdOptions& start_perturbation(torch::Tensor delta);
   /// The loss to ascend (default PgdLoss::CrossEntropy).
   PgdOptions& loss(PgdLoss l);
   /// Draw the random starts from `g` instead of a fresh generator seeded
@@ -88,6 +94,7 @@ struct PgdOptions {
   /// σ of the Gaussian start (0 unless gaussian_start() was called).
   double gaussian_sigma() const { return gaussian_sigma_; }
   PgdLoss loss() const { return loss_; }
+  const torch::Tensor& start_perturbation() const { return start_perturbation_; }
   const torch::Generator& generator() const { return generator_; }
   bool last_iterate() const { return last_iterate_; }
   const GradientSettings& settings() const { return settings_; }
@@ -101,7 +108,8 @@ struct PgdOptions {
   PgdStart start_ = PgdStart::Uniform;
   double gaussian_sigma_ = 0;
   PgdLoss loss_ = PgdLoss::CrossEntropy;
-  torch::Generator generator_;  // undefined: a fresh one from settings_.seed per call
+  torch::Tensor start_perturbation_;  // undefined: the start() rule
+  torch::Generator generator_;        // undefined: a fresh one from settings_.seed per call
   bool last_iterate_ = false;
   GradientSettings settings_;
 };

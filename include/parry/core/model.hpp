@@ -52,6 +52,8 @@ class ModelBackend {
   /// parry::OptionError: only TorchScript backends can be split at a layer.
   virtual std::shared_ptr<ModelBackend> with_feature_layer(const std::string& layer) const;
   virtual std::vector<torch::Tensor> parameters() const = 0;
+  /// Buffers (BatchNorm running statistics and the like); none by default.
+  virtual std::vector<torch::Tensor> buffers() const { return {}; }
   virtual void set_training(bool on) = 0;
   virtual bool is_training() const = 0;
   virtual void save(const std::string& path) const = 0;
@@ -119,6 +121,7 @@ class ModuleBackend final : public ModelBackend {
     return std::make_shared<ModuleBackend<Impl>>(std::move(copy));
   }
   std::vector<torch::Tensor> parameters() const override { return module_->parameters(); }
+  std::vector<torch::Tensor> buffers() const override { return module_->buffers(); }
   void set_training(bool on) override { module_->train(on); }
   bool is_training() const override { return module_->is_training(); }
   void save(const std::string& path) const override { save_module_state(*module_, module_->name(), path); }
@@ -253,6 +256,9 @@ class Model {
 
   /// Trainable parameters (empty for callables).
   std::vector<torch::Tensor> parameters() const { return backend_->parameters(); }
+  /// Buffers of the module (BatchNorm running statistics), shared with the
+  /// model: changing them in place changes the model. Empty for callables.
+  std::vector<torch::Tensor> buffers() const { return backend_->buffers(); }
 
   /// Training path only: switches train/eval mode of this handle's module.
   /// Never call this on a model shared with a serving Guard.

@@ -116,6 +116,10 @@ struct AdversarialTrainerOptions {
   AdversarialTrainerOptions& resume(bool on);
   /// fit(): called after every batch (default none; see progress_printer()).
   AdversarialTrainerOptions& on_progress(std::function<void(const StepProgress&)> f);
+  /// Data-parallel training over `group` (default none: one process). Every
+  /// rank calls fit() with the same data and options; each trains on its
+  /// shard of every batch (docs/training.md, "Several processes").
+  AdversarialTrainerOptions& process_group(std::shared_ptr<ProcessGroup> group);
 
   AdversarialMethod method() const { return method_; }
   double epsilon() const { return epsilon_; }
@@ -142,6 +146,7 @@ struct AdversarialTrainerOptions {
   const std::string& checkpoint_dir() const { return checkpoint_dir_; }
   bool resume() const { return resume_; }
   const std::function<void(const StepProgress&)>& on_progress() const { return on_progress_; }
+  const std::shared_ptr<ProcessGroup>& process_group() const { return process_group_; }
 
   /// The learning rate at 0-based global step `step` of `total_steps`, at
   /// epoch `epoch` (1-based), under this schedule.
@@ -172,6 +177,7 @@ struct AdversarialTrainerOptions {
   std::string checkpoint_dir_;
   bool resume_ = true;
   std::function<void(const StepProgress&)> on_progress_;
+  std::shared_ptr<ProcessGroup> process_group_;
 };
 
 /// What adversarial_batch() returns: the batch to train on.
@@ -243,7 +249,17 @@ class AdversarialTrainer {
   const AdversarialTrainerOptions& options() const { return options_; }
 
  private:
-  torch::Tensor attack(Model& model, const torch::Tensor& x, const torch::Tensor& y);
+  // The method's examples for x, started at x + start (start drawn by start_noise()).
+  torch::Tensor attack(Model& model, const torch::Tensor& x, const torch::Tensor& y, const torch::Tensor& start);
+  // The method's random starts for `rows` images of x's shape, from generator_.
+  torch::Tensor start_noise(int64_t rows, const torch::Tensor& x);
+  // adversarial_batch() for the rows [begin, begin + x.size(0)) of a global
+  // batch of `global_rows`: every random draw is made for the global batch,
+  // so every rank's generator stays in step and each row gets the start it
+  // would get in one process.
+  TrainingBatch shard_batch(Model& model, const torch::Tensor& x, const torch::Tensor& y, int64_t global_rows,
+                            int64_t begin);
+  torch::Tensor batch_loss(Model& model, const TrainingBatch& batch, const torch::Tensor& x);
 
   AdversarialTrainerOptions options_;
   torch::Generator generator_;

@@ -8,6 +8,7 @@
 #include <string>
 
 #include "parry/core/model.hpp"
+#include "parry/train/process_group.hpp"
 
 namespace parry::train {
 
@@ -38,6 +39,10 @@ struct ClassifierTrainerOptions {
   ClassifierTrainerOptions& random_shift(int64_t pixels);
   /// Called after every batch; default: none. See progress_printer().
   ClassifierTrainerOptions& on_progress(std::function<void(const StepProgress&)> f);
+  /// Data-parallel training over `group` (default none: one process). Every
+  /// rank calls fit() with the same data and options; each trains on its
+  /// shard of every batch (docs/training.md, "Several processes").
+  ClassifierTrainerOptions& process_group(std::shared_ptr<ProcessGroup> group);
 
   int64_t epochs() const { return epochs_; }
   int64_t batch_size() const { return batch_size_; }
@@ -48,6 +53,7 @@ struct ClassifierTrainerOptions {
   bool random_flip() const { return random_flip_; }
   int64_t random_shift() const { return random_shift_; }
   const std::function<void(const StepProgress&)>& on_progress() const { return on_progress_; }
+  const std::shared_ptr<ProcessGroup>& process_group() const { return process_group_; }
 
  private:
   int64_t epochs_ = 8;
@@ -59,6 +65,7 @@ struct ClassifierTrainerOptions {
   bool random_flip_ = false;
   int64_t random_shift_ = 0;
   std::function<void(const StepProgress&)> on_progress_;
+  std::shared_ptr<ProcessGroup> process_group_;
 };
 
 /// Result of fit().

@@ -78,6 +78,10 @@ struct DetectorTrainerOptions {
   DetectorTrainerOptions& seed(uint64_t v);
   /// Called after every training batch (default none).
   DetectorTrainerOptions& on_progress(std::function<void(const StepProgress&)> f);
+  /// Data-parallel training over `group` (default none: one process). Every
+  /// rank calls fit() with the same data and options; each trains on its
+  /// shard of every batch (docs/training.md, "Several processes").
+  DetectorTrainerOptions& process_group(std::shared_ptr<ProcessGroup> group);
 
   DetectorKind kind() const { return kind_; }
   const std::vector<TrainingAttack>& attacks() const { return attacks_; }
@@ -88,6 +92,7 @@ struct DetectorTrainerOptions {
   int64_t attack_batch_size() const { return attack_batch_size_; }
   uint64_t seed() const { return seed_; }
   const std::function<void(const StepProgress&)>& on_progress() const { return on_progress_; }
+  const std::shared_ptr<ProcessGroup>& process_group() const { return process_group_; }
 
  private:
   DetectorKind kind_ = DetectorKind::Binary;
@@ -99,6 +104,7 @@ struct DetectorTrainerOptions {
   int64_t attack_batch_size_ = 500;
   uint64_t seed_ = 0;
   std::function<void(const StepProgress&)> on_progress_;
+  std::shared_ptr<ProcessGroup> process_group_;
 };
 
 class DetectorTrainer {

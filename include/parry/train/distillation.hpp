@@ -51,6 +51,10 @@ struct DistillationOptions {
   DistillationOptions& seed(uint64_t v);
   /// Called after every batch of either stage; default none (see progress_printer()).
   DistillationOptions& on_progress(std::function<void(const StepProgress&)> f);
+  /// Data-parallel training over `group` (default none: one process). Every
+  /// rank calls fit() with the same data and options; each trains on its
+  /// shard of every batch (docs/training.md, "Several processes").
+  DistillationOptions& process_group(std::shared_ptr<ProcessGroup> group);
 
   double temperature() const { return temperature_; }
   int64_t epochs() const { return epochs_; }
@@ -60,6 +64,7 @@ struct DistillationOptions {
   double weight_decay() const { return weight_decay_; }
   uint64_t seed() const { return seed_; }
   const std::function<void(const StepProgress&)>& on_progress() const { return on_progress_; }
+  const std::shared_ptr<ProcessGroup>& process_group() const { return process_group_; }
 
  private:
   double temperature_ = 20.0;
@@ -70,6 +75,7 @@ struct DistillationOptions {
   double weight_decay_ = 0.0;
   uint64_t seed_ = 0;
   std::function<void(const StepProgress&)> on_progress_;
+  std::shared_ptr<ProcessGroup> process_group_;
 };
 
 /// What Distillation::fit measured.
