@@ -6,6 +6,7 @@
 #include <thread>
 
 #include "parry/conceal/output_policies.hpp"
+#include "parry/conceal/query_monitor.hpp"
 #include "parry/conceal/throttle.hpp"
 #include "parry/detect/feature_squeezing.hpp"
 #include "parry/detect/softmax_confidence.hpp"
@@ -333,6 +334,62 @@ TEST_F(GuardTest, ConcurrentPredictionsMatchSequential) {
     EXPECT_TRUE(torch::allclose(concurrent[i].scores, sequential[i].scores, 1e-5, 1e-6)) << i;
   }
   EXPECT_FALSE(net->is_training());
+}
+
+// Issue 17: 16 threads, 10,000 requests, one Guard with a query monitor and a
+// throttle. The stream is built so that the right counts do not depend on the
+// interleaving: 5,000 random images, each sent twice (the second copy is a
+// detection whichever thread sends it, unrelated noise images never match),
+// from 4 clients whose buckets (1,000 images, a clock that never advances)
+// admit exactly 1,000 each.
+TEST_F(GuardTest, SixteenThreadsKeepExactThrottleAndMonitorAccounting) {
+  constexpr int kThreads = 16;
+  constexpr int kRequests = 10000;
+  constexpr int kClients = 4;
+  constexpr int kBurst = 1000;
+  auto monitor = std::make_shared<conceal::QueryMonitor>(
+      conceal::QueryMonitorOptions().max_stored_queries(kRequests).action(conceal::MonitorAction::Flag));
+  auto throttle = std::make_shared<conceal::Throttle>(
+      conceal::ThrottleOptions().rate(1e-9).burst(static_cast<double>(kBurst)).clock([] { return 0.0; }));
+  const Model model = Model::from_callable([](const torch::Tensor& x) { return x.flatten(1).slice(1, 0, 10); });
+  // The monitor first: it sees every image, whatever the throttle decides.
+  Guard guard = GuardBuilder(model, InputSpec(1, 28, 28)).add_gate(monitor).add_gate(throttle).build();
+  std::vector<torch::Tensor> images;
+  for (int i = 0; i < kRequests / 2; ++i) images.push_back(torch::rand({1, 1, 28, 28}));
+  std::vector<int> order(kRequests);
+  for (int i = 0; i < kRequests; ++i) order[i] = i % (kRequests / 2);
+  std::atomic<int> admitted[kClients] = {};
+  std::atomic<int> limited{0}, flagged{0}, failures{0};
+  std::vector<std::thread> threads;
+  for (int t = 0; t < kThreads; ++t) {
+    threads.emplace_back([&, t] {
+      for (int i = t; i < kRequests; i += kThreads) {
+        const int client = i % kClients;
+        try {
+          const Response r = guard.predict(images[order[i]], RequestContext{"client-" + std::to_string(client)});
+          if (r.verdict == Verdict::Rejected) {
+            EXPECT_EQ(r.reason, reason::kRateLimited);
+            ++limited;
+          } else {
+            ++admitted[client];
+            flagged += r.verdict == Verdict::Flagged;
+          }
+        } catch (...) {
+          ++failures;
+        }
+      }
+    });
+  }
+  for (auto& th : threads) th.join();
+  EXPECT_EQ(failures.load(), 0);
+  for (int c = 0; c < kClients; ++c) EXPECT_EQ(admitted[c].load(), kBurst) << "client " << c;
+  EXPECT_EQ(limited.load(), kRequests - kClients * kBurst);
+  const auto stats = monitor->stats();
+  EXPECT_EQ(stats.images, static_cast<uint64_t>(kRequests));
+  EXPECT_EQ(stats.detections, static_cast<uint64_t>(kRequests / 2));
+  EXPECT_EQ(stats.requests_detected, static_cast<uint64_t>(kRequests / 2));
+  EXPECT_EQ(stats.evictions, 0u);
+  EXPECT_GT(flagged.load(), 0);
 }
 
 TEST_F(GuardTest, DescribeListsEveryStage) {
