@@ -143,6 +143,9 @@ TEST(DefenseConfig, RejectsOutOfRangeValuesWithTheirPath) {
   expect_rejected(with_defense(R"({"preprocess": []})"), "defenses[0].name: is required");
   expect_rejected(R"({"defenses": []})", "defenses: must hold at least one defense");
   expect_rejected(R"({"defenses": [)", "not valid JSON");
+  // Found by fuzz_config: a number out of double's range is nlohmann's
+  // out_of_range, not a parse_error, and escaped as a foreign exception.
+  expect_rejected(R"({"defenses": [{"name": "a"}], "evaluation": {"images": 1e309}})", "not valid JSON");
 }
 
 TEST(DefenseConfig, LoadingAMissingFileIsAnIoError) {

@@ -263,7 +263,7 @@ Config parse_config(const std::string& json_text, const Model& model, const std:
   json root;
   try {
     root = json::parse(json_text);
-  } catch (const json::parse_error& e) {
+  } catch (const json::exception& e) {  // parse_error, and out_of_range for numbers such as 1e309
     throw OptionError(std::string("config: not valid JSON: ") + e.what());
   }
   Object o(root, "");

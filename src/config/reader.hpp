@@ -167,8 +167,10 @@ class Binder {
                            Object& o = r.object();
                            if (!o.has(name)) return;
                            const std::string text = o.text(name, "", choices);
-                           for (const auto& [candidate, value] : names) {
-                             if (candidate == text) at_key(o.child(name), prefix, [&] { (options.*setter)(value); });
+                           for (const auto& entry : names) {  // not a structured binding: the lambda captures it
+                             if (entry.first == text) {
+                               at_key(o.child(name), prefix, [&] { (options.*setter)(entry.second); });
+                             }
                            }
                          }});
     return *this;

@@ -583,7 +583,7 @@ Component build_component(ComponentKind kind, const std::string& json_object, co
   json value;
   try {
     value = json::parse(json_object);
-  } catch (const json::parse_error& e) {
+  } catch (const json::exception& e) {  // parse_error, and out_of_range for numbers such as 1e309
     throw OptionError(std::string("config: not valid JSON: ") + e.what());
   }
   return detail::build_any(kind, value, to_string(kind), context);
