@@ -1,8 +1,8 @@
 // libFuzzer: raw bytes on a connection to serve::Server (request line,
 // headers, body, content types, chunked encoding), as a network client sends
 // them. The server runs in this process (its handlers are instrumented); each
-// input is written to a fresh loopback connection, the write side is shut
-// down, and the whole answer is read. Beyond "no crash, no leak": the answer
+// input is written to a fresh loopback connection and the whole answer is
+// read (until the server closes it, or 3 s). Beyond "no crash, no leak": the answer
 // must be an HTTP response or nothing, and the server must still answer a
 // well-formed request afterwards.
 #include <arpa/inet.h>
@@ -45,7 +45,7 @@ std::string exchange(const std::string& request) {
   address.sin_family = AF_INET;
   address.sin_port = htons(static_cast<uint16_t>(server().port()));
   address.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  timeval timeout{5, 0};
+  timeval timeout{3, 0};
   ::setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &timeout, sizeof timeout);
   if (::connect(fd, reinterpret_cast<sockaddr*>(&address), sizeof address) != 0) std::abort();
   size_t sent = 0;
@@ -54,7 +54,10 @@ std::string exchange(const std::string& request) {
     if (n <= 0) break;  // the server may close early on a bad request
     sent += static_cast<size_t>(n);
   }
-  ::shutdown(fd, SHUT_WR);
+  // No shutdown(SHUT_WR): cpp-httplib drops the answer to a client that has
+  // half-closed its side (checked by hand: /healthz then answers nothing).
+  // An incomplete request is answered or closed after the server's 1 s read
+  // timeout instead, which costs executions, not coverage.
   std::string answer;
   char buffer[4096];
   for (;;) {
