@@ -13,7 +13,7 @@
 #include <limits>
 #include <sstream>
 
-#include "conceal/query_store.hpp"
+#include "conceal/state_store.hpp"
 #include "parry/core/log.hpp"
 
 namespace parry::conceal {
@@ -45,18 +45,20 @@ uint64_t nonzero(uint64_t key) {
 
 }  // namespace
 
-QueryMonitor::QueryMonitor(QueryMonitorOptions options) : options_(std::move(options)) {
+QueryMonitor::QueryMonitor(QueryMonitorOptions options)
+    : options_(std::move(options)), failure_log_(std::make_unique<detail::FailureLog>()) {
   if (options_.threshold() > options_.hashes_kept()) {
     throw OptionError("QueryMonitor: threshold must not exceed hashes_kept (" + std::to_string(options_.hashes_kept()) +
                       "), but got " + std::to_string(options_.threshold()));
   }
   const int64_t per_slot = options_.hashes_kept() * scope_count(options_.scope());
-  if (options_.max_stored_queries() > static_cast<int64_t>(Store::kNone - 1) / per_slot) {
+  constexpr int64_t kMaxPostings = std::numeric_limits<uint32_t>::max() - 1;  // the in-process index's posting ids
+  if (options_.max_stored_queries() > kMaxPostings / per_slot) {
     throw OptionError("QueryMonitor: max_stored_queries × hashes_kept × indexes must stay below 2^32, but got " +
                       std::to_string(options_.max_stored_queries()) + " × " + std::to_string(options_.hashes_kept()) +
                       " × " + std::to_string(scope_count(options_.scope())));
   }
-  store_ = std::make_unique<Store>(options_.max_stored_queries(), per_slot, options_.hashes_kept());
+  store_ = options_.redis() ? detail::make_redis_query_store(options_) : detail::make_memory_query_store(options_);
 }
 
 QueryMonitor::~QueryMonitor() = default;
@@ -153,70 +155,56 @@ std::vector<uint64_t> QueryMonitor::fingerprint(const torch::Tensor& image) cons
 }
 
 std::vector<QueryObservation> QueryMonitor::record(const RequestContext& context, const torch::Tensor& input) {
-  // Hashing needs no lock; only matching and storing do.
-  const std::vector<std::vector<uint64_t>> prints = fingerprints(input);
+  // Hashing and the per-client key mixing happen here, outside any lock and
+  // before the store: both stores receive identical keys.
+  std::vector<std::vector<uint64_t>> prints = fingerprints(input);
   const bool global = watches_global(options_.scope());
   const bool client = watches_client(options_.scope());
   const uint64_t client_seed = XXH3_64bits(context.client_id.data(), context.client_id.size());
   const int64_t threshold = options_.threshold();
-  const int64_t client_offset = global ? options_.hashes_kept() : 0;
 
-  std::vector<QueryObservation> observations(prints.size());
+  std::vector<detail::StoreQuery> queries(prints.size());
+  for (size_t i = 0; i < prints.size(); ++i) {
+    detail::StoreQuery& q = queries[i];
+    if (client) {
+      q.client_keys.reserve(prints[i].size());
+      for (const uint64_t h : prints[i])
+        q.client_keys.push_back(nonzero(XXH3_64bits_withSeed(&h, sizeof h, client_seed)));
+      std::sort(q.client_keys.begin(), q.client_keys.end(), std::greater<uint64_t>());  // slots keep keys sorted
+    }
+    if (global) q.global_keys = std::move(prints[i]);
+  }
+  const std::vector<detail::StoreMatch> matches = store_->match_and_insert(queries);
+
+  std::vector<QueryObservation> observations(matches.size());
   std::vector<QueryMonitorDetection> detections;
-  std::vector<uint64_t> client_keys;
+  for (size_t i = 0; i < matches.size(); ++i) {
+    const detail::StoreMatch& m = matches[i];
+    QueryObservation& obs = observations[i];
+    obs.query_id = m.query_id;
+    obs.global_matches = m.global_matches;
+    obs.global_match_id = m.global_match_id;
+    obs.client_matches = m.client_matches;
+    obs.client_match_id = m.client_match_id;
+    const bool global_hit = global && obs.global_matches >= threshold;
+    const bool client_hit = client && obs.client_matches >= threshold;
+    obs.detected = global_hit || client_hit;
+    if (obs.detected) {
+      QueryMonitorDetection d;
+      d.client_id = context.client_id;
+      d.query_id = obs.query_id;
+      const bool use_client = client_hit && (!global_hit || obs.client_matches > obs.global_matches);
+      d.scope = use_client ? MonitorScope::PerClient : MonitorScope::Global;
+      d.matches = use_client ? obs.client_matches : obs.global_matches;
+      d.matched_query_id = use_client ? obs.client_match_id : obs.global_match_id;
+      detections.push_back(std::move(d));
+    }
+  }
   {
     std::lock_guard<std::mutex> lock(mutex_);
-    Store& s = *store_;
-    bool request_detected = false;
-    for (size_t i = 0; i < prints.size(); ++i) {
-      const std::vector<uint64_t>& print = prints[i];
-      QueryObservation& obs = observations[i];
-      obs.query_id = s.next_id++;
-      if (client) {
-        client_keys.clear();
-        for (const uint64_t h : print) client_keys.push_back(nonzero(XXH3_64bits_withSeed(&h, sizeof h, client_seed)));
-        std::sort(client_keys.begin(), client_keys.end(), std::greater<uint64_t>());  // slots keep keys sorted
-      }
-      if (global) {
-        const auto [matches, slot] = s.best_match(print, 0, threshold, options_.max_scan_per_hash());
-        obs.global_matches = matches;
-        obs.global_match_id = slot == Store::kNone ? 0 : s.slot_id[slot];
-      }
-      if (client) {
-        const auto [matches, slot] = s.best_match(client_keys, client_offset, threshold, options_.max_scan_per_hash());
-        obs.client_matches = matches;
-        obs.client_match_id = slot == Store::kNone ? 0 : s.slot_id[slot];
-      }
-      const bool global_hit = global && obs.global_matches >= threshold;
-      const bool client_hit = client && obs.client_matches >= threshold;
-      obs.detected = global_hit || client_hit;
-
-      const uint32_t slot = s.acquire_slot(obs.query_id);
-      const uint32_t base = slot * static_cast<uint32_t>(s.per_slot);
-      s.slot_size[slot] = static_cast<uint16_t>(print.size());
-      if (global) {
-        for (size_t j = 0; j < print.size(); ++j) s.add_posting(print[j], base + static_cast<uint32_t>(j));
-      }
-      if (client) {
-        for (size_t j = 0; j < client_keys.size(); ++j) {
-          s.add_posting(client_keys[j], base + static_cast<uint32_t>(client_offset + j));
-        }
-      }
-      ++s.images;
-      if (obs.detected) {
-        ++s.detections;
-        request_detected = true;
-        QueryMonitorDetection d;
-        d.client_id = context.client_id;
-        d.query_id = obs.query_id;
-        const bool use_client = client_hit && (!global_hit || obs.client_matches > obs.global_matches);
-        d.scope = use_client ? MonitorScope::PerClient : MonitorScope::Global;
-        d.matches = use_client ? obs.client_matches : obs.global_matches;
-        d.matched_query_id = use_client ? obs.client_match_id : obs.global_match_id;
-        detections.push_back(std::move(d));
-      }
-    }
-    if (request_detected) ++s.requests_detected;
+    images_ += observations.size();
+    detections_ += detections.size();
+    if (!detections.empty()) ++requests_detected_;
   }
   for (const QueryMonitorDetection& d : detections) {
     std::ostringstream line;
@@ -227,6 +215,18 @@ std::vector<QueryObservation> QueryMonitor::record(const RequestContext& context
     if (options_.on_detection()) options_.on_detection()(d);
   }
   return observations;
+}
+
+GateDecision QueryMonitor::unavailable(const Error& error) {
+  {
+    std::lock_guard<std::mutex> lock(mutex_);
+    ++state_failures_;
+  }
+  const FailurePolicy policy = options_.redis() ? options_.redis()->failure() : FailurePolicy::FailClosed;
+  failure_log_->report(std::string("QueryMonitor: shared state unavailable, request ") +
+                       (policy == FailurePolicy::FailOpen ? "admitted unjudged (fail_open)" : "refused (fail_closed)") +
+                       ": " + error.detail());
+  return policy == FailurePolicy::FailOpen ? GateDecision::admit() : GateDecision::reject(kReasonUnavailable);
 }
 
 std::vector<QueryObservation> QueryMonitor::observe(const RequestContext& context, const torch::Tensor& input) {
@@ -241,15 +241,17 @@ GateDecision QueryMonitor::admit(const RequestContext& context, const torch::Ten
     const std::string problem = check_input(input);
     if (!problem.empty()) {
       std::lock_guard<std::mutex> lock(mutex_);
-      ++store_->skipped;
+      ++skipped_;
       return GateDecision::admit();
     }
     observations = record(context, input);
+  } catch (const UnavailableError& e) {
+    return unavailable(e);  // never a silent admission: the policy decides, and it is counted
   } catch (const std::exception& e) {
     // Never let the monitor turn a request into a crash; the Guard validates next.
     log(LogLevel::Error, std::string("QueryMonitor::admit: ") + e.what());
     std::lock_guard<std::mutex> lock(mutex_);
-    ++store_->skipped;
+    ++skipped_;
     return GateDecision::admit();
   }
   const bool detected =
@@ -271,29 +273,42 @@ std::string QueryMonitor::describe() const {
   out << "QueryMonitor(Blacklight: step=" << options_.quantization_step() << ", window=" << options_.window()
       << ", window_step=" << options_.window_step() << ", N=" << options_.hashes_kept()
       << ", threshold=" << options_.threshold() << ", scope=" << to_string(options_.scope())
-      << ", action=" << to_string(options_.action()) << ", max_stored=" << options_.max_stored_queries() << ")";
+      << ", action=" << to_string(options_.action()) << ", max_stored=" << options_.max_stored_queries();
+  if (options_.redis()) out << ", state=" << store_->describe();
+  out << ")";
   return out.str();
 }
 
 QueryMonitorStats QueryMonitor::stats() const {
-  std::lock_guard<std::mutex> lock(mutex_);
-  const Store& s = *store_;
   QueryMonitorStats out;
-  out.images = s.images;
-  out.detections = s.detections;
-  out.requests_detected = s.requests_detected;
-  out.skipped = s.skipped;
-  out.evictions = s.evictions;
-  out.stored = s.stored;
-  out.index_entries = s.entries;
-  out.postings = s.postings;
-  out.memory_bytes = s.memory_bytes();
+  try {
+    const detail::QueryStoreStats s = store_->stats();
+    out.evictions = s.evictions;
+    out.stored = s.stored;
+    out.index_entries = s.index_entries;
+    out.postings = s.postings;
+    out.memory_bytes = s.memory_bytes;
+  } catch (const UnavailableError& e) {
+    log(LogLevel::Warning, "QueryMonitor::stats: shared state unavailable: " + e.detail());
+  }
+  std::lock_guard<std::mutex> lock(mutex_);
+  out.images = images_;
+  out.detections = detections_;
+  out.requests_detected = requests_detected_;
+  out.skipped = skipped_;
+  out.state_failures = state_failures_;
   return out;
 }
 
-void QueryMonitor::clear() {
+uint64_t QueryMonitor::state_failures() const {
   std::lock_guard<std::mutex> lock(mutex_);
-  store_ = std::make_unique<Store>(options_.max_stored_queries(), store_->per_slot, store_->kept);
+  return state_failures_;
+}
+
+void QueryMonitor::clear() {
+  store_->clear();
+  std::lock_guard<std::mutex> lock(mutex_);
+  images_ = detections_ = requests_detected_ = skipped_ = state_failures_ = 0;
 }
 
 }  // namespace parry::conceal

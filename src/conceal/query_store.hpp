@@ -1,6 +1,5 @@
-// The QueryMonitor's stored fingerprints and inverted index (Blacklight's
-// hash table), defined here so that src/conceal/query_monitor.cpp stays about
-// one thing. Internal: not installed.
+// The in-process query store's fingerprints and inverted index (Blacklight's
+// hash table), used by src/conceal/memory_stores.cpp. Internal: not installed.
 #pragma once
 
 #if defined(__linux__)
@@ -36,10 +35,8 @@ inline void advise_huge_pages(const std::vector<T>& v) {
 #endif
 }
 
-}  // namespace detail
-
-// The stored fingerprints and the inverted index, guarded by the monitor's
-// mutex.
+// The stored fingerprints and the inverted index, guarded by the in-process
+// store's mutex.
 //
 // Images live in a ring of slots (FIFO eviction). Slot s owns the postings
 // s·P … s·P + P − 1 (P = hashes_kept × number of indexes); a posting holds
@@ -55,12 +52,12 @@ inline void advise_huge_pages(const std::vector<T>& v) {
 // (key, next, insertion order), table cells of 12 bytes at a load between
 // 0.53 and 0.8 (the table never grows beyond what a full store needs), a
 // 64-byte Bloom filter of the image's keys, and 12 bytes of slot data.
-struct QueryMonitor::Store {
+struct MemoryQueryIndex {
   static constexpr uint32_t kNone = std::numeric_limits<uint32_t>::max();
   static constexpr double kMaxLoad = 0.8;
   static constexpr size_t kBloomWords = 8;  // 512 bits per image and index
 
-  Store(int64_t capacity, int64_t per_slot, int64_t kept)
+  MemoryQueryIndex(int64_t capacity, int64_t per_slot, int64_t kept)
       : capacity(capacity),
         per_slot(per_slot),
         kept(kept),
@@ -351,11 +348,9 @@ struct QueryMonitor::Store {
   uint64_t postings = 0;
   uint64_t stored = 0;
   uint64_t next_id = 1;
-  uint64_t images = 0;
-  uint64_t detections = 0;
-  uint64_t requests_detected = 0;
-  uint64_t skipped = 0;
   uint64_t evictions = 0;
 };
+
+}  // namespace detail
 
 }  // namespace parry::conceal

@@ -1,65 +1,55 @@
-// conceal::Throttle: per-client and global token buckets.
+// conceal::Throttle: per-client and global token buckets over a bucket store.
 #include "parry/conceal/throttle.hpp"
 
 #include <cmath>
 #include <limits>
+#include <sstream>
+
+#include "conceal/state_store.hpp"
 
 namespace parry::conceal {
 
 ThrottleOptions& ThrottleOptions::clock(Clock c) {
   if (!c) throw OptionError("ThrottleOptions::clock: the clock function is empty");
   clock_ = std::move(c);
+  has_clock_ = true;
   return *this;
 }
 
-Throttle::Throttle(ThrottleOptions options) : options_(std::move(options)) {
-  global_ = Bucket{options_.global_burst(), options_.clock()()};
+Throttle::Throttle(ThrottleOptions options)
+    : options_(std::move(options)), failure_log_(std::make_unique<detail::FailureLog>()) {
+  store_ = options_.redis() ? detail::make_redis_bucket_store(options_) : detail::make_memory_bucket_store(options_);
 }
 
-void Throttle::refill(Bucket& bucket, double now, double rate, double burst) {
-  const double elapsed = now - bucket.updated;
-  if (elapsed > 0) {  // a clock that goes backwards refills nothing
-    bucket.tokens = std::min(burst, bucket.tokens + elapsed * rate);
-    bucket.updated = now;
-  }
-}
+Throttle::~Throttle() = default;
 
 GateDecision Throttle::admit(const RequestContext& context, const torch::Tensor& input) {
   const double cost =
       (input.defined() && input.dim() == 4) ? static_cast<double>(std::max<int64_t>(input.size(0), 1)) : 1.0;
-  std::lock_guard<std::mutex> lock(mutex_);
-  const double now = options_.clock()();
-
-  auto it = clients_.find(context.client_id);
-  if (it == clients_.end()) {
-    if (clients_.size() >= options_.max_clients()) {
-      clients_.erase(recency_.front());
-      recency_.pop_front();
-      ++evictions_;
+  detail::BucketTake take;
+  try {
+    take = store_->take(context.client_id, cost);
+  } catch (const UnavailableError& e) {
+    {
+      std::lock_guard<std::mutex> lock(mutex_);
+      ++state_failures_;
     }
-    recency_.push_back(context.client_id);
-    it = clients_.emplace(context.client_id, ClientEntry{Bucket{options_.burst(), now}, std::prev(recency_.end())})
-             .first;
-  } else {
-    recency_.splice(recency_.end(), recency_, it->second.recency);
+    const FailurePolicy policy = options_.redis() ? options_.redis()->failure() : FailurePolicy::FailClosed;
+    failure_log_->report(
+        std::string("Throttle: shared state unavailable, request ") +
+        (policy == FailurePolicy::FailOpen ? "admitted unthrottled (fail_open)" : "refused (fail_closed)") + ": " +
+        e.detail());
+    return policy == FailurePolicy::FailOpen ? GateDecision::admit() : GateDecision::reject(kReasonUnavailable);
   }
-  Bucket& client = it->second.bucket;
-  refill(client, now, options_.rate(), options_.burst());
-  const bool global_on = options_.global_rate() > 0;
-  if (global_on) refill(global_, now, options_.global_rate(), options_.global_burst());
-
-  const bool client_ok = client.tokens >= cost;
-  const bool global_ok = !global_on || global_.tokens >= cost;
-  if (client_ok && global_ok) {
-    client.tokens -= cost;
-    if (global_on) global_.tokens -= cost;
-    return GateDecision::admit();
-  }
+  if (take.admitted) return GateDecision::admit();
   constexpr double kNever = std::numeric_limits<double>::infinity();
+  const bool global_on = options_.global_rate() > 0;
   double retry = 0;
-  if (!client_ok) retry = cost > options_.burst() ? kNever : (cost - client.tokens) / options_.rate();
-  if (!global_ok) {
-    retry = std::max(retry, cost > options_.global_burst() ? kNever : (cost - global_.tokens) / options_.global_rate());
+  if (take.client_tokens < cost)
+    retry = cost > options_.burst() ? kNever : (cost - take.client_tokens) / options_.rate();
+  if (global_on && take.global_tokens < cost) {
+    retry =
+        std::max(retry, cost > options_.global_burst() ? kNever : (cost - take.global_tokens) / options_.global_rate());
   }
   return GateDecision::reject(reason::kRateLimited, retry);
 }
@@ -70,18 +60,26 @@ std::string Throttle::describe() const {
   if (options_.global_rate() > 0) {
     out << ", global_rate=" << options_.global_rate() << "/s, global_burst=" << options_.global_burst();
   }
-  out << ", max_clients=" << options_.max_clients() << ")";
+  if (options_.redis()) {
+    out << ", state=" << store_->describe();
+  } else {
+    out << ", max_clients=" << options_.max_clients();
+  }
+  out << ")";
   return out.str();
 }
 
 size_t Throttle::tracked_clients() const {
-  std::lock_guard<std::mutex> lock(mutex_);
-  return clients_.size();
+  return store_->tracked_clients();
 }
 
 uint64_t Throttle::evictions() const {
+  return store_->evictions();
+}
+
+uint64_t Throttle::state_failures() const {
   std::lock_guard<std::mutex> lock(mutex_);
-  return evictions_;
+  return state_failures_;
 }
 
 }  // namespace parry::conceal

@@ -45,15 +45,25 @@
 // in an open-addressing table; memory bounded by max_stored_queries (the oldest
 // image is evicted first and its postings leave the index). Thread-safe: one
 // mutex guards the store, so admit() may be called from any number of threads.
+//
+// State. By default the store is in the process. With redis() set, the
+// stored fingerprints and the index live in Redis (parry/conceal/state.hpp),
+// shared by every replica with the same prefix and settings, with the same
+// FIFO bound, eviction and matching (one atomic server-side script per
+// request); query ids are then global across the replicas. Fingerprints are
+// computed here either way, so both stores receive identical keys. Anyone who
+// can write to that Redis can erase the monitor's memory (see state.hpp).
 #pragma once
 
 #include <cstdint>
 #include <functional>
 #include <memory>
 #include <mutex>
+#include <optional>
 #include <string>
 #include <vector>
 
+#include "parry/conceal/state.hpp"
 #include "parry/core/gate.hpp"
 #include "parry/core/input_spec.hpp"
 #include "parry/detail/arg.hpp"
@@ -129,6 +139,12 @@ struct QueryMonitorOptions {
   /// query are long (hashes shared by very many stored images); images older
   /// than the newest `n` of such a list may be missed. Default 1024.
   PARRY_CHECKED_ARG(int64_t, max_scan_per_hash, 1024, v >= 1, "must be at least 1");
+  /// Where the stored queries live: unset (default) in this process; set, in
+  /// that Redis under "<prefix>:qm", shared with every monitor that uses the
+  /// same Redis, prefix and settings. Monitors sharing a prefix must agree
+  /// on max_stored_queries, hashes_kept, scope and max_scan_per_hash (a
+  /// monitor that does not is refused, by its failure policy).
+  PARRY_ARG(std::optional<RedisOptions>, redis) = std::nullopt;
 
  public:
   /// Value range mapped onto the 256 quantisation levels; lo < hi, finite.
@@ -176,7 +192,11 @@ struct QueryObservation {
   bool detected = false;
 };
 
-/// Counters since construction (or clear()).
+/// Counters since construction (or clear()). images, detections,
+/// requests_detected, skipped and state_failures count this object's
+/// requests; stored, evictions, index_entries and postings describe the store
+/// (with Redis: the shared one, read with one round trip; zero if Redis cannot
+/// be reached).
 struct QueryMonitorStats {
   uint64_t images = 0;             ///< images fingerprinted and stored
   uint64_t detections = 0;         ///< of them, images detected
@@ -186,13 +206,22 @@ struct QueryMonitorStats {
   uint64_t stored = 0;             ///< images currently stored (<= max_stored_queries)
   uint64_t index_entries = 0;      ///< distinct keys currently in the inverted index (all scopes)
   uint64_t postings = 0;           ///< (key, image) pairs currently in the index
-  uint64_t memory_bytes = 0;       ///< bytes held by the store and index (allocated capacity)
+  uint64_t memory_bytes = 0;       ///< bytes held by the store and index (allocated capacity; 0 for Redis)
+  /// Requests not judged because the shared state (Redis) was unreachable,
+  /// too slow or refused the request: refused under FailClosed, admitted
+  /// under FailOpen. Counted by this monitor object, not shared.
+  uint64_t state_failures = 0;
 };
+
+namespace detail {
+class QueryStore;
+class FailureLog;
+}  // namespace detail
 
 class QueryMonitor final : public Gate {
  public:
   /// @throws parry::OptionError if threshold > hashes_kept or the store would
-  ///   need more than 2^32 postings.
+  ///   need more than 2^32 postings. A Redis store connects on first use.
   explicit QueryMonitor(QueryMonitorOptions options = {});
   ~QueryMonitor() override;
   QueryMonitor(const QueryMonitor&) = delete;
@@ -206,7 +235,8 @@ class QueryMonitor final : public Gate {
   /// large a batch, wrong shape when one is set, NaN/Inf, values outside the
   /// range) are admitted without being fingerprinted and counted as skipped:
   /// the Guard's validation refuses them right after, so no answer leaks.
-  /// Never throws for a bad input.
+  /// When the Redis state is unavailable: FailClosed rejects with reason
+  /// "unavailable", FailOpen admits; both count a state failure. Never throws.
   GateDecision admit(const RequestContext& context, const torch::Tensor& input) override;
   /// True: in Guard::predict_image the monitor sees the decoded image.
   bool needs_pixels() const override { return true; }
@@ -224,25 +254,35 @@ class QueryMonitor final : public Gate {
   ///   outside the value range.
   std::vector<uint64_t> fingerprint(const torch::Tensor& image) const;
 
-  /// Counters and current sizes.
+  /// Counters and current sizes (with Redis, one round trip).
   QueryMonitorStats stats() const;
-  /// Forgets every stored image and resets the counters.
+  /// QueryMonitorStats::state_failures alone, without asking the store.
+  uint64_t state_failures() const;
+  /// Forgets every stored image and resets the counters. With Redis, the
+  /// shared store under the prefix is emptied for every replica.
+  /// @throws UnavailableError when the Redis state cannot be reached.
   void clear();
 
   const QueryMonitorOptions& options() const { return options_; }
 
  private:
-  struct Store;
   /// Checks what admit() would skip; returns an empty string if the input is
   /// fingerprintable, else the (operator-only) reason.
   std::string check_input(const torch::Tensor& input) const;
   /// Fingerprints of each image of a checked N×C×H×W (or C×H×W) float32 input.
   std::vector<std::vector<uint64_t>> fingerprints(const torch::Tensor& input) const;
   std::vector<QueryObservation> record(const RequestContext& context, const torch::Tensor& input);
+  GateDecision unavailable(const Error& error);
 
   QueryMonitorOptions options_;
-  mutable std::mutex mutex_;
-  std::unique_ptr<Store> store_;
+  std::unique_ptr<detail::QueryStore> store_;
+  std::unique_ptr<detail::FailureLog> failure_log_;
+  mutable std::mutex mutex_;  // guards the counters
+  uint64_t images_ = 0;
+  uint64_t detections_ = 0;
+  uint64_t requests_detected_ = 0;
+  uint64_t skipped_ = 0;
+  uint64_t state_failures_ = 0;
 };
 
 }  // namespace parry::conceal
