@@ -5,6 +5,7 @@
 #include "parry/config/defense_config.hpp"
 
 #include <algorithm>
+#include <cctype>
 #include <fstream>
 #include <sstream>
 
@@ -44,9 +45,22 @@ std::vector<Component> parse_components(Object& o, const char* key, ComponentKin
   return out;
 }
 
+// The config's top-level "state" as an object for the gates of the defense
+// `name`: its prefix gets the defense's name, so that the gates of different
+// defenses never share (or clash over) one key space.
+json state_for_defense(const json& state, const std::string& name) {
+  json out = state.is_string() ? json{{"url", state}} : state;
+  std::string base = out.contains("prefix") && out["prefix"].is_string() ? out["prefix"].get<std::string>() : "parry";
+  std::string suffix;
+  for (const char c : name.substr(0, 48)) suffix += std::isalnum(static_cast<unsigned char>(c)) || c == '-' ? c : '_';
+  out["prefix"] = base + ":" + suffix;
+  return out;
+}
+
 DefenseSpec parse_defense(const json& value, const std::string& path, const Model& model,
                           const std::vector<std::shared_ptr<const Preprocessor>>& model_input,
-                          const std::string& feature_layer, const std::optional<InputSpec>& data_input) {
+                          const std::string& feature_layer, const std::optional<InputSpec>& data_input,
+                          const json& state) {
   Object o(value, path);
   DefenseSpec spec;
   spec.model_input = model_input;
@@ -65,13 +79,22 @@ DefenseSpec parse_defense(const json& value, const std::string& path, const Mode
   context.input = spec.input;
   {
     // Each gate with its factory: the same JSON entry, built again on demand.
+    // A gate without a "state" of its own takes the config's. Fresh gates
+    // (an evaluation's black-box runs) always keep their state in-process:
+    // they must start empty and never write into a served Redis.
     const json& list = o.array("gates");
     BuildContext gate_context = context;
     gate_context.model = nullptr;  // gates never read the model; the factory outlives parse_config
     for (size_t i = 0; i < list.size(); ++i) {
       const std::string entry = o.child("gates") + "[" + std::to_string(i) + "]";
-      spec.gates.push_back(build_any(ComponentKind::Gate, list[i], entry, gate_context).gate);
-      spec.gate_factories.push_back([value = list[i], entry, gate_context](const std::function<double()>& clock) {
+      json served = list[i];
+      if (!state.is_null() && served.is_object() && !served.contains("state")) {
+        served["state"] = state_for_defense(state, spec.name);
+      }
+      spec.gates.push_back(build_any(ComponentKind::Gate, served, entry, gate_context).gate);
+      json fresh_value = list[i];
+      if (fresh_value.is_object()) fresh_value.erase("state");
+      spec.gate_factories.push_back([value = fresh_value, entry, gate_context](const std::function<double()>& clock) {
         BuildContext fresh = gate_context;
         fresh.clock = clock;
         return build_any(ComponentKind::Gate, value, entry, fresh).gate;
@@ -299,13 +322,20 @@ Config parse_config(const std::string& json_text, const Model& model, const std:
     at_path(at, [&] { return config.model_for(model); });  // differentiable with policy exact
   }
   const Model defended_model = config.model_for(model);
+  // Where the gates keep their state (docs/deployment.md); checked here so
+  // that a bad value is reported under "state".
+  json state;
+  if (o.has("state")) {
+    state = o.get("state");
+    if (!read_state(state, "state")) state = json();  // "memory": every gate in-process
+  }
   const json& defenses = o.array("defenses");
   if (defenses.empty()) fail("defenses", "must hold at least one defense");
   std::set<std::string> names;
   for (size_t i = 0; i < defenses.size(); ++i) {
     const std::string path = "defenses[" + std::to_string(i) + "]";
     config.defenses.push_back(
-        parse_defense(defenses[i], path, defended_model, config.model_input, config.feature_layer, data_input));
+        parse_defense(defenses[i], path, defended_model, config.model_input, config.feature_layer, data_input, state));
     if (!names.insert(config.defenses.back().name).second) fail(path + ".name", "duplicate defense name");
   }
   o.finish();

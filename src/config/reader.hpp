@@ -14,7 +14,10 @@
 #include <utility>
 #include <vector>
 
+#include <optional>
+
 #include "config/json_object.hpp"
+#include "parry/conceal/state.hpp"
 #include "parry/config/registry.hpp"
 #include "parry/detail/arg.hpp"
 
@@ -47,6 +50,13 @@ Component build_component(const ComponentDescriptor& descriptor, const json& val
 /// Builds a component of `kind` whose type the object's type key names.
 /// @throws parry::OptionError listing the registered types for an unknown one.
 Component build_any(ComponentKind kind, const json& value, const std::string& path, const BuildContext& context);
+
+/// A gate's "state" (or the config's top-level one): "memory" (in-process,
+/// nullopt), a URL "redis://HOST[:PORT][/DATABASE]", or an object {"url",
+/// "prefix", "timeout_ms", "reconnect_ms", "failure": "fail_closed" |
+/// "fail_open"} read with RedisOptions' own checks.
+/// @throws parry::OptionError naming the path of a bad value.
+std::optional<conceal::RedisOptions> read_state(const json& value, const std::string& path);
 
 /// `value` converted to the integer type T. @throws parry::OptionError
 /// "<where>: must be an integer in <min>..<max> (the setter's type), but got <value>" if T cannot hold it.

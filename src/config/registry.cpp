@@ -329,6 +329,14 @@ void add_detectors(std::vector<ComponentDescriptor>& out) {
   }
 }
 
+// The optional "state" key of a gate entry (not an OptionDescriptor: its
+// value is a URL or an object; docs/configuration.md describes it).
+std::optional<conceal::RedisOptions> gate_state(Reader& r) {
+  Object& o = r.object();
+  if (!o.has("state")) return std::nullopt;
+  return detail::read_state(o.get("state"), o.child("state"));
+}
+
 void add_gates(std::vector<ComponentDescriptor>& out) {
   using namespace conceal;
   {
@@ -344,6 +352,7 @@ void add_gates(std::vector<ComponentDescriptor>& out) {
     d.adaptive = AdaptiveAttack::BlackBox;
     d.build = [b](Reader& r) {
       ThrottleOptions options = b.read(r);
+      options.redis(gate_state(r));
       if (r.context().clock) options.clock(r.context().clock);
       // Without its own burst, the global bucket holds one second of global_rate.
       if (options.global_rate() > 0 && !r.object().has("global_burst")) {
@@ -381,6 +390,7 @@ void add_gates(std::vector<ComponentDescriptor>& out) {
     d.adaptive = AdaptiveAttack::BlackBox;
     d.build = [b](Reader& r) {
       O options = b.read(r);
+      options.redis(gate_state(r));
       Component c;
       c.gate = detail::at_path(r.path(),
                                [&] { return std::make_shared<QueryMonitor>(options.match_spec(r.context().input)); });
@@ -561,6 +571,45 @@ const ComponentDescriptor& component(ComponentKind kind, const std::string& type
 }
 
 namespace detail {
+
+std::optional<conceal::RedisOptions> read_state(const json& value, const std::string& path) {
+  using conceal::FailurePolicy;
+  using conceal::RedisOptions;
+  constexpr const char* kExpected = "must be \"memory\", a URL redis://HOST[:PORT][/DATABASE] or an object with a url";
+  if (value.is_string()) {
+    const std::string url = value.get<std::string>();
+    if (url == "memory") return std::nullopt;
+    return at_path(path, [&] { return RedisOptions::from_url(url); });
+  }
+  if (!value.is_object()) fail(path, std::string(kExpected) + ", but is " + type_name(value));
+  Object o(value, path);
+  const std::string url = o.text("url", "", {});
+  if (url.empty()) fail(o.child("url"), "is required: \"memory\" or redis://HOST[:PORT][/DATABASE]");
+  // The other keys are checked for "memory" too, so that a config whose url
+  // a command line replaces is valid either way.
+  RedisOptions options =
+      url == "memory" ? RedisOptions() : at_path(o.child("url"), [&] { return RedisOptions::from_url(url); });
+  if (o.has("prefix")) {
+    const std::string prefix = o.text("prefix", "", {});
+    at_path(o.child("prefix"), [&] { options.prefix(prefix); });
+  }
+  const auto any = [](double) { return true; };
+  if (o.has("timeout_ms")) {
+    const double ms = o.number("timeout_ms", 0, any, "");
+    at_path(o.child("timeout_ms"), [&] { options.timeout_ms(ms); });
+  }
+  if (o.has("reconnect_ms")) {
+    const double ms = o.number("reconnect_ms", 0, any, "");
+    at_path(o.child("reconnect_ms"), [&] { options.reconnect_ms(ms); });
+  }
+  if (o.has("failure")) {
+    options.failure(o.text("failure", "", {"fail_closed", "fail_open"}) == "fail_open" ? FailurePolicy::FailOpen
+                                                                                       : FailurePolicy::FailClosed);
+  }
+  o.finish();
+  if (url == "memory") return std::nullopt;
+  return options;
+}
 
 Component build_component(const ComponentDescriptor& descriptor, const json& value, const std::string& path,
                           const BuildContext& context) {
