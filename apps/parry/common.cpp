@@ -86,8 +86,34 @@ InputSpec parse_shape(const std::string& text) {
 
 }  // namespace
 
+namespace {
+
+// The config file with its top-level "state" url replaced by `state_url`.
+config::Config load_config_with_state(const std::string& path, const Model& model,
+                                      const std::optional<InputSpec>& shape, const std::string& state_url) {
+  std::ifstream in(path, std::ios::binary);
+  if (!in) throw IoError("configuration file not found", "cannot read '" + path + "'");
+  std::stringstream text;
+  text << in.rdbuf();
+  nlohmann::json root;
+  try {
+    root = nlohmann::json::parse(text.str());
+  } catch (const nlohmann::json::parse_error& e) {
+    throw OptionError(std::string("config: not valid JSON: ") + e.what());
+  }
+  if (!root.is_object()) throw OptionError("config: (top level): must be an object");
+  if (root.contains("state") && root["state"].is_object()) {
+    root["state"]["url"] = state_url;
+  } else {
+    root["state"] = state_url;
+  }
+  return config::parse_config(root.dump(), model, shape);
+}
+
+}  // namespace
+
 Defended open_defense(const Model& model, const std::string& config_path, const std::string& defense,
-                      const std::string& input) {
+                      const std::string& input, const std::string& state_url) {
   const std::string state = config_path.empty() ? std::string() : state_dir_for(config_path);
   const auto info = state.empty() ? std::nullopt : load_data_info(state);
   std::optional<InputSpec> shape;
@@ -99,10 +125,12 @@ Defended open_defense(const Model& model, const std::string& config_path, const 
   Defended out;
   std::vector<std::string> names = info ? info->classes : std::vector<std::string>{};
   if (config_path.empty()) {
+    if (!state_url.empty()) throw OptionError("--state needs a --config: the gates that keep state come from it");
     if (!shape) throw OptionError("give the image shape with --input CxHxW (or a calibrated --config)");
     out.guard = std::make_shared<const Guard>(model, *shape);
   } else {
-    auto config = config::load_config(config_path, model, shape);
+    auto config = state_url.empty() ? config::load_config(config_path, model, shape)
+                                    : load_config_with_state(config_path, model, shape, state_url);
     if (!config.classes.empty()) names = config.classes;
     const config::DefenseSpec* chosen = nullptr;
     for (auto& d : config.defenses) {

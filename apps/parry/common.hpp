@@ -67,11 +67,13 @@ struct Defended {
 /// when given, else the config's, else the calibrated data's. Class names come
 /// from the config's "classes", else the calibrated data, else "0", "1", …
 /// for each logit of the model.
+/// `state_url`, when not empty, replaces the config's top-level "state" url
+/// ("memory" or redis://HOST[:PORT][/DATABASE]; parry serve --state).
 /// @throws parry::OptionError for an unknown defense, a missing shape or a
 ///   class count that differs from the model's; parry::StateError for
 ///   detectors that were never calibrated.
 Defended open_defense(const Model& model, const std::string& config_path, const std::string& defense,
-                      const std::string& input);
+                      const std::string& input, const std::string& state_url = "");
 
 /// Prints one progress line to stderr.
 void print_progress(const std::string& line);

@@ -19,7 +19,7 @@ namespace parry::cli {
 namespace {
 
 struct ServeOptions {
-  std::string model, config, defense, api_keys, input;
+  std::string model, config, defense, api_keys, input, state;
   bool no_auth = false;
   std::string host = "127.0.0.1";
   int port = 8080;
@@ -69,16 +69,44 @@ int run_serve(const CommonOptions& common, const ServeOptions& opts) {
     if (keys->size() == 0) log(LogLevel::Warning, "serve: the API key file holds no key: every request gets 401");
   }
   const Model model = load_model(opts.model);
-  auto defended = open_defense(model, opts.config, opts.defense, opts.input);
+  auto defended = open_defense(model, opts.config, opts.defense, opts.input, opts.state);
   const auto guard = defended.guard;
+  // Gates with their state in Redis: their failures (503s under fail_closed,
+  // unjudged answers under fail_open) are counted in /metrics.
+  std::vector<std::shared_ptr<Gate>> shared_state_gates;
+  for (const auto& gate : guard->gates()) {
+    const auto* monitor = dynamic_cast<const conceal::QueryMonitor*>(gate.get());
+    const auto* throttle = dynamic_cast<const conceal::Throttle*>(gate.get());
+    if ((monitor && monitor->options().redis()) || (throttle && throttle->options().redis())) {
+      shared_state_gates.push_back(gate);
+    }
+  }
+  std::function<uint64_t()> state_failures;
+  if (!shared_state_gates.empty()) {
+    state_failures = [gates = shared_state_gates] {
+      uint64_t total = 0;
+      for (const auto& gate : gates) {
+        if (const auto* m = dynamic_cast<const conceal::QueryMonitor*>(gate.get())) total += m->state_failures();
+        if (const auto* t = dynamic_cast<const conceal::Throttle*>(gate.get())) total += t->state_failures();
+      }
+      return total;
+    };
+  } else if (!opts.state.empty() && opts.state != "memory") {
+    log(LogLevel::Warning, "serve: --state is set but the defense has no throttle or query monitor to share");
+  }
   if (!defended.has_gates) {
     log(LogLevel::Warning,
         "serve: the defense has no gates: no throttling or query monitoring (add a throttle "
         "to the config)");
   }
-  serve::Server server(
-      guard, std::move(defended.classes),
-      serve::ServerOptions().host(opts.host).port(opts.port).workers(opts.workers).max_body_bytes(opts.max_body), keys);
+  serve::Server server(guard, std::move(defended.classes),
+                       serve::ServerOptions()
+                           .host(opts.host)
+                           .port(opts.port)
+                           .workers(opts.workers)
+                           .max_body_bytes(opts.max_body)
+                           .state_failures(state_failures),
+                       keys);
 
   if (pipe2(stop_pipe, O_CLOEXEC) != 0) throw InternalError("pipe2 failed");
   struct sigaction action {};
@@ -149,6 +177,9 @@ Command add_serve_command(CLI::App& app, const CommonOptions& common) {
       ->capture_default_str();
   cmd->add_option("--torch-threads", opts->torch_threads, "LibTorch intra-op threads (default: --threads)")
       ->check(CLI::Range(1, 256));
+  cmd->add_option("--state", opts->state,
+                  "Where the throttle and query monitor keep their state: memory, or redis://HOST[:PORT][/DB] "
+                  "shared by every replica (replaces the config's \"state\" url; docs/deployment.md)");
   cmd->footer(
       "Answers {\"label\", \"class\", \"verdict\"}; errors are {\"error\", \"reason\"} with generic texts "
       "(docs/serving.md). SIGTERM or SIGINT stops it gracefully (exit 0).");

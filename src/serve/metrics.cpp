@@ -6,6 +6,8 @@
 #include <prometheus/registry.h>
 #include <prometheus/text_serializer.h>
 
+#include <mutex>
+
 namespace parry::serve {
 
 struct Metrics::Impl {
@@ -32,6 +34,10 @@ struct Metrics::Impl {
           .Register(*registry)
           .Add({}, prometheus::Histogram::BucketBoundaries{0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25,
                                                            0.5, 1.0, 2.5, 10.0});
+  std::mutex state_mutex;  // guards the three below
+  std::function<uint64_t()> state_source;
+  prometheus::Counter* state_failures = nullptr;
+  uint64_t state_seen = 0;
 };
 
 Metrics::Metrics() : impl_(std::make_unique<Impl>()) {}
@@ -47,7 +53,29 @@ void Metrics::observe_seconds(double seconds) {
   impl_->latency.Observe(seconds);
 }
 
+void Metrics::set_state_failures(std::function<uint64_t()> total) {
+  std::lock_guard<std::mutex> lock(impl_->state_mutex);
+  impl_->state_source = std::move(total);
+  if (impl_->state_source && !impl_->state_failures) {
+    impl_->state_failures = &prometheus::BuildCounter()
+                                 .Name("parry_state_failures_total")
+                                 .Help(
+                                     "Requests a gate could not judge because its shared state (Redis) was "
+                                     "unavailable: refused with 503 (fail closed) or served unjudged (fail open)")
+                                 .Register(*impl_->registry)
+                                 .Add({});
+  }
+}
+
 std::string Metrics::text() const {
+  {
+    std::lock_guard<std::mutex> lock(impl_->state_mutex);
+    if (impl_->state_source) {
+      const uint64_t total = impl_->state_source();
+      if (total > impl_->state_seen) impl_->state_failures->Increment(static_cast<double>(total - impl_->state_seen));
+      impl_->state_seen = std::max(impl_->state_seen, total);
+    }
+  }
   return prometheus::TextSerializer().Serialize(impl_->registry->Collect());
 }
 

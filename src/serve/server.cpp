@@ -27,6 +27,9 @@ constexpr const char* kUnsupportedMedia = "unsupported_media_type";
 constexpr const char* kPayloadTooLarge = "payload_too_large";
 constexpr const char* kNotFound = "not_found";
 constexpr const char* kBadRequest = "bad_request";
+// conceal::kReasonUnavailable: a gate's shared state is unavailable (the
+// serve family does not depend on conceal, so the code is repeated here).
+constexpr const char* kUnavailable = "unavailable";
 }  // namespace reason_code
 
 constexpr const char* kPredictPath = "/v1/predict";
@@ -51,6 +54,8 @@ const char* public_text(int status) {
       return "too many requests";
     case 500:
       return "internal error";
+    case 503:
+      return "service temporarily unavailable";
     default:
       return "bad request";
   }
@@ -140,6 +145,9 @@ struct Server::Impl {
           res.set_header("Retry-After",
                          std::to_string(std::isfinite(retry) ? std::max<int64_t>(1, std::ceil(retry)) : 3600));
           send_error(res, 429, answer.reason);
+        } else if (answer.reason == reason_code::kUnavailable) {
+          res.set_header("Retry-After", "1");
+          send_error(res, 503, answer.reason);
         } else {
           send_error(res, 403, answer.reason);
         }
@@ -177,6 +185,7 @@ struct Server::Impl {
   }
 
   void routes() {
+    if (options.state_failures()) metrics.set_state_failures(options.state_failures());
     http.new_task_queue = [workers = options.workers()] {
       return new httplib::ThreadPool(static_cast<size_t>(workers));
     };

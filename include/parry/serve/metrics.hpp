@@ -10,6 +10,10 @@
 //                              answered (verdict flagged) or refused (HTTP 403)
 //   parry_request_seconds      histogram of the time spent in the handler of one
 //                              prediction request, in seconds (buckets 0.5 ms..10 s)
+//   parry_state_failures_total requests a gate could not judge because its shared
+//                              state (Redis) was unavailable: refused with 503
+//                              (fail closed) or served unjudged (fail open);
+//                              only when a source is set (set_state_failures)
 //
 // Threat model: the metrics are for the operator. They hold counts and
 // timings, no keys, client names or images, but flag counts tell an attacker
@@ -18,6 +22,8 @@
 // Thread-safe: record() may be called from any number of threads.
 #pragma once
 
+#include <cstdint>
+#include <functional>
 #include <memory>
 #include <string>
 
@@ -39,6 +45,10 @@ class Metrics {
   /// the histogram (requests refused by the HTTP layer before a handler ran,
   /// such as 413, are counted by record() but not timed).
   void observe_seconds(double seconds);
+
+  /// Exposes parry_state_failures_total, read from `total` (a running count
+  /// that never decreases) at each text(). Call before serving.
+  void set_state_failures(std::function<uint64_t()> total);
 
   /// Every metric in the Prometheus text format (version 0.0.4).
   std::string text() const;

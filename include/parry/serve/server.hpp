@@ -30,6 +30,7 @@
 #pragma once
 
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <string>
 #include <vector>
@@ -59,6 +60,11 @@ struct ServerOptions {
   PARRY_ARG(bool, metrics) = true;
   /// Limits on PNG/JPEG bodies (declared size checked before decoding).
   PARRY_ARG(data::ImageLimits, image_limits) = data::ImageLimits().max_pixels(4 << 20).max_side(2048);
+  /// Total of the requests the gates could not judge because their shared
+  /// state (Redis) was unavailable, read at each scrape of /metrics as
+  /// parry_state_failures_total (parry serve sums its throttles' and query
+  /// monitors' counters). Empty (default): the metric is not exposed.
+  PARRY_ARG(std::function<uint64_t()>, state_failures) = nullptr;
 };
 
 class Server {
