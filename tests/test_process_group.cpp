@@ -4,6 +4,7 @@
 #include "parry/train/process_group.hpp"
 
 #include <future>
+#include <mutex>
 #include <thread>
 
 #include "parry/data/idx.hpp"
@@ -45,9 +46,19 @@ std::vector<T> run_ranks(int64_t world, const std::function<T(int64_t, std::shar
   return out;
 }
 
+/// Ranks are threads of one process and share LibTorch's default generator:
+/// seeding it and drawing initial weights must not interleave between them
+/// (when it did, rank 0 sometimes broadcast weights that differed from the
+/// one-process run's).
+std::mutex& default_generator_mutex() {
+  static std::mutex mutex;
+  return mutex;
+}
+
 /// A model without BatchNorm or dropout, so that a data-parallel step is the
 /// same function of the batch as a one-process step.
 Model plain_net(uint64_t seed) {
+  std::lock_guard<std::mutex> lock(default_generator_mutex());
   torch::manual_seed(seed);
   return Model(torch::nn::Sequential(torch::nn::Conv2d(torch::nn::Conv2dOptions(1, 4, 3).stride(2)), torch::nn::ReLU(),
                                      torch::nn::Flatten(), torch::nn::Linear(4 * 13 * 13, 10)));
@@ -177,8 +188,11 @@ TEST_F(ProcessGroupTest, AdversarialTrainingOnTwoRanksEqualsOneProcessAndRank0Ch
 TEST_F(ProcessGroupTest, BatchNormStatisticsStayIdenticalOnEveryRank) {
   const auto data = data::load_fashion_mnist(PARRY_FASHION_MNIST_DIR, true, 96);
   const auto states = run_ranks<std::vector<torch::Tensor>>(2, [&](int64_t rank, std::shared_ptr<ProcessGroup> group) {
-    torch::manual_seed(static_cast<uint64_t>(rank));  // different initial weights on each rank
-    Model model(models::ReferenceCnn{});
+    Model model = [&] {
+      std::lock_guard<std::mutex> lock(default_generator_mutex());
+      torch::manual_seed(static_cast<uint64_t>(rank));  // different initial weights on each rank
+      return Model(models::ReferenceCnn{});
+    }();
     train::fit_classifier(model, data.images, data.labels,
                           train::ClassifierTrainerOptions().epochs(1).batch_size(32).process_group(group));
     return state_of(model);
