@@ -174,7 +174,7 @@ TEST_F(RedisStateTest, RedisQueryStoreMatchesTheInProcessStoreExactly) {
   // threshold(1): every list is walked, so every count is exact in both
   // stores and all must agree, under eviction from a store of 5.
   for (const MonitorScope scope : {MonitorScope::Global, MonitorScope::PerClient, MonitorScope::Both}) {
-    const auto options = QueryMonitorOptions().threshold(1).max_stored_queries(5).scope(scope);
+    const auto options = QueryMonitorOptions().threshold(1).max_stored_queries(5).scope(scope).salt_key(5);
     QueryMonitor memory(options);
     QueryMonitor shared(QueryMonitorOptions(options).redis(redis.options(std::string("exact-") + to_string(scope))));
     const auto stream = mixed_stream(300, 7);
@@ -206,7 +206,7 @@ TEST_F(RedisStateTest, RedisQueryStoreAgreesAtTheDefaultThreshold) {
   // Pruned search (threshold 25): below the threshold counts are lower bounds
   // that may differ; detections, and the counts and ids that reach the
   // threshold, are defined and must agree.
-  const auto options = QueryMonitorOptions().max_stored_queries(40).scope(MonitorScope::Both);
+  const auto options = QueryMonitorOptions().max_stored_queries(40).scope(MonitorScope::Both).salt_key(5);
   QueryMonitor memory(options);
   QueryMonitor shared(QueryMonitorOptions(options).redis(redis.options("pruned")));
   const auto stream = mixed_stream(400, 11);
@@ -251,7 +251,8 @@ TEST_F(RedisStateTest, TwoReplicasSharingRedisFlagSquareAndHopSkipJumpAsEarlyAsO
     }
     ASSERT_GT(recorder->inputs.size(), 20u);
 
-    const auto options = QueryMonitorOptions().match_spec(InputSpec(1, 28, 28));
+    // One salt key for all, so that the stores see identical fingerprints.
+    const auto options = QueryMonitorOptions().match_spec(InputSpec(1, 28, 28)).salt_key(5);
     QueryMonitor one(options);
     QueryMonitor replica_a(QueryMonitorOptions(options).redis(redis.options("replicas-" + attack_name)));
     QueryMonitor replica_b(QueryMonitorOptions(options).redis(redis.options("replicas-" + attack_name)));
@@ -284,6 +285,34 @@ TEST_F(RedisStateTest, TwoMonitorsSharingRedisGiveGlobalIdsAndOneHistory) {
   a.clear();
   EXPECT_EQ(b.stats().stored, 0u) << "clear() empties the shared store";
   EXPECT_FALSE(observe_one(b, image(1)).detected);
+}
+
+TEST_F(RedisStateTest, SaltIsSharedThroughRedisAndKeptByClear) {
+  PARRY_REQUIRE_REDIS();
+  RedisServer redis;
+  // Each monitor draws its own random key; the first one's is stored and
+  // every monitor of the prefix uses it, so replicas quantise alike.
+  QueryMonitor a(QueryMonitorOptions().redis(redis.options("salt")));
+  QueryMonitor b(QueryMonitorOptions().redis(redis.options("salt")));
+  EXPECT_EQ(a.fingerprint(image(4)), b.fingerprint(image(4)));
+  EXPECT_NE(a.fingerprint(image(4)), QueryMonitor().fingerprint(image(4))) << "not an unsalted or fixed grid";
+  observe_one(a, image(4));
+  EXPECT_TRUE(observe_one(b, image(4), "other").detected);
+  // clear() empties the store but keeps the key: a monitor started later
+  // still agrees with the running ones.
+  a.clear();
+  QueryMonitor later(QueryMonitorOptions().redis(redis.options("salt")));
+  observe_one(a, image(5));
+  EXPECT_TRUE(observe_one(later, image(5), "other").detected);
+  // An explicit key that differs from the stored one is refused by the policy.
+  QueryMonitor wrong(QueryMonitorOptions().salt_key(99).redis(redis.options("salt")));
+  const auto refused = wrong.admit(RequestContext{"c"}, image(0));
+  EXPECT_EQ(refused.action, GateDecision::Action::Reject);
+  EXPECT_EQ(refused.reason, conceal::kReasonUnavailable);
+  EXPECT_THROW(wrong.fingerprint(image(0)), conceal::UnavailableError);
+  // Salted and unsalted monitors cannot share a prefix.
+  QueryMonitor unsalted(QueryMonitorOptions().salted(false).redis(redis.options("salt")));
+  EXPECT_EQ(unsalted.admit(RequestContext{"c"}, image(0)).reason, conceal::kReasonUnavailable);
 }
 
 TEST_F(RedisStateTest, MonitorsWithOtherSettingsUnderOnePrefixAreRefused) {

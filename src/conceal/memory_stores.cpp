@@ -75,6 +75,7 @@ class MemoryQueryStore final : public QueryStore {
   }
 
   std::string describe() const override { return "in-process"; }
+  uint64_t salt_key(uint64_t proposed, bool /*must_match*/) override { return proposed; }
 
  private:
   int64_t per_slot() const { return kept_ * ((global_ ? 1 : 0) + (client_ ? 1 : 0)); }

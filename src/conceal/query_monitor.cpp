@@ -11,6 +11,7 @@
 #include <algorithm>
 #include <cmath>
 #include <limits>
+#include <random>
 #include <sstream>
 
 #include "conceal/state_store.hpp"
@@ -59,6 +60,14 @@ QueryMonitor::QueryMonitor(QueryMonitorOptions options)
                       " × " + std::to_string(scope_count(options_.scope())));
   }
   store_ = options_.redis() ? detail::make_redis_query_store(options_) : detail::make_memory_query_store(options_);
+  if (options_.salted()) {
+    if (options_.salt_key()) {
+      proposed_salt_key_ = *options_.salt_key();
+    } else {
+      std::random_device device;  // the operating system's entropy source
+      proposed_salt_key_ = (static_cast<uint64_t>(device()) << 32) ^ device();
+    }
+  }
 }
 
 QueryMonitor::~QueryMonitor() = default;
@@ -84,18 +93,34 @@ std::string QueryMonitor::check_input(const torch::Tensor& input) const {
 
 namespace {
 
-// Blacklight's fingerprint of `count` values.
+// Blacklight's fingerprint of `count` values; `salt` holds count offsets in
+// 8-bit units, or is null for plain quantisation.
 std::vector<uint64_t> fingerprint_values(const float* values, int64_t count, const QueryMonitorOptions& o,
-                                         std::vector<uint8_t>& quantised, std::vector<uint64_t>& hashes) {
-  // v in [lo, hi] -> t = (v − lo)/(hi − lo)·255 in [0, 255] -> floor(t / step).
-  // The small epsilon puts an 8-bit value k/255 that float rounding left just
-  // below a level boundary (k a multiple of the step) on the level it belongs to.
-  const double scale = 255.0 / (o.max_value() - o.min_value()) / o.quantization_step();
+                                         const float* salt, std::vector<uint8_t>& quantised,
+                                         std::vector<uint64_t>& hashes) {
   const double top = std::floor(255.0 / o.quantization_step());
   quantised.resize(static_cast<size_t>(count));
-  for (int64_t i = 0; i < count; ++i) {
-    const double level = std::floor((static_cast<double>(values[i]) - o.min_value()) * scale + 1e-6);
-    quantised[i] = static_cast<uint8_t>(std::clamp(level, 0.0, top));
+  if (salt == nullptr) {
+    // v in [lo, hi] -> t = (v − lo)/(hi − lo)·255 in [0, 255] -> floor(t / step).
+    // The small epsilon puts an 8-bit value k/255 that float rounding left just
+    // below a level boundary (k a multiple of the step) on the level it belongs to.
+    const double scale = 255.0 / (o.max_value() - o.min_value()) / o.quantization_step();
+    for (int64_t i = 0; i < count; ++i) {
+      const double level = std::floor((static_cast<double>(values[i]) - o.min_value()) * scale + 1e-6);
+      quantised[i] = static_cast<uint8_t>(std::clamp(level, 0.0, top));
+    }
+  } else {
+    // t = (v − lo)/(hi − lo)·255, then floor((t + s_i) / step) with s_i in
+    // [0, step): every edge of value i sits at a secret place inside its
+    // step, and constant regions stay constant. The edges are not at 8-bit
+    // values, so no epsilon is needed. One more level than unsalted at most.
+    const double scale = 255.0 / (o.max_value() - o.min_value());
+    const double inverse_step = 1.0 / o.quantization_step();
+    const double salted_top = std::min(255.0, top + 1);
+    for (int64_t i = 0; i < count; ++i) {
+      const double t = (static_cast<double>(values[i]) - o.min_value()) * scale + salt[i];
+      quantised[i] = static_cast<uint8_t>(std::clamp(std::floor(t * inverse_step), 0.0, salted_top));
+    }
   }
   hashes.clear();
   const int64_t window = o.window();
@@ -132,10 +157,34 @@ std::vector<std::vector<uint64_t>> QueryMonitor::fingerprints(const torch::Tenso
   std::vector<std::vector<uint64_t>> out;
   out.reserve(static_cast<size_t>(n));
   const float* data = x.data_ptr<float>();
+  const auto salt = salt_offsets(per_image);
   for (int64_t i = 0; i < n; ++i) {
-    out.push_back(fingerprint_values(data + i * per_image, per_image, options_, quantised, hashes));
+    out.push_back(fingerprint_values(data + i * per_image, per_image, options_, salt ? salt->data() : nullptr,
+                                     quantised, hashes));
   }
   return out;
+}
+
+std::shared_ptr<const std::vector<float>> QueryMonitor::salt_offsets(int64_t count) const {
+  if (!options_.salted()) return nullptr;
+  std::lock_guard<std::mutex> lock(salt_mutex_);
+  if (!salt_key_) salt_key_ = store_->salt_key(proposed_salt_key_, options_.salt_key().has_value());
+  for (const auto& offsets : salt_offsets_) {
+    if (static_cast<int64_t>(offsets->size()) == count) return offsets;
+  }
+  // s_i = step·u_i with u_i uniform in [0, 1): the top 53 bits of a keyed
+  // XXH3-64 of the position (a counter-mode generator: the same key gives the
+  // same offsets in every process, which is what replicas sharing a Redis need).
+  auto offsets = std::make_shared<std::vector<float>>(static_cast<size_t>(count));
+  for (int64_t i = 0; i < count; ++i) {
+    const uint64_t position = static_cast<uint64_t>(i);
+    const double u =
+        static_cast<double>(XXH3_64bits_withSeed(&position, sizeof position, *salt_key_) >> 11) * 0x1.0p-53;
+    (*offsets)[static_cast<size_t>(i)] = static_cast<float>(0.5 * options_.quantization_step() * u);
+  }
+  if (salt_offsets_.size() >= 8) salt_offsets_.erase(salt_offsets_.begin());  // a handful of image sizes at most
+  salt_offsets_.push_back(offsets);
+  return offsets;
 }
 
 std::vector<uint64_t> QueryMonitor::fingerprint(const torch::Tensor& image) const {
@@ -151,7 +200,8 @@ std::vector<uint64_t> QueryMonitor::fingerprint(const torch::Tensor& image) cons
   }
   std::vector<uint8_t> quantised;
   std::vector<uint64_t> hashes;
-  return fingerprint_values(x.data_ptr<float>(), x.numel(), options_, quantised, hashes);
+  const auto salt = salt_offsets(x.numel());
+  return fingerprint_values(x.data_ptr<float>(), x.numel(), options_, salt ? salt->data() : nullptr, quantised, hashes);
 }
 
 std::vector<QueryObservation> QueryMonitor::record(const RequestContext& context, const torch::Tensor& input) {
@@ -273,7 +323,8 @@ std::string QueryMonitor::describe() const {
   out << "QueryMonitor(Blacklight: step=" << options_.quantization_step() << ", window=" << options_.window()
       << ", window_step=" << options_.window_step() << ", N=" << options_.hashes_kept()
       << ", threshold=" << options_.threshold() << ", scope=" << to_string(options_.scope())
-      << ", action=" << to_string(options_.action()) << ", max_stored=" << options_.max_stored_queries();
+      << ", action=" << to_string(options_.action()) << ", max_stored=" << options_.max_stored_queries()
+      << (options_.salted() ? ", salted" : ", unsalted");
   if (options_.redis()) out << ", state=" << store_->describe();
   out << ")";
   return out.str();

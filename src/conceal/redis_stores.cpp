@@ -16,6 +16,8 @@
 //                   that most stay small listpacks (about 20 bytes per posting
 //                   instead of about 100 for a Redis key per list).
 //   P:entries, P:postings, P:evictions   counters for stats()
+//   P:salt          the monitors' secret salt key (decimal), set once by the
+//                   first salted monitor (SET NX) and kept by clear()
 // Ids are consecutive, so the image to evict when id exceeds
 // max_stored_queries is id − max_stored_queries: the oldest, whose id is at
 // the old end of each of its lists (popped there, no search), unless a list
@@ -290,7 +292,8 @@ class RedisQueryStore final : public QueryStore {
     while (buckets_ < static_cast<int64_t>(std::ceil(postings / 32)) && buckets_ < (int64_t{1} << 32)) buckets_ *= 2;
     std::ostringstream meta;
     meta << "v1 max_stored=" << max_stored_ << " hashes_kept=" << options.hashes_kept()
-         << " scope=" << to_string(options.scope()) << " max_scan=" << max_scan_ << " buckets=" << buckets_;
+         << " scope=" << to_string(options.scope()) << " max_scan=" << max_scan_ << " buckets=" << buckets_
+         << " salted=" << (options.salted() ? 1 : 0);
     meta_ = meta.str();
   }
 
@@ -351,13 +354,34 @@ class RedisQueryStore final : public QueryStore {
       const redisReply* keys = reply->element[1];
       if (keys->elements > 0) {
         std::vector<std::string> unlink{"UNLINK"};
-        for (size_t i = 0; i < keys->elements; ++i) unlink.emplace_back(keys->element[i]->str, keys->element[i]->len);
-        client_.command(unlink);
+        for (size_t i = 0; i < keys->elements; ++i) {
+          std::string key(keys->element[i]->str, keys->element[i]->len);
+          if (key != prefix_ + ":salt") unlink.push_back(std::move(key));  // other replicas hold it
+        }
+        if (unlink.size() > 1) client_.command(unlink);
       }
     } while (cursor != "0");
   }
 
   std::string describe() const override { return client_.describe(); }
+
+  uint64_t salt_key(uint64_t proposed, bool must_match) override {
+    const std::string key = prefix_ + ":salt";
+    client_.command({"SET", key, std::to_string(proposed), "NX"});
+    const Reply reply = client_.command({"GET", key});
+    if (reply->type != REDIS_REPLY_STRING) throw UnavailableError("Redis: no salt key under " + key);
+    const std::string text(reply->str, reply->len);
+    char* end = nullptr;
+    const uint64_t stored = std::strtoull(text.c_str(), &end, 10);
+    if (text.empty() || end != text.c_str() + text.size()) {
+      throw UnavailableError("Redis: the salt key under " + key + " is not a number");
+    }
+    if (must_match && stored != proposed) {
+      throw UnavailableError("Redis: the salt key stored under " + key +
+                             " differs from this monitor's salt_key (monitors sharing a prefix must share the salt)");
+    }
+    return stored;
+  }
 
  private:
   mutable RedisClient client_;

@@ -64,6 +64,12 @@ class QueryStore {
   virtual void clear() = 0;
   /// "in-process" or the Redis URL and prefix.
   virtual std::string describe() const = 0;
+  /// The salt key the monitor must use: in-process, `proposed`; in Redis, the
+  /// key stored under the prefix, set to `proposed` if none is (the first
+  /// replica's key wins, so all agree). clear() keeps it.
+  /// @throws UnavailableError when shared state cannot be reached, or when
+  ///   `must_match` and the stored key differs from `proposed`.
+  virtual uint64_t salt_key(uint64_t proposed, bool must_match) = 0;
 };
 
 /// What a bucket store answered for one request.

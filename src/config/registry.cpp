@@ -373,6 +373,7 @@ void add_gates(std::vector<ComponentDescriptor>& out) {
         .arg(PARRY_BIND_CHECKED(O, hashes_kept))
         .arg(PARRY_BIND_CHECKED(O, threshold))
         .arg(PARRY_BIND_CHECKED(O, max_stored_queries))
+        .arg(PARRY_BIND(O, salted))
         .choice("scope", &O::scope, &O::scope,
                 std::vector<std::pair<std::string, MonitorScope>>{
                     {to_string(MonitorScope::Global), MonitorScope::Global},

@@ -5,8 +5,10 @@
 // Attacks", USENIX Security 2022).
 //
 // Method (as in the paper). For every image of a query:
-//   1. quantise: map the value range [lo, hi] onto [0, 255] and replace each
-//      value v by floor(v / step) (paper: step 50, so 6 levels);
+//   1. quantise: map the value range [lo, hi] onto [0, 255], add value i's
+//      secret salt s_i in [0, step/2) (the authors' code salts, the paper's
+//      text does not; salted() below says how Parry's salt differs), and
+//      replace each value t by floor(t / step) (paper: step 50, so 6 levels);
 //   2. flatten (C×H×W memory order) and slide a window of w values with a
 //      stride s over it (paper: w = 20 for MNIST-sized images, 50 for larger
 //      ones; s = 1); hash each window's quantised bytes with XXH3-64 (xxHash);
@@ -36,7 +38,11 @@
 // other queries defeats it); queries with large random transforms (shifts,
 // rotations, strong noise) that change most quantised windows — at the price
 // of a weaker attack; or an attacker who can tell a detection from the
-// answers (use MonitorAction::Silent so it cannot). Detections are a signal
+// answers (use MonitorAction::Silent so it cannot). Without the salt, an
+// attacker who knows the step knows every bin edge and can move just the
+// values that sit near one; the salt hides the edges, so it must stay secret
+// (it is never logged; with Redis, whoever reads Redis can read it, as they
+// can read the fingerprints). Detections are a signal
 // for the operator: with MonitorAction::Reject, a benign user whose queries
 // happen to resemble stored ones is refused (false positives are measured in
 // docs/concealment.md).
@@ -145,6 +151,29 @@ struct QueryMonitorOptions {
   /// on max_stored_queries, hashes_kept, scope and max_scan_per_hash (a
   /// monitor that does not is refused, by its failure policy).
   PARRY_ARG(std::optional<RedisOptions>, redis) = std::nullopt;
+  /// Blacklight's secret salt: before quantising, value i (in 8-bit units)
+  /// gets a secret offset s_i, uniform in [0, step/2): level floor((t + s_i)
+  /// / step). Each value's bin edges then sit at places unknown to an
+  /// attacker who knows the step, who can no longer move just the values next
+  /// to an edge to change a window's hash at the least cost. Deviation: the
+  /// authors' code draws s_i in [0, 255) and wraps modulo 255, which hides
+  /// the edges no better but makes constant regions (a blank background)
+  /// quantise differently at every position, so unrelated images share their
+  /// background windows: on Fashion-MNIST, 14.9 % benign false positives at
+  /// threshold 25 instead of 0. Half a step rather than a whole one keeps a
+  /// blank background half a step from its next edge, as robust to small
+  /// noise as unsalted (docs/concealment.md, "Secret salt", has the
+  /// measurements). Default true; false: the paper's floor(t / step).
+  PARRY_ARG(bool, salted) = true;
+  /// The salt's 64-bit secret key (the offsets are derived from it). Unset
+  /// (default): a key drawn from std::random_device when the monitor is
+  /// built — the salt lives and dies with the in-process store — or, with
+  /// Redis, the key stored under "<prefix>:qm:salt" by the first monitor that
+  /// used the prefix, so that every replica quantises alike (clear() keeps
+  /// it). Set it only to reproduce an experiment or to share a key between
+  /// in-process monitors; with Redis it must equal the stored key, or the
+  /// monitor's requests fail by its policy. describe() and the logs never show it.
+  PARRY_ARG(std::optional<uint64_t>, salt_key) = std::nullopt;
 
  public:
   /// Value range mapped onto the 256 quantisation levels; lo < hi, finite.
@@ -249,9 +278,11 @@ class QueryMonitor final : public Gate {
   std::vector<QueryObservation> observe(const RequestContext& context, const torch::Tensor& input);
 
   /// The fingerprint of one image C×H×W (or a flat tensor): its up to
-  /// hashes_kept distinct window hashes, largest first. Stores nothing.
+  /// hashes_kept distinct window hashes, largest first (salted when the
+  /// monitor is). Stores nothing.
   /// @throws parry::InputError for a non-finite or empty image, or values
   ///   outside the value range.
+  /// @throws UnavailableError if the salt is kept in Redis and cannot be read.
   std::vector<uint64_t> fingerprint(const torch::Tensor& image) const;
 
   /// Counters and current sizes (with Redis, one round trip).
@@ -273,6 +304,10 @@ class QueryMonitor final : public Gate {
   std::vector<std::vector<uint64_t>> fingerprints(const torch::Tensor& input) const;
   std::vector<QueryObservation> record(const RequestContext& context, const torch::Tensor& input);
   GateDecision unavailable(const Error& error);
+  /// The salt's offsets for images of `count` values (8-bit units), or null
+  /// when the monitor is unsalted. The key is read from the store once.
+  /// @throws UnavailableError if the store keeps the key and cannot be reached.
+  std::shared_ptr<const std::vector<float>> salt_offsets(int64_t count) const;
 
   QueryMonitorOptions options_;
   std::unique_ptr<detail::QueryStore> store_;
@@ -283,6 +318,10 @@ class QueryMonitor final : public Gate {
   uint64_t requests_detected_ = 0;
   uint64_t skipped_ = 0;
   uint64_t state_failures_ = 0;
+  uint64_t proposed_salt_key_ = 0;  // options' salt_key, or a random one; the store may hold another
+  mutable std::mutex salt_mutex_;
+  mutable std::optional<uint64_t> salt_key_;  // the key in use, once the store agreed on it
+  mutable std::vector<std::shared_ptr<const std::vector<float>>> salt_offsets_;  // by value count
 };
 
 }  // namespace parry::conceal
