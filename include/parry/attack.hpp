@@ -9,5 +9,6 @@
 #include "parry/attack/fab.hpp"
 #include "parry/attack/fgsm.hpp"
 #include "parry/attack/hop_skip_jump.hpp"
+#include "parry/attack/oars.hpp"
 #include "parry/attack/pgd.hpp"
 #include "parry/attack/square.hpp"

@@ -4,6 +4,7 @@
 #include <cmath>
 #include <limits>
 
+#include "attack/square_steps.hpp"
 #include "parry/detail/chunks.hpp"
 #include "parry/detail/generator.hpp"
 #include "parry/detail/require.hpp"
@@ -47,10 +48,17 @@ QueryResult query(const Guard& guard, const torch::Tensor& x, const RequestConte
   // nats stay visible (AutoAttack's Square climbs raw logit margins; a
   // clamp at 1e-12 flattens every margin above 27.6 and blinds it on
   // saturated models).
-  return {torch::log(torch::cat(parts).to(torch::kFloat32).clamp_min(std::numeric_limits<float>::min())), "", flagged};
+  return {detail::log_scores(torch::cat(parts)), "", flagged};
 }
 
-// Margin loss per sample: negative once the attack succeeds.
+}  // namespace
+
+namespace detail {
+
+torch::Tensor log_scores(const torch::Tensor& scores) {
+  return torch::log(scores.to(torch::kFloat32).clamp_min(std::numeric_limits<float>::min()));
+}
+
 torch::Tensor margin_loss(const torch::Tensor& log_scores, const torch::Tensor& y, bool targeted) {
   const torch::Tensor own = log_scores.gather(1, y.view({-1, 1})).flatten();
   const torch::Tensor other =
@@ -58,10 +66,8 @@ torch::Tensor margin_loss(const torch::Tensor& log_scores, const torch::Tensor& 
   return targeted ? other - own : own - other;
 }
 
-// Replaces, in every candidate, one random side×side window by the clean
-// image ±ε (one sign per channel), clipped to the box. A window that leaves
-// the candidate unchanged is drawn again, up to 10 times (as the paper's
-// code). Vectorised over the batch: the window is a mask, not a loop.
+// Vectorised over the batch: the window is a mask, not a loop (as the
+// paper's code, an unchanged window is drawn again up to 10 times).
 void place_squares(torch::Tensor& candidates, const torch::Tensor& originals, int64_t side, double eps,
                    const GradientSettings& range, torch::Generator& gen) {
   const int64_t h = candidates.size(2), w = candidates.size(3), c = candidates.size(1);
@@ -86,7 +92,7 @@ void place_squares(torch::Tensor& candidates, const torch::Tensor& originals, in
   }
 }
 
-}  // namespace
+}  // namespace detail
 
 SquareOptions::SquareOptions(double epsilon) {
   this->epsilon(epsilon);
@@ -172,7 +178,7 @@ AttackResult square(const Guard& guard, const torch::Tensor& x, const torch::Ten
   if (y.max().item<int64_t>() >= q.log_scores.size(1)) {
     throw OptionError("square: labels must be below the class count " + std::to_string(q.log_scores.size(1)));
   }
-  torch::Tensor loss = margin_loss(q.log_scores, y, options.targeted());
+  torch::Tensor loss = detail::margin_loss(q.log_scores, y, options.targeted());
   result.queries += 1;
 
   for (int64_t iteration = 1; iteration < options.max_queries(); ++iteration) {
@@ -182,7 +188,7 @@ AttackResult square(const Guard& guard, const torch::Tensor& x, const torch::Ten
     const int64_t side =
         std::clamp<int64_t>(std::llround(std::sqrt(p * static_cast<double>(h * w))), 1, std::min(h, w) - 1);
     torch::Tensor candidates = best.index_select(0, active);
-    place_squares(candidates, x0.index_select(0, active), side, eps, range, gen);
+    detail::place_squares(candidates, x0.index_select(0, active), side, eps, range, gen);
     q = query(guard, candidates, context);
     result.flagged_answers += q.flagged;
     if (!q.log_scores.defined()) {
@@ -191,7 +197,7 @@ AttackResult square(const Guard& guard, const torch::Tensor& x, const torch::Ten
       break;
     }
     result.queries.index_add_(0, active, torch::ones({active.numel()}, torch::kInt64));
-    const torch::Tensor new_loss = margin_loss(q.log_scores, y.index_select(0, active), options.targeted());
+    const torch::Tensor new_loss = detail::margin_loss(q.log_scores, y.index_select(0, active), options.targeted());
     const torch::Tensor improved = new_loss < loss.index_select(0, active);
     const torch::Tensor accepted = active.masked_select(improved);
     if (accepted.numel() > 0) {
