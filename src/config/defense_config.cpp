@@ -171,6 +171,7 @@ BlackBoxSpec parse_black_box(const json& value, const std::string& path) {
   spec.square_queries = o.integer("square_queries", spec.square_queries, 1, 1000000);
   spec.hop_skip_jump_queries = o.integer("hop_skip_jump_queries", spec.hop_skip_jump_queries, 10, 1000000);
   spec.l2_epsilon = o.number("l2_epsilon", spec.l2_epsilon, positive, "must be finite and > 0");
+  spec.adaptive_monitor = o.boolean("adaptive_monitor", spec.adaptive_monitor);
   o.finish();
   return spec;
 }

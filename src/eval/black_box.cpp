@@ -8,7 +8,9 @@
 #include <set>
 
 #include "parry/attack/hop_skip_jump.hpp"
+#include "parry/attack/oars.hpp"
 #include "parry/attack/square.hpp"
+#include "parry/conceal/query_monitor.hpp"
 #include "parry/detail/format.hpp"
 
 namespace parry::eval {
@@ -44,7 +46,9 @@ struct Runs {
   int64_t successes = 0, stopped = 0, flagged = 0;
   std::set<std::string> reasons;
 
-  void add(const attack::AttackResult& r, bool success, double l2_distance) {
+  /// `detected`: the run had a detected query (OARS: flagged or refused as
+  /// flagged); plain attacks: a flagged answer.
+  void add(const attack::AttackResult& r, bool success, double l2_distance, bool detected = false) {
     queries.push_back(static_cast<double>(r.queries.sum().item<int64_t>()));
     l2.push_back(l2_distance);
     successes += success;
@@ -52,7 +56,7 @@ struct Runs {
       ++stopped;
       reasons.insert(r.stop_reason);
     }
-    flagged += r.flagged_answers > 0;
+    flagged += r.flagged_answers > 0 || detected;
   }
 
   BlackBoxOutcome outcome(BlackBoxOutcome o) const {
@@ -101,60 +105,87 @@ std::vector<BlackBoxOutcome> black_box(const config::DefenseSpec& defense, const
   std::vector<BlackBoxOutcome> out;
   const std::string hidden = n > 0 ? hidden_scores(*plain, x.slice(0, 0, 1)) : "";
 
-  for (double eps : settings.epsilons) {
-    const auto started = Clock::now();
-    BlackBoxOutcome o;
-    o.attack = "Square";
-    o.norm = "linf";
-    o.epsilon = eps;
-    o.query_budget = budget.square_queries;
-    if (!hidden.empty()) {
-      o.applicable = false;
-      o.not_applicable = hidden;
+  // The adaptive rows run where a query monitor guards the defense.
+  bool monitored = false;
+  for (const auto& gate : defense.fresh_gates(frozen_clock)) {
+    monitored = monitored || std::dynamic_pointer_cast<conceal::QueryMonitor>(gate) != nullptr;
+  }
+  const bool adaptive = monitored && budget.adaptive_monitor;
+
+  for (const bool oars : {false, true}) {
+    if (oars && !adaptive) break;
+    for (double eps : settings.epsilons) {
+      const auto started = Clock::now();
+      BlackBoxOutcome o;
+      o.attack = oars ? "OARS-Square" : "Square";
+      o.norm = "linf";
+      o.epsilon = eps;
+      o.query_budget = budget.square_queries;
+      if (!hidden.empty()) {
+        o.applicable = false;
+        o.not_applicable = hidden;
+        say(o, started);
+        out.push_back(o);
+        continue;
+      }
+      Runs runs;
+      for (int64_t i = 0; i < n; ++i) {
+        const auto guard = defense.build_fresh_guard(raw_model, frozen_clock);
+        const torch::Tensor xi = x.slice(0, i, i + 1), yi = y.slice(0, i, i + 1);
+        const auto options = attack::SquareOptions(eps)
+                                 .max_queries(budget.square_queries)
+                                 .seed(settings.seed + static_cast<uint64_t>(i))
+                                 .client_id(oars ? "eval-oars-square" : "eval-square");
+        if (oars) {
+          const auto r = attack::oars_square(*guard, xi, yi, attack::OarsSquareOptions(options));
+          runs.add(r, judged_wrong(r.adversarial, yi[0].item<int64_t>()), 0.0, r.detected.sum().item<int64_t>() > 0);
+        } else {
+          const auto r = attack::square(*guard, xi, yi, options);
+          runs.add(r, judged_wrong(r.adversarial, yi[0].item<int64_t>()), 0.0);
+        }
+      }
+      o = runs.outcome(o);
       say(o, started);
       out.push_back(o);
-      continue;
     }
+  }
+
+  for (const bool oars : {false, true}) {
+    if (oars && !adaptive) break;
+    const auto started = Clock::now();
+    BlackBoxOutcome o;
+    o.attack = oars ? "OARS-HopSkipJump" : "HopSkipJump";
+    o.norm = "l2";
+    o.epsilon = budget.l2_epsilon;
+    o.query_budget = budget.hop_skip_jump_queries;
     Runs runs;
     for (int64_t i = 0; i < n; ++i) {
       const auto guard = defense.build_fresh_guard(raw_model, frozen_clock);
       const torch::Tensor xi = x.slice(0, i, i + 1), yi = y.slice(0, i, i + 1);
-      const auto r = attack::square(*guard, xi, yi,
-                                    attack::SquareOptions(eps)
-                                        .max_queries(budget.square_queries)
-                                        .seed(settings.seed + static_cast<uint64_t>(i))
-                                        .client_id("eval-square"));
-      runs.add(r, judged_wrong(r.adversarial, yi[0].item<int64_t>()), 0.0);
+      const auto options = attack::HopSkipJumpOptions()
+                               .max_queries(budget.hop_skip_jump_queries)
+                               .seed(settings.seed + static_cast<uint64_t>(i))
+                               .client_id(oars ? "eval-oars-hop-skip-jump" : "eval-hop-skip-jump");
+      attack::AttackResult r;
+      bool detected = false;
+      if (oars) {
+        const auto adaptive_result =
+            attack::oars_hop_skip_jump(*guard, xi, yi, attack::OarsHopSkipJumpOptions(options));
+        detected = adaptive_result.detected.sum().item<int64_t>() > 0;
+        r = adaptive_result;
+      } else {
+        r = attack::hop_skip_jump(*guard, xi, yi, options);
+      }
+      // The final image is adversarial only if the Guard says so; then its distance counts.
+      const bool wrong = judged_wrong(r.adversarial, yi[0].item<int64_t>());
+      const double l2 = wrong ? r.norm[0].item<double>() : std::numeric_limits<double>::infinity();
+      runs.add(r, wrong && l2 <= budget.l2_epsilon, l2, detected);
     }
     o = runs.outcome(o);
+    o.median_l2 = median(runs.l2);
     say(o, started);
     out.push_back(o);
   }
-
-  const auto started = Clock::now();
-  BlackBoxOutcome o;
-  o.attack = "HopSkipJump";
-  o.norm = "l2";
-  o.epsilon = budget.l2_epsilon;
-  o.query_budget = budget.hop_skip_jump_queries;
-  Runs runs;
-  for (int64_t i = 0; i < n; ++i) {
-    const auto guard = defense.build_fresh_guard(raw_model, frozen_clock);
-    const torch::Tensor xi = x.slice(0, i, i + 1), yi = y.slice(0, i, i + 1);
-    const auto r = attack::hop_skip_jump(*guard, xi, yi,
-                                         attack::HopSkipJumpOptions()
-                                             .max_queries(budget.hop_skip_jump_queries)
-                                             .seed(settings.seed + static_cast<uint64_t>(i))
-                                             .client_id("eval-hop-skip-jump"));
-    // The final image is adversarial only if the Guard says so; then its distance counts.
-    const bool wrong = judged_wrong(r.adversarial, yi[0].item<int64_t>());
-    const double l2 = wrong ? r.norm[0].item<double>() : std::numeric_limits<double>::infinity();
-    runs.add(r, wrong && l2 <= budget.l2_epsilon, l2);
-  }
-  o = runs.outcome(o);
-  o.median_l2 = median(runs.l2);
-  say(o, started);
-  out.push_back(o);
   return out;
 }
 

@@ -53,7 +53,15 @@ std::string black_box_sentence(const Evaluation& e) {
          "the Guard, and for HopSkipJump, a minimum-distortion attack, lies within L2 " +
          fixed(b.l2_epsilon, 2) +
          " of the clean image. Stopped: a gate refused a query and the run ended there; flagged: a gate or detector "
-         "flagged at least one of its answers. This is a budget-limited attacker that does not adapt to the gates.";
+         "flagged at least one of its answers. Square and HopSkipJump are budget-limited attackers that do not adapt "
+         "to "
+         "the gates; " +
+         std::string(b.adaptive_monitor
+                         ? "against a defense with a query monitor, OARS-Square and OARS-HopSkipJump (Feng et al., CCS "
+                           "2023) adapt to it: they learn from its detections how far apart their queries must be, "
+                           "discard detected proposals and count every query sent, refused ones included; for them, "
+                           "flagged counts runs with at least one detected query (flagged or refused)."
+                         : "adaptive attackers of query monitors were not run (black_box.adaptive_monitor false).");
 }
 
 // "3/20 (rate_limited)".
@@ -279,6 +287,7 @@ nlohmann::json to_json(const Evaluation& e) {
                        {"square_queries", e.black_box.square_queries},
                        {"hop_skip_jump_queries", e.black_box.hop_skip_jump_queries},
                        {"l2_epsilon", e.black_box.l2_epsilon},
+                       {"adaptive_monitor", e.black_box.adaptive_monitor},
                        {"gates", "fresh per run: throttle buckets full, query-monitor store empty, clock held still"},
                        {"client_ids", {"eval-square", "eval-hop-skip-jump"}}};
   for (const auto& d : e.defenses) {

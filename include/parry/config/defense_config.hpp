@@ -123,6 +123,11 @@ struct BlackBoxSpec {
   /// L2 budget (pixel units) at which HopSkipJump's success is counted; 1.5
   /// suits 28×28 images in [0, 1] (scale with √(pixels) for larger ones).
   double l2_epsilon = 1.5;
+  /// For a defense with a QueryMonitor gate, also run the attackers that
+  /// adapt to its detections (OARS-Square at each ε, OARS-HopSkipJump;
+  /// attack/oars.hpp) at the same budgets, next to the plain ones. Default
+  /// true: a monitor's figures are paired with an adaptive attack's.
+  bool adaptive_monitor = true;
 };
 
 struct EvaluationSpec {

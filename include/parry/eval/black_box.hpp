@@ -26,9 +26,19 @@
 // accuracy rows. Square runs only where the output policy reveals every
 // class score; elsewhere its row says why it did not run.
 //
-// What it is not. A budget-limited attacker that does not know the gates:
-// it neither spaces its queries to evade the monitor nor rotates client ids.
-// An adaptive attacker of the query monitor is future work (issue 17).
+// Adaptive rows. Square and HopSkipJump do not know the gates. When the
+// defense has a QueryMonitor gate (and black_box.adaptive_monitor is on, the
+// default), OARS-Square (each ε) and OARS-HopSkipJump run too, at the same
+// budgets and with their own client ids ("eval-oars-square",
+// "eval-oars-hop-skip-jump"): attackers that learn from the monitor's
+// detections how far apart their queries must be and discard detected
+// proposals (attack/oars.hpp; Feng et al., CCS 2023). Their query counts
+// include every image sent, refused ones too, and their `flagged` counts runs
+// with at least one detected query. Against MonitorAction::Silent they get no
+// signal and behave like the plain attacks.
+//
+// What it is not. No attacker here rotates client ids or waits for the
+// monitor's store to evict its queries.
 #pragma once
 
 #include <functional>
@@ -42,7 +52,7 @@ namespace parry::eval {
 
 /// One black-box attack against one defense, over the runs of the subset.
 struct BlackBoxOutcome {
-  std::string attack;        ///< "Square" or "HopSkipJump"
+  std::string attack;        ///< "Square", "HopSkipJump", "OARS-Square" or "OARS-HopSkipJump"
   std::string norm;          ///< "linf" (Square) or "l2" (HopSkipJump)
   double epsilon = 0.0;      ///< Square: its L∞ budget; HopSkipJump: the L2 budget of success_rate
   int64_t query_budget = 0;  ///< queries per image at most
@@ -64,8 +74,9 @@ struct BlackBoxOutcome {
   int64_t flagged = 0;                    ///< runs with at least one answer flagged (a gate or a detector)
 };
 
-/// Runs Square at each ε of `settings.epsilons` and HopSkipJump on (x, y),
-/// one run per image (see the header comment), with the budgets of
+/// Runs Square at each ε of `settings.epsilons` and HopSkipJump on (x, y)
+/// — and, for a defense with a QueryMonitor, OARS-Square at each ε and
+/// OARS-HopSkipJump — one run per image (see the header comment), with the budgets of
 /// settings.black_box. `raw_model` is the bare model (the defense applies its
 /// model_input). Detectors must be calibrated. `progress` gets one line per attack (may be empty).
 /// @throws parry::OptionError if the defense has gates without factories
