@@ -6,6 +6,7 @@
 #include "parry/conceal/output_policies.hpp"
 #include "parry/conceal/query_monitor.hpp"
 #include "parry/conceal/throttle.hpp"
+#include "parry/eval/black_box.hpp"
 
 using namespace parry;
 using namespace parry::attack;
@@ -222,4 +223,34 @@ TEST_F(OarsTest, AgainstTheDefaultQueryMonitorTheAdaptiveAttackersKeepQuerying) 
   RecordProperty("monitor_delta", std::to_string(h.scale[0].item<float>()));
   RecordProperty("monitor_hsj_detection", std::to_string(h.detection_rate()));
   EXPECT_GT(h.queries[0].item<int64_t>() - h.detected[0].item<int64_t>(), 20);
+}
+
+TEST_F(OarsTest, TheEvaluationAddsAdaptiveRowsForADefenseWithAQueryMonitor) {
+  const auto data = parry::testing::correctly_classified(2);
+  config::EvaluationSpec settings;
+  settings.epsilons = {0.1};
+  settings.black_box.square_queries = 60;
+  settings.black_box.hop_skip_jump_queries = 80;
+  config::DefenseSpec defense;
+  defense.name = "monitored";
+  defense.output = std::make_shared<conceal::Full>();
+  defense.add_gate([](const std::function<double()>&) {
+    return std::make_shared<conceal::QueryMonitor>(
+        conceal::QueryMonitorOptions().match_spec(InputSpec(1, 28, 28)).action(conceal::MonitorAction::Reject));
+  });
+  const auto rows = eval::black_box(defense, parry::testing::reference_model(), data.images, data.labels, settings);
+  std::vector<std::string> names;
+  for (const auto& r : rows) names.push_back(r.attack);
+  EXPECT_EQ(names, (std::vector<std::string>{"Square", "OARS-Square", "HopSkipJump", "OARS-HopSkipJump"}));
+  for (const auto& r : rows) {
+    SCOPED_TRACE(r.attack);
+    EXPECT_EQ(r.images, 2);
+    if (r.attack.rfind("OARS-", 0) == 0) EXPECT_GE(r.median_queries, 20) << "the adaptive attacker keeps querying";
+  }
+  settings.black_box.adaptive_monitor = false;
+  EXPECT_EQ(eval::black_box(defense, parry::testing::reference_model(), data.images, data.labels, settings).size(), 2u);
+  config::DefenseSpec plain;  // no monitor: no adaptive rows
+  plain.output = std::make_shared<conceal::Full>();
+  settings.black_box.adaptive_monitor = true;
+  EXPECT_EQ(eval::black_box(plain, parry::testing::reference_model(), data.images, data.labels, settings).size(), 2u);
 }
