@@ -3,6 +3,7 @@
 #include <fstream>
 
 #include "attack_support.hpp"
+#include "test_support.hpp"
 
 using namespace parry;
 using train::AdversarialMethod;
@@ -17,14 +18,7 @@ struct Interrupted : std::runtime_error {
   Interrupted() : std::runtime_error("interrupted") {}
 };
 
-/// Parameters and buffers of a reference CNN, in a fixed order.
-std::vector<torch::Tensor> state_of(const Model& model) {
-  const auto net = model.module_as<models::ReferenceCnnImpl>();
-  std::vector<torch::Tensor> out;
-  for (const auto& p : net->named_parameters()) out.push_back(p.value().detach().clone());
-  for (const auto& b : net->named_buffers()) out.push_back(b.value().detach().clone());
-  return out;
-}
+using parry::testing::state_of;
 
 bool same_state(const std::vector<torch::Tensor>& a, const std::vector<torch::Tensor>& b) {
   if (a.size() != b.size()) return false;

@@ -287,8 +287,8 @@ TEST_F(GuardTest, ExactPolicyNeedsADifferentiableTransform) {
     bool is_differentiable() const override { return false; }
     std::string describe() const override { return "Rounding"; }
   };
-  EXPECT_THROW(Rounding(GradientPolicy::Exact), OptionError);
-  EXPECT_NO_THROW(Rounding(GradientPolicy::StraightThrough));
+  EXPECT_THROW(Rounding{GradientPolicy::Exact}, OptionError);
+  EXPECT_NO_THROW(Rounding{GradientPolicy::StraightThrough});
 }
 
 TEST_F(GuardTest, ConcurrentPredictionsMatchSequential) {
@@ -389,7 +389,11 @@ TEST_F(GuardTest, SixteenThreadsKeepExactThrottleAndMonitorAccounting) {
   EXPECT_EQ(stats.detections, static_cast<uint64_t>(kRequests / 2));
   EXPECT_EQ(stats.requests_detected, static_cast<uint64_t>(kRequests / 2));
   EXPECT_EQ(stats.evictions, 0u);
-  EXPECT_GT(flagged.load(), 0);
+  // How many admitted requests were second copies (Flagged) depends on the
+  // interleaving: every client's budget may be spent on first copies (seen
+  // under ASan). A copy from a fresh client is admitted and flagged.
+  EXPECT_LE(flagged.load(), kClients * kBurst);
+  EXPECT_EQ(guard.predict(images[0], RequestContext{"fresh-client"}).verdict, Verdict::Flagged);
 }
 
 TEST_F(GuardTest, DescribeListsEveryStage) {

@@ -64,12 +64,7 @@ Model plain_net(uint64_t seed) {
                                      torch::nn::Flatten(), torch::nn::Linear(4 * 13 * 13, 10)));
 }
 
-std::vector<torch::Tensor> state_of(const Model& model) {
-  std::vector<torch::Tensor> out;
-  for (const auto& p : model.parameters()) out.push_back(p.detach().clone());
-  for (const auto& b : model.buffers()) out.push_back(b.detach().clone());
-  return out;
-}
+using parry::testing::state_of;
 
 void expect_identical(const std::vector<torch::Tensor>& a, const std::vector<torch::Tensor>& b) {
   ASSERT_EQ(a.size(), b.size());

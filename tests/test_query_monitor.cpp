@@ -11,6 +11,7 @@
 #include <thread>
 
 #include "attack_support.hpp"
+#include "conceal_support.hpp"
 #include "parry/conceal/output_policies.hpp"
 #include "parry/conceal/throttle.hpp"
 #include "parry/core/log.hpp"
@@ -27,16 +28,9 @@ using conceal::QueryMonitorOptions;
 
 namespace {
 
-// Fashion-MNIST test images (N×1×28×28 in [0, 1]).
-const torch::Tensor& test_images() {
-  static const torch::Tensor images =
-      data::load_fashion_mnist(PARRY_FASHION_MNIST_DIR, false, 1000).images.contiguous();
-  return images;
-}
-
-torch::Tensor image(int64_t i) {
-  return test_images()[i];
-}
+using parry::testing::image;
+using parry::testing::observe_one;
+using parry::testing::test_images;
 
 // Captures Parry's log for the test and silences it afterwards.
 class QueryMonitorTest : public parry::testing::SeededTest {
@@ -58,13 +52,6 @@ class QueryMonitorTest : public parry::testing::SeededTest {
   std::mutex log_mutex_;
   std::vector<std::string> logged_;
 };
-
-conceal::QueryObservation observe_one(QueryMonitor& monitor, const torch::Tensor& x,
-                                      const std::string& client = "client") {
-  auto observations = monitor.observe(RequestContext{client}, x);
-  EXPECT_EQ(observations.size(), 1u);
-  return observations.at(0);
-}
 
 Guard reference_guard(std::shared_ptr<QueryMonitor> monitor, std::shared_ptr<const OutputPolicy> policy = nullptr) {
   GuardBuilder builder(parry::testing::reference_model(), InputSpec(1, 28, 28));

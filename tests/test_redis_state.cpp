@@ -11,6 +11,7 @@
 #include <thread>
 
 #include "attack_support.hpp"
+#include "conceal_support.hpp"
 #include "parry/conceal/output_policies.hpp"
 #include "parry/conceal/query_monitor.hpp"
 #include "parry/conceal/throttle.hpp"
@@ -33,21 +34,10 @@ using parry::testing::RedisServer;
 
 namespace {
 
-const torch::Tensor& test_images() {
-  static const torch::Tensor images =
-      data::load_fashion_mnist(PARRY_FASHION_MNIST_DIR, false, 1000).images.contiguous();
-  return images;
-}
-
-torch::Tensor image(int64_t i) {
-  return test_images()[i];
-}
-
-QueryObservation observe_one(QueryMonitor& monitor, const torch::Tensor& x, const std::string& client = "client") {
-  auto observations = monitor.observe(RequestContext{client}, x);
-  EXPECT_EQ(observations.size(), 1u);
-  return observations.at(0);
-}
+using parry::testing::FakeClock;
+using parry::testing::image;
+using parry::testing::observe_one;
+using parry::testing::test_images;
 
 // Silences the log (failure warnings are expected here) and keeps the lines.
 class RedisStateTest : public parry::testing::SeededTest {
@@ -423,19 +413,6 @@ TEST_F(RedisStateTest, ConcurrentRequestsOnOneRedisMonitor) {
   EXPECT_EQ(stats.stored, static_cast<uint64_t>(2 * kThreads * kImages));
   EXPECT_EQ(stats.state_failures, 0u);
 }
-
-namespace {
-
-struct FakeClock {
-  std::shared_ptr<double> now = std::make_shared<double>(1000.0);
-  conceal::Clock fn() const {
-    auto n = now;
-    return [n] { return *n; };
-  }
-  void advance(double seconds) const { *now += seconds; }
-};
-
-}  // namespace
 
 TEST_F(RedisStateTest, RedisThrottleSharesTheBudgetWithTheSameArithmetic) {
   PARRY_REQUIRE_REDIS();

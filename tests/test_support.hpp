@@ -11,8 +11,17 @@
 #include <string>
 
 #include "parry/core/input_spec.hpp"
+#include "parry/core/model.hpp"
 
 namespace parry::testing {
+
+/// A copy of a model's parameters then buffers, in the module's order.
+inline std::vector<torch::Tensor> state_of(const Model& model) {
+  std::vector<torch::Tensor> out;
+  for (const auto& p : model.parameters()) out.push_back(p.detach().clone());
+  for (const auto& b : model.buffers()) out.push_back(b.detach().clone());
+  return out;
+}
 
 /// A fresh temporary directory, removed when the object goes away.
 class TempDir {

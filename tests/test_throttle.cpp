@@ -4,6 +4,7 @@
 #include <cmath>
 #include <thread>
 
+#include "conceal_support.hpp"
 #include "test_support.hpp"
 
 using namespace parry;
@@ -12,15 +13,7 @@ using conceal::ThrottleOptions;
 
 namespace {
 
-// A manual clock shared with the throttle.
-struct FakeClock {
-  std::shared_ptr<double> now = std::make_shared<double>(1000.0);
-  conceal::Clock fn() const {
-    auto n = now;
-    return [n] { return *n; };
-  }
-  void advance(double seconds) const { *now += seconds; }
-};
+using parry::testing::FakeClock;
 
 GateDecision ask(Throttle& t, const std::string& client, int64_t images = 1) {
   return t.admit(RequestContext{client}, torch::zeros({images, 1, 2, 2}));

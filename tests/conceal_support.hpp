@@ -1,0 +1,49 @@
+// Helpers shared by the tests of the conceal family's gates (throttle, query
+// monitor, their Redis state): in one header so that the unity build, which
+// puts several test files in one translation unit, sees one definition.
+#pragma once
+
+#include <torch/torch.h>
+
+#include <gtest/gtest.h>
+
+#include <memory>
+#include <string>
+
+#include "parry/conceal/query_monitor.hpp"
+#include "parry/conceal/throttle.hpp"
+#include "parry/data/idx.hpp"
+
+namespace parry::testing {
+
+/// Fashion-MNIST test images (N×1×28×28 in [0, 1]), the first 1,000.
+inline const torch::Tensor& test_images() {
+  static const torch::Tensor images =
+      data::load_fashion_mnist(PARRY_FASHION_MNIST_DIR, false, 1000).images.contiguous();
+  return images;
+}
+
+/// Test image i (1×28×28).
+inline torch::Tensor image(int64_t i) {
+  return test_images()[i];
+}
+
+/// The one observation the monitor makes of a single image `x`.
+inline conceal::QueryObservation observe_one(conceal::QueryMonitor& monitor, const torch::Tensor& x,
+                                             const std::string& client = "client") {
+  auto observations = monitor.observe(RequestContext{client}, x);
+  EXPECT_EQ(observations.size(), 1u);
+  return observations.at(0);
+}
+
+/// A manual clock shared with a throttle.
+struct FakeClock {
+  std::shared_ptr<double> now = std::make_shared<double>(1000.0);
+  conceal::Clock fn() const {
+    auto n = now;
+    return [n] { return *n; };
+  }
+  void advance(double seconds) const { *now += seconds; }
+};
+
+}  // namespace parry::testing
