@@ -84,6 +84,13 @@ TEST(Idx, CorruptFilesAreClearErrors) {
   EXPECT_THROW(read_idx(dir.file("lying")), IoError) << "a plain file shorter than its header declares";
   write_plain(dir.file("huge"), header(0x08, {60000, 60000, 60000}));
   EXPECT_THROW(read_idx(dir.file("huge")), IoError) << "a lying header must not allocate terabytes";
+  // Found by fuzz_idx: no data (a zero size), but the other sizes' product
+  // overflows the strides; open_idx then let LibTorch's c10::Error escape.
+  write_plain(dir.file("empty-huge"), header(0x08, {0, 0xFFFFFFFF, 0xFFFFFFFF}));
+  EXPECT_THROW(read_idx(dir.file("empty-huge")), IoError);
+  EXPECT_THROW(parry::data::open_idx(dir.file("empty-huge"), dir.file("empty-huge")), IoError);
+  write_plain(dir.file("empty-ok"), header(0x08, {0, 28, 28}));
+  EXPECT_EQ(read_idx(dir.file("empty-ok")).sizes(), (std::vector<int64_t>{0, 28, 28}));
   // A gzip stream that is cut in the middle of its compressed data.
   write_gzip(dir.file("big.gz"), header(0x08, {4096}) + std::string(4096, 'x'));
   std::ifstream in(dir.file("big.gz"), std::ios::binary);

@@ -103,16 +103,22 @@ torch::Tensor read_idx(const std::string& path, int64_t max_bytes) {
   if (rank < 1) throw IoError("data file is not an IDX file", "'" + path + "': rank 0");
   std::vector<int64_t> sizes(static_cast<size_t>(rank));
   int64_t elements = 1;
+  // The product of the non-zero sizes, bounded too: with a zero size the data
+  // is empty, but the strides of the tensor are still products of the other
+  // sizes, and 0×4294967295×4294967295 overflowed them (found by fuzz_idx:
+  // LibTorch then threw from as_strided on the negative strides).
+  int64_t extent = 1;
   const auto max_elements = max_bytes / static_cast<int64_t>(element_size);
   for (int d = 0; d < rank; ++d) {
     unsigned char b[4];
     reader.read(b, 4, "the header");
     const int64_t size = big_endian_u32(b);
     sizes[static_cast<size_t>(d)] = size;
-    if (size > 0 && elements > max_elements / size) {
+    if (size > 0 && extent > max_elements / size) {
       throw IoError("data file is too large",
                     "'" + path + "': header declares more than " + std::to_string(max_bytes) + " bytes of data");
     }
+    if (size > 0) extent *= size;
     elements *= size;
   }
   const auto data_bytes = static_cast<uint64_t>(elements) * element_size;
