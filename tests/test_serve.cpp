@@ -425,6 +425,34 @@ TEST_F(ServeServer, OptionsAndConstructionAreValidated) {
   EXPECT_THROW(clash.start(), IoError);
 }
 
+TEST_F(ServeServer, ProcessesAConnectionInMemoryWithoutStarting) {
+  // serve::detail::process_connection (the HTTP fuzzer's entry point): the
+  // same parser and routes as a socket, answers at once, keep-alive requests
+  // one after another, and an incomplete body ends like a closed connection.
+  serve::Server server(guard_for(spec_), {"bright", "dark", "never"}, serve::ServerOptions(), test_keys());
+  const std::string png = image_png(spec_, 0.9);
+  const std::string two =
+      "GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n"
+      "POST /v1/predict HTTP/1.1\r\nHost: x\r\nX-Api-Key: key-of-alice\r\n"
+      "Content-Type: image/png\r\nContent-Length: " +
+      std::to_string(png.size()) + "\r\n\r\n" + png;
+  const std::string answer = serve::detail::process_connection(server, two);
+  ASSERT_EQ(answer.rfind("HTTP/1.1 200 OK\r\n", 0), 0u) << answer;
+  const size_t second = answer.find("HTTP/1.1 ", 1);
+  ASSERT_NE(second, std::string::npos) << answer;
+  EXPECT_EQ(answer.substr(second, 15), "HTTP/1.1 200 OK") << answer;
+  EXPECT_NE(answer.find(R"({"class":"bright","label":0,"verdict":"accepted"})"), std::string::npos) << answer;
+  const std::string no_key = serve::detail::process_connection(
+      server, "POST /v1/predict HTTP/1.1\r\nHost: x\r\nContent-Type: image/png\r\nContent-Length: 3\r\n\r\nabc");
+  EXPECT_EQ(no_key.rfind("HTTP/1.1 401", 0), 0u) << no_key;
+  const auto begin = std::chrono::steady_clock::now();
+  const std::string truncated = serve::detail::process_connection(
+      server, "POST /v1/predict HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\nabc");
+  EXPECT_EQ(truncated.rfind("HTTP/1.1 400", 0), 0u) << truncated;
+  EXPECT_LT(std::chrono::steady_clock::now() - begin, std::chrono::seconds(1));  // no read timeout
+  EXPECT_EQ(serve::detail::process_connection(server, ""), "");
+}
+
 TEST(ServeClassNames, FromTheConfigOrNumberedFromTheModelsOutput) {
   const auto guard = guard_for(InputSpec(1, 8, 8));
   EXPECT_EQ(serve::model_classes(*guard), 3);

@@ -4,10 +4,12 @@
 
 #include <httplib.h>
 
+#include <algorithm>
 #include <cctype>
 #include <chrono>
 #include <cmath>
 #include <condition_variable>
+#include <cstring>
 #include <mutex>
 #include <nlohmann/json.hpp>
 #include <thread>
@@ -89,6 +91,57 @@ struct Outcome {
   std::string reason;
 };
 
+// One connection in memory (detail::process_connection): reads the client's
+// bytes, then end of stream as if the client had closed; collects the answer.
+class MemoryStream final : public httplib::Stream {
+ public:
+  explicit MemoryStream(const std::string& in) : in_(in) {}
+  bool is_readable() const override { return true; }
+  bool is_writable() const override { return true; }
+  ssize_t read(char* ptr, size_t size) override {
+    const size_t n = std::min(size, in_.size() - position_);
+    std::memcpy(ptr, in_.data() + position_, n);
+    position_ += n;
+    return static_cast<ssize_t>(n);
+  }
+  ssize_t write(const char* ptr, size_t size) override {
+    out_.append(ptr, size);
+    return static_cast<ssize_t>(size);
+  }
+  void get_remote_ip_and_port(std::string& ip, int& port) const override {
+    ip = "127.0.0.1";
+    port = 40000;
+  }
+  void get_local_ip_and_port(std::string& ip, int& port) const override {
+    ip = "127.0.0.1";
+    port = 8080;
+  }
+  socket_t socket() const override { return INVALID_SOCKET; }
+  bool at_end() const { return position_ >= in_.size(); }
+  std::string& output() { return out_; }
+
+ private:
+  const std::string& in_;
+  size_t position_ = 0;
+  std::string out_;
+};
+
+// httplib::Server with its per-connection request loop reachable without a
+// socket: process_request is protected, and this loop is the one of
+// httplib's process_server_socket (up to the keep-alive count of requests,
+// the last one answered with "Connection: close").
+class HttpServer : public httplib::Server {
+ public:
+  std::string process_connection(const std::string& bytes) {
+    MemoryStream stream(bytes);
+    for (size_t count = keep_alive_max_count_; count > 0 && !stream.at_end(); --count) {
+      bool connection_closed = false;
+      if (!process_request(stream, count == 1, connection_closed, nullptr) || connection_closed) break;
+    }
+    return std::move(stream.output());
+  }
+};
+
 }  // namespace
 
 struct Server::Impl {
@@ -97,7 +150,7 @@ struct Server::Impl {
   ServerOptions options;
   std::shared_ptr<const ApiKeys> keys;
   Metrics metrics;
-  httplib::Server http;
+  HttpServer http;
   std::thread listener;
   int port = 0;
 
@@ -329,6 +382,10 @@ const Metrics& Server::metrics() const {
 
 const ServerOptions& Server::options() const {
   return impl_->options;
+}
+
+std::string detail::process_connection(Server& server, const std::string& bytes) {
+  return server.impl_->http.process_connection(bytes);
 }
 
 }  // namespace parry::serve

@@ -67,6 +67,20 @@ struct ServerOptions {
   PARRY_ARG(std::function<uint64_t()>, state_failures) = nullptr;
 };
 
+class Server;
+
+namespace detail {
+/// Feeds `bytes`, everything a client sends on one connection before it
+/// closes, to the server's HTTP layer in the calling thread, without a socket:
+/// cpp-httplib's request parser (request line, headers, Content-Length,
+/// chunked and compressed bodies), then the routes and error handlers of
+/// this server, for as many keep-alive requests as a socket connection
+/// would serve. Returns every byte the server writes back. The server need
+/// not be started. For the fuzzer (tests/fuzz/fuzz_http.cpp) and tests: the
+/// socket path (accept, timeouts) is not exercised.
+std::string process_connection(Server& server, const std::string& bytes);
+}  // namespace detail
+
 class Server {
  public:
   /// @param guard the defended model (shared, immutable).
@@ -105,6 +119,7 @@ class Server {
   const ServerOptions& options() const;
 
  private:
+  friend std::string detail::process_connection(Server& server, const std::string& bytes);
   struct Impl;
   std::unique_ptr<Impl> impl_;
 };
