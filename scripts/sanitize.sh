@@ -3,6 +3,11 @@
 #   scripts/sanitize.sh address [gtest filter]  AddressSanitizer + UndefinedBehaviorSanitizer (+ LeakSanitizer):
 #                                               the whole gtest suite
 #   scripts/sanitize.sh thread [gtest filter]   ThreadSanitizer: the concurrency tests
+#   scripts/sanitize.sh ci [fuzz seconds]       CI's sanitizer step: ONE clang-14 build (build-fuzz/, ASan +
+#                                               UBSan + libFuzzer's coverage instrumentation) gives both the
+#                                               whole gtest suite under ASan+UBSan+LSan and the fuzz targets;
+#                                               runs the suite, then each fuzz target for 30 s (default) on its
+#                                               committed corpus (scripts/fuzz.sh). Prints each phase's time.
 # Only parry_tests is built (no CLI, benchmarks or examples), as a unity build
 # (16 sources per translation unit: LibTorch's headers dominate the compile
 # time). LibTorch and OpenMP are not instrumented: under TSan the tests run with
@@ -20,9 +25,30 @@ case "$kind" in
     sanitizers="thread"
     filter=${2:-"*Concurren*:*Threads*:*Calibration*:*FailingGate*"}
     ;;
-  *) echo "unknown sanitizer '$kind' (address or thread)" >&2; exit 2 ;;
+  ci)
+    filter="*"
+    fuzz_seconds=${2:-30}
+    ;;
+  *) echo "unknown sanitizer '$kind' (address, thread or ci)" >&2; exit 2 ;;
 esac
 "$root/scripts/install-deps.sh"
+asan_options="abort_on_error=1:detect_leaks=1:detect_stack_use_after_return=1:strict_string_checks=1"
+ubsan_options="print_stacktrace=1:halt_on_error=1"
+if [ "$kind" = ci ]; then
+  begin=$(date +%s)
+  phase() { echo "sanitize.sh ci: $1 at $(($(date +%s) - begin)) s"; }
+  "$root/scripts/fuzz.sh" build  # configures build-fuzz/ (clang-14, tests on) and builds the fuzz targets
+  phase "fuzz targets built"
+  cmake --build "$root/build-fuzz" -j 2 --target parry_tests
+  phase "parry_tests built"
+  export OMP_WAIT_POLICY=PASSIVE ASAN_OPTIONS="$asan_options" UBSAN_OPTIONS="$ubsan_options"
+  export LSAN_OPTIONS="suppressions=$root/tests/fuzz/lsan.supp:print_suppressions=0"
+  "$root/build-fuzz/tests/parry_tests" --gtest_brief=1 --gtest_filter="$filter"
+  phase "suite passed"
+  "$root/scripts/fuzz.sh" "$fuzz_seconds"
+  phase "fuzz targets ran ${fuzz_seconds} s each"
+  exit 0
+fi
 build_dir="$root/build-${kind:0:1}san"  # build-asan or build-tsan
 launcher=()
 if command -v ccache >/dev/null; then launcher=(-DCMAKE_CXX_COMPILER_LAUNCHER=ccache); fi
@@ -33,8 +59,8 @@ cmake --build "$build_dir" -j 2 --target parry_tests
 export OMP_WAIT_POLICY=PASSIVE
 if [ "$kind" = address ]; then
   # No suppressions: the whole suite runs clean (docs/reliability.md).
-  export ASAN_OPTIONS="abort_on_error=1:detect_leaks=1:detect_stack_use_after_return=1:strict_string_checks=1"
-  export UBSAN_OPTIONS="print_stacktrace=1:halt_on_error=1"
+  export ASAN_OPTIONS="$asan_options"
+  export UBSAN_OPTIONS="$ubsan_options"
 else
   # No suppressions: with one intra-op thread nothing is reported (measured), and
   # with OpenMP workers TSan reports their uninstrumented hand-offs as races.
