@@ -169,6 +169,17 @@ TEST_F(ModelTest, LoadRejectsMissingCorruptAndMismatchedFiles) {
     std::ofstream(dir.file("cut.pt"), std::ios::binary) << bytes.substr(0, bytes.size() / 2);
   }
   EXPECT_THROW(model.load(dir.file("cut.pt")), parry::IoError);
+  // A type name in the pickle that torch::jit's parser rejects with a
+  // std::runtime_error, not a c10::Error (found by fuzz_saved_state).
+  {
+    std::ifstream in(dir.file("good.pt"), std::ios::binary);
+    std::string bytes((std::istreambuf_iterator<char>(in)), {});
+    const size_t name = bytes.find("torch._utils");
+    ASSERT_NE(name, std::string::npos);
+    bytes[name + 1] = '\xe9';
+    std::ofstream(dir.file("bad-type.pt"), std::ios::binary) << bytes;
+  }
+  EXPECT_THROW(model.load(dir.file("bad-type.pt")), parry::IoError);
   EXPECT_TRUE(torch::equal(model.logits(x), before)) << "a failed load changed the model";
   try {
     model.load(dir.file("junk.pt"));

@@ -106,6 +106,8 @@ void Detector::load(const std::string& path) {
     archive.load_from(path);
   } catch (const c10::Error& e) {
     throw IoError("detector file is corrupt", "'" + path + "': " + e.what_without_backtrace());
+  } catch (const std::exception& e) {  // torch::jit's parser of the archive's type names throws std::runtime_error
+    throw IoError("detector file is corrupt", "'" + path + "': " + e.what());
   }
   c10::IValue format, stored_name, calibrated, threshold;
   if (!archive.try_read(kDetectorFormatKey, format) || !format.isString() || format.toStringRef() != kDetectorFormat) {

@@ -61,6 +61,8 @@ void load_module_state(torch::nn::Module& module, const std::string& tag, const 
     archive.load_from(path);
   } catch (const c10::Error& e) {
     throw IoError("model file is corrupt", describe_path(path) + ": " + e.what_without_backtrace());
+  } catch (const std::exception& e) {  // torch::jit's parser of the archive's type names throws std::runtime_error
+    throw IoError("model file is corrupt", describe_path(path) + ": " + e.what());
   }
   c10::IValue format;
   c10::IValue stored_tag;

@@ -117,6 +117,8 @@ CheckpointContents restore_checkpoint(const std::string& path, const std::string
     archive.load_from(path);
   } catch (const c10::Error& e) {
     throw IoError(corrupt, where + ": " + e.what_without_backtrace());
+  } catch (const std::exception& e) {  // torch::jit's parser of the archive's type names throws std::runtime_error
+    throw IoError(corrupt, where + ": " + e.what());
   }
   c10::IValue format, stored_signature, epoch, seconds;
   if (!archive.try_read("parry_format", format) || !format.isString() || format.toStringRef() != kCheckpointFormat) {
