@@ -3,6 +3,7 @@
 #include <fstream>
 
 #include "attack_support.hpp"
+#include "parry/conceal/query_monitor.hpp"
 #include "parry/conceal/throttle.hpp"
 #include "parry/detect/uncertainty_density.hpp"
 
@@ -248,7 +249,7 @@ TEST(DefenseConfig, BlackBoxSettingsHaveDefaultsAndParseStrictly) {
   expect_rejected(bad("20"), "evaluation.black_box: must be an object");
 }
 
-TEST(DefenseConfig, GatesAreBuiltAgainWithFreshStateAndTheGivenClock) {
+TEST(DefenseConfig, GatesAreBuiltAgainWithFreshStateTheGivenClockAndSaltKey) {
   const auto config =
       config::parse_config(with_defense(R"({"name": "a", "gates": [{"type": "throttle", "rate": 1, "burst": 2},
                                              {"type": "query_monitor", "action": "reject"}]})"),
@@ -264,7 +265,9 @@ TEST(DefenseConfig, GatesAreBuiltAgainWithFreshStateAndTheGivenClock) {
   EXPECT_EQ(spec.gates[1]->admit(client, image).action, GateDecision::Action::Admit);
   EXPECT_EQ(spec.gates[1]->admit(client, image).action, GateDecision::Action::Reject);  // the same image again
   double now = 0.0;
-  const auto fresh = spec.fresh_gates([&] { return now; });
+  config::FreshGateSettings settings;
+  settings.clock = [&] { return now; };
+  const auto fresh = spec.fresh_gates(settings);
   ASSERT_EQ(fresh.size(), 2u);
   EXPECT_NE(fresh[0], spec.gates[0]);
   EXPECT_EQ(fresh[0]->describe(), spec.gates[0]->describe());
@@ -276,8 +279,25 @@ TEST(DefenseConfig, GatesAreBuiltAgainWithFreshStateAndTheGivenClock) {
   now = 1.0;  // the fresh throttle reads the given clock: one second refills one image
   EXPECT_EQ(fresh[0]->admit(client, image).action, GateDecision::Action::Admit);
   EXPECT_EQ(fresh[0]->admit(client, image).action, GateDecision::Action::Reject);
+  // A given salt key makes a fresh monitor's fingerprints repeat; without
+  // one, each fresh monitor draws its own.
+  const auto monitor = [](const std::shared_ptr<Gate>& gate) {
+    const auto m = std::dynamic_pointer_cast<conceal::QueryMonitor>(gate);
+    EXPECT_NE(m, nullptr);
+    return m;
+  };
+  config::FreshGateSettings keyed, keyed_again, other_key;
+  keyed.salt_key = keyed_again.salt_key = 7;
+  other_key.salt_key = 8;
+  EXPECT_EQ(monitor(spec.fresh_gates(keyed)[1])->fingerprint(image[0]),
+            monitor(spec.fresh_gates(keyed_again)[1])->fingerprint(image[0]));
+  EXPECT_NE(monitor(spec.fresh_gates(keyed)[1])->fingerprint(image[0]),
+            monitor(spec.fresh_gates(other_key)[1])->fingerprint(image[0]));
+  EXPECT_NE(monitor(spec.fresh_gates()[1])->fingerprint(image[0]),
+            monitor(spec.fresh_gates()[1])->fingerprint(image[0]));
+  EXPECT_FALSE(monitor(spec.fresh_gates(keyed)[1])->options().salt_key() == std::nullopt);
   // A fresh Guard is built from fresh gates too.
-  const auto guard = spec.build_fresh_guard(reference_model(), [] { return 0.0; });
+  const auto guard = spec.build_fresh_guard(reference_model(), config::FreshGateSettings{[] { return 0.0; }, {}});
   ASSERT_EQ(guard->gates().size(), 2u);
   EXPECT_NE(guard->gates()[0], spec.gates[0]);
   EXPECT_NE(guard->gates()[1], spec.gates[1]);
@@ -288,7 +308,7 @@ TEST(DefenseConfig, GatesAreBuiltAgainWithFreshStateAndTheGivenClock) {
   EXPECT_THROW(by_hand.fresh_gates(), OptionError);
   config::DefenseSpec with_factory = spec;
   with_factory.add_gate(
-      [](const std::function<double()>&) -> std::shared_ptr<Gate> { return std::make_shared<conceal::Throttle>(); });
+      [](const config::FreshGateSettings&) -> std::shared_ptr<Gate> { return std::make_shared<conceal::Throttle>(); });
   EXPECT_EQ(with_factory.fresh_gates().size(), 3u);
   EXPECT_THROW(with_factory.add_gate(nullptr), OptionError);
 }

@@ -234,9 +234,11 @@ TEST_F(OarsTest, TheEvaluationAddsAdaptiveRowsForADefenseWithAQueryMonitor) {
   config::DefenseSpec defense;
   defense.name = "monitored";
   defense.output = std::make_shared<conceal::Full>();
-  defense.add_gate([](const std::function<double()>&) {
-    return std::make_shared<conceal::QueryMonitor>(
-        conceal::QueryMonitorOptions().match_spec(InputSpec(1, 28, 28)).action(conceal::MonitorAction::Reject));
+  defense.add_gate([](const config::FreshGateSettings& fresh) {
+    return std::make_shared<conceal::QueryMonitor>(conceal::QueryMonitorOptions()
+                                                       .match_spec(InputSpec(1, 28, 28))
+                                                       .action(conceal::MonitorAction::Reject)
+                                                       .salt_key(fresh.salt_key));
   });
   const auto rows = eval::black_box(defense, parry::testing::reference_model(), data.images, data.labels, settings);
   std::vector<std::string> names;
@@ -245,7 +247,9 @@ TEST_F(OarsTest, TheEvaluationAddsAdaptiveRowsForADefenseWithAQueryMonitor) {
   for (const auto& r : rows) {
     SCOPED_TRACE(r.attack);
     EXPECT_EQ(r.images, 2);
-    if (r.attack.rfind("OARS-", 0) == 0) EXPECT_GE(r.median_queries, 20) << "the adaptive attacker keeps querying";
+    if (r.attack.rfind("OARS-", 0) == 0) {
+      EXPECT_GE(r.median_queries, 20) << "the adaptive attacker keeps querying";
+    }
   }
   settings.black_box.adaptive_monitor = false;
   EXPECT_EQ(eval::black_box(defense, parry::testing::reference_model(), data.images, data.labels, settings).size(), 2u);

@@ -94,9 +94,10 @@ DefenseSpec parse_defense(const json& value, const std::string& path, const Mode
       spec.gates.push_back(build_any(ComponentKind::Gate, served, entry, gate_context).gate);
       json fresh_value = list[i];
       if (fresh_value.is_object()) fresh_value.erase("state");
-      spec.gate_factories.push_back([value = fresh_value, entry, gate_context](const std::function<double()>& clock) {
+      spec.gate_factories.push_back([value = fresh_value, entry, gate_context](const FreshGateSettings& settings) {
         BuildContext fresh = gate_context;
-        fresh.clock = clock;
+        fresh.clock = settings.clock;
+        fresh.salt_key = settings.salt_key;
         return build_any(ComponentKind::Gate, value, entry, fresh).gate;
       });
     }
@@ -248,7 +249,7 @@ DefenseSpec& DefenseSpec::add_gate(GateFactory factory) {
   return *this;
 }
 
-std::vector<std::shared_ptr<Gate>> DefenseSpec::fresh_gates(const std::function<double()>& clock) const {
+std::vector<std::shared_ptr<Gate>> DefenseSpec::fresh_gates(const FreshGateSettings& settings) const {
   if (gate_factories.size() != gates.size()) {
     throw OptionError("defense '" + name + "': " + std::to_string(gates.size()) + " gates but " +
                       std::to_string(gate_factories.size()) +
@@ -256,7 +257,7 @@ std::vector<std::shared_ptr<Gate>> DefenseSpec::fresh_gates(const std::function<
                       "state");
   }
   std::vector<std::shared_ptr<Gate>> out;
-  for (const auto& factory : gate_factories) out.push_back(factory(clock));
+  for (const auto& factory : gate_factories) out.push_back(factory(settings));
   return out;
 }
 
@@ -275,8 +276,8 @@ std::shared_ptr<const Guard> guard_with(const DefenseSpec& spec, const Model& mo
 }  // namespace
 
 std::shared_ptr<const Guard> DefenseSpec::build_fresh_guard(const Model& model,
-                                                            const std::function<double()>& clock) const {
-  return guard_with(*this, model, fresh_gates(clock));
+                                                            const FreshGateSettings& settings) const {
+  return guard_with(*this, model, fresh_gates(settings));
 }
 
 std::shared_ptr<const Guard> DefenseSpec::build_guard(const Model& model) const {

@@ -392,6 +392,7 @@ void add_gates(std::vector<ComponentDescriptor>& out) {
     d.build = [b](Reader& r) {
       O options = b.read(r);
       options.redis(gate_state(r));
+      if (r.context().salt_key && !options.salt_key()) options.salt_key(r.context().salt_key);
       Component c;
       c.gate = detail::at_path(r.path(),
                                [&] { return std::make_shared<QueryMonitor>(options.match_spec(r.context().input)); });

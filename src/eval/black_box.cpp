@@ -24,6 +24,26 @@ double frozen_clock() {
   return 0.0;
 }
 
+// SplitMix64's output function (Steele, Lea, Flood 2014): a bijection of
+// 64-bit words whose outputs of nearby inputs look independent.
+uint64_t split_mix_64(uint64_t z) {
+  z += 0x9E3779B97F4A7C15ull;
+  z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
+  z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
+  return z ^ (z >> 31);
+}
+
+// The gates of run `run`: the clock held still and a query-monitor salt key
+// drawn from the evaluation's seed, so that a run is a fresh deployment with
+// its own secret key and the evaluation still repeats. The plain and the
+// OARS row of one image meet the same key.
+config::FreshGateSettings fresh_run(uint64_t seed, int64_t run) {
+  config::FreshGateSettings settings;
+  settings.clock = frozen_clock;
+  settings.salt_key = split_mix_64(split_mix_64(seed) + static_cast<uint64_t>(run));
+  return settings;
+}
+
 double median(std::vector<double> v) {
   if (v.empty()) return 0.0;
   std::sort(v.begin(), v.end());
@@ -94,7 +114,7 @@ std::vector<BlackBoxOutcome> black_box(const config::DefenseSpec& defense, const
   without_gates.gate_factories.clear();
   const auto plain = without_gates.build_guard(raw_model);
   // Fails early, before any run, if a gate cannot be built anew.
-  (void)defense.fresh_gates(frozen_clock);
+  (void)defense.fresh_gates(fresh_run(settings.seed, 0));
   const auto judged_wrong = [&](const torch::Tensor& image, int64_t label) {
     const Response r = plain->predict(image);
     return r.labels.at(0) != label && !(r.flagged.empty() ? false : r.flagged[0] != 0);
@@ -107,7 +127,7 @@ std::vector<BlackBoxOutcome> black_box(const config::DefenseSpec& defense, const
 
   // The adaptive rows run where a query monitor guards the defense.
   bool monitored = false;
-  for (const auto& gate : defense.fresh_gates(frozen_clock)) {
+  for (const auto& gate : defense.fresh_gates(fresh_run(settings.seed, 0))) {
     monitored = monitored || std::dynamic_pointer_cast<conceal::QueryMonitor>(gate) != nullptr;
   }
   const bool adaptive = monitored && budget.adaptive_monitor;
@@ -130,7 +150,7 @@ std::vector<BlackBoxOutcome> black_box(const config::DefenseSpec& defense, const
       }
       Runs runs;
       for (int64_t i = 0; i < n; ++i) {
-        const auto guard = defense.build_fresh_guard(raw_model, frozen_clock);
+        const auto guard = defense.build_fresh_guard(raw_model, fresh_run(settings.seed, i));
         const torch::Tensor xi = x.slice(0, i, i + 1), yi = y.slice(0, i, i + 1);
         const auto options = attack::SquareOptions(eps)
                                  .max_queries(budget.square_queries)
@@ -160,7 +180,7 @@ std::vector<BlackBoxOutcome> black_box(const config::DefenseSpec& defense, const
     o.query_budget = budget.hop_skip_jump_queries;
     Runs runs;
     for (int64_t i = 0; i < n; ++i) {
-      const auto guard = defense.build_fresh_guard(raw_model, frozen_clock);
+      const auto guard = defense.build_fresh_guard(raw_model, fresh_run(settings.seed, i));
       const torch::Tensor xi = x.slice(0, i, i + 1), yi = y.slice(0, i, i + 1);
       const auto options = attack::HopSkipJumpOptions()
                                .max_queries(budget.hop_skip_jump_queries)

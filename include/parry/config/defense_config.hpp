@@ -8,6 +8,7 @@
 //   "config: defenses[1].preprocess[0].bits: must be in 1..8, but got 9".
 #pragma once
 
+#include <cstdint>
 #include <functional>
 #include <memory>
 #include <optional>
@@ -25,10 +26,20 @@ namespace parry::config {
 
 struct ComponentDescriptor;  // parry/config/registry.hpp
 
+/// What a gate built anew reads instead of the deployment's defaults.
+struct FreshGateSettings {
+  /// Time in seconds a throttle reads; empty: the steady clock (conceal::steady_seconds).
+  std::function<double()> clock;
+  /// Secret salt key of a query monitor that has none of its own
+  /// (conceal::QueryMonitorOptions::salt_key); empty: a random key, as a
+  /// deployment draws. An evaluation sets it from its seed so that its
+  /// black-box rows repeat.
+  std::optional<uint64_t> salt_key;
+};
+
 /// Builds one gate anew, with fresh state: a throttle with every bucket full,
-/// a query monitor with an empty store. `clock` is the time in seconds a
-/// throttle reads; empty: the steady clock (conceal::steady_seconds).
-using GateFactory = std::function<std::shared_ptr<Gate>(const std::function<double()>& clock)>;
+/// a query monitor with an empty store.
+using GateFactory = std::function<std::shared_ptr<Gate>(const FreshGateSettings& settings)>;
 
 /// One detector of a defense and how to prepare it.
 struct DetectorSpec {
@@ -66,7 +77,7 @@ struct DefenseSpec {
   /// New gates with fresh state, one per gate, from gate_factories; `gates`
   /// is not touched. @throws parry::OptionError if a gate has no factory
   ///   (added to `gates` by hand).
-  std::vector<std::shared_ptr<Gate>> fresh_gates(const std::function<double()>& clock = {}) const;
+  std::vector<std::shared_ptr<Gate>> fresh_gates(const FreshGateSettings& settings = {}) const;
   std::vector<std::shared_ptr<const Preprocessor>> preprocessors;
   /// Registry type of each preprocessor parsed from JSON (empty for hand-added ones).
   std::vector<std::string> preprocessor_types;
@@ -87,9 +98,9 @@ struct DefenseSpec {
   Model model_for(const Model& model) const;
   /// The Guard over model_for(model) with all stages added (calibrate detectors first).
   std::shared_ptr<const Guard> build_guard(const Model& model) const;
-  /// The same Guard with fresh_gates(clock) instead of `gates`: what a new
+  /// The same Guard with fresh_gates(settings) instead of `gates`: what a new
   /// client meets at a just-deployed service.
-  std::shared_ptr<const Guard> build_fresh_guard(const Model& model, const std::function<double()>& clock = {}) const;
+  std::shared_ptr<const Guard> build_fresh_guard(const Model& model, const FreshGateSettings& settings = {}) const;
 };
 
 /// An attack of the evaluation. Budgets ε come from EvaluationSpec::epsilons.

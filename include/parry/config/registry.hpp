@@ -16,6 +16,7 @@
 #include <cstdint>
 #include <functional>
 #include <memory>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -87,6 +88,8 @@ struct BuildContext {
   InputSpec input{1, 28, 28};    ///< the defense's input (the query monitor fingerprints this shape)
   /// Time in seconds for throttles; empty: the steady clock (GateFactory).
   std::function<double()> clock;
+  /// Salt key for query monitors (FreshGateSettings::salt_key); empty: random.
+  std::optional<uint64_t> salt_key;
 };
 
 /// What a factory builds: the member of the descriptor's kind is set.

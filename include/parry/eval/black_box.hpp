@@ -13,7 +13,10 @@
 // as the service answers and never waits, so it gets each bucket's burst and
 // then every query is refused. The figures do not depend on the machine's
 // speed; an attacker who waits for refills is slowed, not stopped (Throttle's
-// threat model). All queries of a run come from one client id,
+// threat model). Each run's query monitors get their own secret salt key,
+// drawn from EvaluationSpec::seed and the image's index
+// (config::FreshGateSettings::salt_key): unknown to the attacker as a
+// deployment's random key is, yet the same evaluation gives the same rows. All queries of a run come from one client id,
 // "eval-square" or "eval-hop-skip-jump"; the attacker does not rotate ids.
 // The config's own gates are never touched.
 //
