@@ -220,7 +220,12 @@ TEST_F(AdversarialTrainerTest, CorruptOrForeignCheckpointIsAClearError) {
   ASSERT_GT(good.size(), 1000u);
 
   const auto before = state_of(model);
-  for (const std::string& bad : {std::string("not a checkpoint"), good.substr(0, good.size() / 2)}) {
+  // The fuzzer's reproducer of a LibTorch crash in the module source (its first byte picks the reader).
+  std::ifstream crash_in(PARRY_TEST_FIXTURES "/../fuzz/crashes/fuzz_saved_state-checkpoint-type-parser-segv",
+                         std::ios::binary);
+  const std::string crash((std::istreambuf_iterator<char>(crash_in)), std::istreambuf_iterator<char>());
+  ASSERT_GT(crash.size(), 1000u);
+  for (const std::string& bad : {std::string("not a checkpoint"), good.substr(0, good.size() / 2), crash.substr(1)}) {
     {
       std::ofstream out(path, std::ios::binary | std::ios::trunc);
       out << bad;

@@ -1,8 +1,10 @@
 #include "parry/core/model.hpp"
-#include "parry/detail/files.hpp"
+
+#include <caffe2/serialize/inline_container.h>
 
 #include <fstream>
 
+#include "parry/detail/files.hpp"
 #include "parry/models/reference_cnn.hpp"
 #include "parry/preprocess/bit_depth.hpp"
 #include "parry/preprocess/normalize.hpp"
@@ -180,6 +182,44 @@ TEST_F(ModelTest, LoadRejectsMissingCorruptAndMismatchedFiles) {
     std::ofstream(dir.file("bad-type.pt"), std::ios::binary) << bytes;
   }
   EXPECT_THROW(model.load(dir.file("bad-type.pt")), parry::IoError);
+  // Module source that Parry never writes: a class constant (which crashed
+  // torch::jit's ScriptTypeParser::parseClassConstant, found by
+  // fuzz_saved_state) and a method are refused before LibTorch parses them,
+  // whether the record is stored or deflated. The archive is copied record by
+  // record with LibTorch's own zip writer, so that it is otherwise well formed.
+  const auto with_source = [&](const std::string& from, const std::string& to, bool deflate) {
+    caffe2::serialize::PyTorchStreamReader reader(dir.file("good.pt"));
+    const std::string out = dir.file("bad-code.pt");
+    caffe2::serialize::PyTorchStreamWriter writer(out);
+    for (const std::string& name : reader.getAllRecords()) {
+      const auto [data, size] = reader.getRecord(name);
+      std::string bytes(static_cast<const char*>(data.get()), size);
+      if (name == "code/__torch__.py") {
+        const size_t at = bytes.find(from);
+        EXPECT_NE(at, std::string::npos) << bytes;
+        if (at != std::string::npos) bytes.replace(at, from.size(), to);
+      }
+      writer.writeRecord(name, bytes.data(), bytes.size(), deflate && name == "code/__torch__.py");
+    }
+    writer.writeEndOfFile();
+    return out;
+  };
+  {  // the copy itself loads: the check accepts what LibTorch writes
+    const std::string same = with_source("__buffers__", "__buffers__", true);
+    EXPECT_NO_THROW(model.load(same));
+  }
+  for (const bool deflate : {false, true}) {
+    for (const std::string& line : {std::string("  __buf_s_rfe = []\n"), std::string("  def f(self): return 1\n")}) {
+      const std::string bad = with_source("  parry_format : str\n", line, deflate);
+      try {
+        model.load(bad);
+        ADD_FAILURE() << "loaded module source with " << line;
+      } catch (const parry::IoError& e) {
+        EXPECT_STREQ(e.what(), "model file is corrupt");
+        EXPECT_NE(e.detail().find("only attribute declarations"), std::string::npos) << e.detail();
+      }
+    }
+  }
   EXPECT_TRUE(torch::equal(model.logits(x), before)) << "a failed load changed the model";
   try {
     model.load(dir.file("junk.pt"));

@@ -4,6 +4,7 @@
 #include <algorithm>
 #include <cmath>
 
+#include "detail/torch_archive.hpp"
 #include "parry/detail/chunks.hpp"
 #include "parry/detail/files.hpp"
 #include "parry/detail/format.hpp"
@@ -100,15 +101,8 @@ void Detector::save(const std::string& path) const {
 }
 
 void Detector::load(const std::string& path) {
-  if (!detail::file_exists(path)) throw IoError("detector file not found", "no such file '" + path + "'");
   torch::serialize::InputArchive archive;
-  try {
-    archive.load_from(path);
-  } catch (const c10::Error& e) {
-    throw IoError("detector file is corrupt", "'" + path + "': " + e.what_without_backtrace());
-  } catch (const std::exception& e) {  // torch::jit's parser of the archive's type names throws std::runtime_error
-    throw IoError("detector file is corrupt", "'" + path + "': " + e.what());
-  }
+  detail::load_output_archive(path, "detector file", archive);
   c10::IValue format, stored_name, calibrated, threshold;
   if (!archive.try_read(kDetectorFormatKey, format) || !format.isString() || format.toStringRef() != kDetectorFormat) {
     throw IoError("detector file has an unknown format", "'" + path + "' is not a parry detector file");

@@ -12,6 +12,7 @@
 #include <unordered_map>
 #include <unordered_set>
 
+#include "detail/torch_archive.hpp"
 #include "parry/detail/files.hpp"
 
 namespace parry {
@@ -53,17 +54,8 @@ void save_module_state(const torch::nn::Module& module, const std::string& tag, 
 }
 
 void load_module_state(torch::nn::Module& module, const std::string& tag, const std::string& path) {
-  if (!file_exists(path)) {
-    throw IoError("model file not found", "no such " + describe_path(path));
-  }
   torch::serialize::InputArchive archive;
-  try {
-    archive.load_from(path);
-  } catch (const c10::Error& e) {
-    throw IoError("model file is corrupt", describe_path(path) + ": " + e.what_without_backtrace());
-  } catch (const std::exception& e) {  // torch::jit's parser of the archive's type names throws std::runtime_error
-    throw IoError("model file is corrupt", describe_path(path) + ": " + e.what());
-  }
+  load_output_archive(path, "model file", archive);
   c10::IValue format;
   c10::IValue stored_tag;
   if (!archive.try_read(kFormatKey, format) || !format.isString() || format.toStringRef() != kFormatValue) {

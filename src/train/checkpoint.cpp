@@ -4,6 +4,7 @@
 #include <mutex>
 #include <sstream>
 
+#include "detail/torch_archive.hpp"
 #include "parry/detail/files.hpp"
 #include "parry/detail/model_state.hpp"
 
@@ -113,13 +114,7 @@ CheckpointContents restore_checkpoint(const std::string& path, const std::string
   const std::string corrupt = "training checkpoint is corrupt";
   const std::string where = "checkpoint '" + path + "'";
   torch::serialize::InputArchive archive;
-  try {
-    archive.load_from(path);
-  } catch (const c10::Error& e) {
-    throw IoError(corrupt, where + ": " + e.what_without_backtrace());
-  } catch (const std::exception& e) {  // torch::jit's parser of the archive's type names throws std::runtime_error
-    throw IoError(corrupt, where + ": " + e.what());
-  }
+  parry::detail::load_output_archive(path, "training checkpoint", archive);
   c10::IValue format, stored_signature, epoch, seconds;
   if (!archive.try_read("parry_format", format) || !format.isString() || format.toStringRef() != kCheckpointFormat) {
     throw IoError("training checkpoint has an unknown format",

@@ -1,0 +1,366 @@
+// Checks of LibTorch's zip archives (zip structure, pickles, module source) before LibTorch reads them.
+#include "detail/torch_archive.hpp"
+
+#include <zlib.h>
+
+#include <cctype>
+#include <cstdio>
+#include <filesystem>
+#include <fstream>
+#include <string_view>
+
+#include "parry/core/errors.hpp"
+#include "parry/detail/files.hpp"
+
+namespace parry::detail {
+
+namespace {
+
+// Little-endian unsigned integer of `n` bytes at `at` (the caller checks the bounds).
+uint64_t le(const std::vector<char>& b, uint64_t at, int n) {
+  uint64_t v = 0;
+  for (int i = n - 1; i >= 0; --i) v = (v << 8) | static_cast<uint8_t>(b[at + static_cast<uint64_t>(i)]);
+  return v;
+}
+
+bool ends_with(const std::string& s, std::string_view tail) {
+  return s.size() >= tail.size() && s.compare(s.size() - tail.size(), tail.size(), tail) == 0;
+}
+
+// What is wrong with the pickle b[begin, begin + n) before LibTorch reads
+// it: an opcode whose argument runs past the end. LibTorch 1.13's
+// Unpickler::readBytes allocates and zero-fills the length a string opcode
+// declares before it checks that the data holds it (found by
+// fuzz_tensor_file: a 2 KB file declaring a 1.9 GB string, 11 s under ASan). Walks the
+// opcodes with the argument sizes of the pickle format, as LibTorch reads
+// them, up to STOP or an opcode LibTorch does not know either (it stops there
+// with its own error).
+std::string pickle_problem(const std::vector<char>& b, uint64_t begin, uint64_t n) {
+  uint64_t i = 0;
+  auto at = [&](uint64_t k) {
+    char op[8];
+    std::snprintf(op, sizeof op, "0x%02x", static_cast<unsigned>(static_cast<uint8_t>(b[begin + k])));
+    return std::string("opcode ") + op + " at byte " + std::to_string(k);
+  };
+  while (i < n) {
+    const uint64_t start = i;
+    const uint8_t op = static_cast<uint8_t>(b[begin + i++]);
+    if (op == '.') return "";  // STOP
+    // The argument of each opcode LibTorch reads, by the pickle format.
+    auto in = [op](std::string_view ops) { return ops.find(static_cast<char>(op)) != std::string_view::npos; };
+    int fixed = 0;   // a fixed-size argument
+    int prefix = 0;  // a length of this many bytes, then that many bytes
+    int lines = 0;   // newline-terminated arguments
+    if (in("(012Nt)]}aeldsubRQo\x81\x85\x86\x87\x88\x89\x8f\x90\x91\x92\x93\x94")) {
+    } else if (in("Kqh\x80\x82")) {
+      fixed = 1;
+    } else if (in("M\x83")) {
+      fixed = 2;
+    } else if (in("Jrj\x84")) {
+      fixed = 4;
+    } else if (in("G\x95")) {  // BINFLOAT; FRAME (its length, then opcodes)
+      fixed = 8;
+    } else if (in("UC\x8a\x8c")) {
+      prefix = 1;
+    } else if (in("TXB\x8b")) {
+      prefix = 4;
+    } else if (in("\x8d\x8e\x96")) {
+      prefix = 8;
+    } else if (in("ILFSVPgp")) {
+      lines = 1;
+    } else if (in("ci")) {
+      lines = 2;
+    } else {
+      return "";
+    }
+    const uint64_t left = n - i;
+    if (static_cast<uint64_t>(fixed + prefix) > left) return at(start) + " is cut short";
+    if (prefix > 0) {
+      const uint64_t length = le(b, begin + i, prefix);
+      i += static_cast<uint64_t>(prefix);
+      if (length > n - i) {
+        return at(start) + " declares " + std::to_string(length) + " bytes, but " + std::to_string(n - i) + " remain";
+      }
+      i += length;
+    }
+    i += static_cast<uint64_t>(fixed);
+    for (int line = 0; line < lines; ++line) {
+      while (i < n && b[begin + i] != '\n') ++i;
+      if (i == n) return at(start) + " is cut short";
+      ++i;
+    }
+  }
+  return "";
+}
+
+// One record of the archive: its name and where its bytes lie.
+struct Record {
+  std::string name;
+  uint64_t data = 0;
+  uint64_t size = 0;          // bytes in the file
+  uint64_t uncompressed = 0;  // bytes once inflated (= size when stored)
+  bool deflated = false;
+};
+
+// torch::save's writer (PyTorchStreamWriter) deflates module source; a
+// record of source larger than this is refused before it is inflated.
+constexpr uint64_t kMaxSourceBytes = uint64_t{1} << 24;
+
+// The records of the zip archive `b`, read from the central directory as
+// miniz (LibTorch's zip reader) reads it: the last end-of-central-directory
+// record, the zip64 one when its locator precedes it, every entry with its
+// zip64 sizes. Only records of module source (*.py) may be deflated, and
+// only when `deflated_source` (torch::save writes them so; torch.save in
+// Python writes none). Sets `problem` and returns what it read so far on the
+// first malformed entry.
+std::vector<Record> records(const std::vector<char>& b, bool deflated_source, std::string& problem) {
+  std::vector<Record> out;
+  const uint64_t size = b.size();
+  auto sig = [&](uint64_t at, uint32_t value) { return at + 4 <= size && le(b, at, 4) == value; };
+  auto fail = [&](std::string why) {
+    problem = std::move(why);
+    return out;
+  };
+  if (size < 22) return fail("too short for a zip archive");
+  uint64_t eocd = size - 22;
+  const uint64_t lowest = size > 22 + 0xFFFF ? size - 22 - 0xFFFF : 0;
+  while (!sig(eocd, 0x06054b50)) {
+    if (eocd == lowest) return fail("no end of central directory");
+    --eocd;
+  }
+  uint64_t entries = le(b, eocd + 10, 2);
+  uint64_t directory = le(b, eocd + 16, 4);
+  if (eocd >= 20 + 56 && sig(eocd - 20, 0x07064b50)) {
+    const uint64_t record = le(b, eocd - 20 + 8, 8);
+    if (record > size - 56) return fail("the zip64 end of central directory lies outside the file");
+    if (sig(record, 0x06064b50)) {
+      entries = le(b, record + 32, 8);
+      directory = le(b, record + 48, 8);
+    }
+  }
+  uint64_t at = directory;
+  for (uint64_t e = 0; e < entries; ++e) {
+    if (at > size || size - at < 46 || !sig(at, 0x02014b50)) {
+      return fail("a central directory entry lies outside the file");
+    }
+    const uint64_t method = le(b, at + 10, 2);
+    uint64_t compressed = le(b, at + 20, 4), uncompressed = le(b, at + 24, 4), local = le(b, at + 42, 4);
+    const uint64_t name_length = le(b, at + 28, 2), extra_length = le(b, at + 30, 2),
+                   comment_length = le(b, at + 32, 2);
+    if (size - at - 46 < name_length + extra_length + comment_length) {
+      return fail("a central directory entry is cut short");
+    }
+    const std::string name(b.data() + at + 46, name_length);
+    // zip64 sizes and offset, in this order, for the fields that hold 0xFFFFFFFF.
+    for (uint64_t x = at + 46 + name_length; x + 4 <= at + 46 + name_length + extra_length;) {
+      const uint64_t id = le(b, x, 2), length = le(b, x + 2, 2);
+      if (x + 4 + length > at + 46 + name_length + extra_length) break;
+      if (id == 1) {
+        uint64_t field = x + 4;
+        for (uint64_t* value : {&uncompressed, &compressed, &local}) {
+          if (*value != 0xFFFFFFFF) continue;
+          if (field + 8 > x + 4 + length) return fail("record " + name + " has a cut-short zip64 field");
+          *value = le(b, field, 8);
+          field += 8;
+        }
+      }
+      x += 4 + length;
+    }
+    const bool deflated = method == 8 && deflated_source && ends_with(name, ".py");
+    if (method != 0 && !deflated) {
+      return fail("record " + name + " is compressed (torch.save stores " +
+                  (deflated_source ? "only module source" : "no record") + " compressed)");
+    }
+    if (!deflated && compressed != uncompressed) return fail("record " + name + " declares two different sizes");
+    if (deflated && uncompressed > kMaxSourceBytes) {
+      return fail("record " + name + " declares " + std::to_string(uncompressed) + " bytes of source, over " +
+                  std::to_string(kMaxSourceBytes));
+    }
+    if (local > size || size - local < 30 || !sig(local, 0x04034b50)) {
+      return fail("record " + name + " lies outside the file");
+    }
+    const uint64_t data = local + 30 + le(b, local + 26, 2) + le(b, local + 28, 2);
+    if (data > size || compressed > size - data) {
+      return fail("record " + name + " declares " + std::to_string(compressed) + " bytes, more than the file holds");
+    }
+    out.push_back({name, data, compressed, uncompressed, deflated});
+    at += 46 + name_length + extra_length + comment_length;
+  }
+  return out;
+}
+
+std::string lowercase(std::string s) {
+  for (char& c : s) c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
+  return s;
+}
+
+std::string structure_problem(const std::vector<char>& b, bool deflated_source, std::vector<Record>& out) {
+  std::string problem;
+  out = records(b, deflated_source, problem);
+  if (!problem.empty()) return problem;
+  for (const Record& r : out) {
+    if (!r.deflated && ends_with(lowercase(r.name), "pkl")) {  // data.pkl, constants.pkl, *.debug_pkl
+      const std::string why = pickle_problem(b, r.data, r.size);
+      if (!why.empty()) return "record " + r.name + ": " + why;
+    }
+  }
+  return "";
+}
+
+// A strict reader of the module source that OutputArchive writes (see the header).
+class ModuleSource {
+ public:
+  explicit ModuleSource(std::string_view text) : text_(text) {}
+
+  // "" if the text is a module type declaration, else what is wrong.
+  std::string problem() {
+    if (!take("class Module(Module):\n")) return at("does not start with 'class Module(Module):'");
+    while (pos_ < text_.size()) {
+      if (!take("  ")) return at("has a line that is not an indented attribute");
+      if (take("__parameters__ = [") || take("__buffers__ = [")) {
+        while (!take("]")) {
+          if (!quoted() || !take(", ")) return at("has a malformed name list");
+        }
+      } else if (take("__annotations__")) {
+        if (take(" = []")) {
+        } else if (!take("[") || !quoted() || !take("] = ") || !type(0)) {
+          return at("has a malformed __annotations__ entry");
+        }
+      } else if (!identifier() || !take(" : ") || !type(0)) {
+        return at("has a line other than 'name : Type' (only attribute declarations are accepted)");
+      }
+      if (!take("\n")) return at("has more than one declaration on a line");
+    }
+    return "";
+  }
+
+ private:
+  bool take(std::string_view s) {
+    if (text_.substr(pos_, s.size()) != s) return false;
+    pos_ += s.size();
+    return true;
+  }
+  bool identifier() {
+    const size_t start = pos_;
+    while (pos_ < text_.size() && (std::isalnum(static_cast<unsigned char>(text_[pos_])) || text_[pos_] == '_')) {
+      ++pos_;
+    }
+    return pos_ > start && !std::isdigit(static_cast<unsigned char>(text_[start]));
+  }
+  // A double-quoted name without quotes, backslashes or control characters.
+  bool quoted() {
+    if (!take("\"")) return false;
+    while (pos_ < text_.size() && text_[pos_] != '"') {
+      const auto c = static_cast<unsigned char>(text_[pos_]);
+      if (c < 0x20 || c == '\\' || c == 0x7f) return false;
+      ++pos_;
+    }
+    return take("\"");
+  }
+  bool type(int depth) {
+    if (depth > 8) return false;
+    for (const char* name : {"Tensor", "str", "int", "float", "bool", "NoneType"}) {
+      if (take(name) && !word_continues()) return true;
+    }
+    if (take("__torch__.")) {
+      if (take("___torch_mangle_")) {
+        const size_t start = pos_;
+        while (pos_ < text_.size() && std::isdigit(static_cast<unsigned char>(text_[pos_]))) ++pos_;
+        if (pos_ == start || !take(".")) return false;
+      }
+      return take("Module") && !word_continues();
+    }
+    for (const char* generic : {"Tuple[", "List[", "Dict[", "Optional["}) {
+      if (!take(generic)) continue;
+      if (!type(depth + 1)) return false;
+      while (take(", ")) {
+        if (!type(depth + 1)) return false;
+      }
+      return take("]");
+    }
+    return false;
+  }
+  bool word_continues() const {
+    return pos_ < text_.size() && (std::isalnum(static_cast<unsigned char>(text_[pos_])) || text_[pos_] == '_');
+  }
+  std::string at(const std::string& what) const { return what + " (byte " + std::to_string(pos_) + ")"; }
+
+  std::string_view text_;
+  size_t pos_ = 0;
+};
+
+// The bytes of record `r`, inflated if it is deflated; sets `problem` if
+// they do not inflate to exactly the declared size.
+std::string record_bytes(const std::vector<char>& b, const Record& r, std::string& problem) {
+  if (!r.deflated) return std::string(b.data() + r.data, static_cast<size_t>(r.size));
+  std::string out(static_cast<size_t>(r.uncompressed), '\0');
+  z_stream stream{};
+  if (inflateInit2(&stream, -MAX_WBITS) != Z_OK) {  // raw deflate, as in zip
+    problem = "cannot be inflated";
+    return "";
+  }
+  stream.next_in = reinterpret_cast<Bytef*>(const_cast<char*>(b.data() + r.data));
+  stream.avail_in = static_cast<uInt>(r.size);
+  stream.next_out = reinterpret_cast<Bytef*>(out.data());
+  stream.avail_out = static_cast<uInt>(out.size());
+  const int status = inflate(&stream, Z_FINISH);
+  const uint64_t produced = stream.total_out;
+  inflateEnd(&stream);
+  if (status != Z_STREAM_END || produced != r.uncompressed) {
+    problem = "does not inflate to its declared " + std::to_string(r.uncompressed) + " bytes";
+    return "";
+  }
+  return out;
+}
+
+}  // namespace
+
+std::string torch_archive_problem(const std::vector<char>& bytes) {
+  std::vector<Record> unused;
+  return structure_problem(bytes, /*deflated_source=*/false, unused);
+}
+
+std::string output_archive_problem(const std::vector<char>& bytes) {
+  std::vector<Record> all;
+  const std::string problem = structure_problem(bytes, /*deflated_source=*/true, all);
+  if (!problem.empty()) return problem;
+  for (const Record& r : all) {
+    if (!ends_with(r.name, ".py")) continue;  // "<archive name>/code/...py": the module types' source
+    std::string why;
+    const std::string source = record_bytes(bytes, r, why);
+    if (why.empty()) why = ModuleSource(source).problem();
+    if (!why.empty()) return "record " + r.name + " " + why;
+  }
+  return "";
+}
+
+void load_output_archive(const std::string& path, const std::string& what, torch::serialize::InputArchive& archive,
+                         int64_t max_bytes) {
+  if (!file_exists(path)) throw IoError(what + " not found", "no such " + describe_path(path));
+  const std::string corrupt = what + " is corrupt";
+  std::error_code error;
+  const auto size = std::filesystem::file_size(path, error);
+  if (error) throw IoError(corrupt, describe_path(path) + ": " + error.message());
+  if (size > static_cast<uintmax_t>(max_bytes)) {
+    throw IoError(what + " is too large",
+                  describe_path(path) + " has " + std::to_string(size) + " bytes, over " + std::to_string(max_bytes));
+  }
+  std::vector<char> bytes(static_cast<size_t>(size));
+  {
+    std::ifstream in(path, std::ios::binary);
+    if (!in.read(bytes.data(), static_cast<std::streamsize>(bytes.size()))) {
+      throw IoError(corrupt, describe_path(path) + ": cannot be read");
+    }
+  }
+  const std::string problem = output_archive_problem(bytes);
+  if (!problem.empty()) throw IoError(corrupt, describe_path(path) + ": " + problem);
+  try {
+    archive.load_from(bytes.data(), bytes.size());
+  } catch (const c10::Error& e) {
+    throw IoError(corrupt, describe_path(path) + ": " + e.what_without_backtrace());
+  } catch (const std::exception& e) {  // torch::jit's parser of the archive's type names throws std::runtime_error
+    throw IoError(corrupt, describe_path(path) + ": " + e.what());
+  }
+}
+
+}  // namespace parry::detail
