@@ -3,6 +3,7 @@
 
 #include <zlib.h>
 
+#include <algorithm>
 #include <cctype>
 #include <cstdio>
 #include <filesystem>
@@ -28,7 +29,8 @@ bool ends_with(const std::string& s, std::string_view tail) {
 }
 
 // What is wrong with the pickle b[begin, begin + n) before LibTorch reads
-// it: an opcode whose argument runs past the end. LibTorch 1.13's
+// it: an opcode whose argument runs past the end, or a memo index past the
+// memo's end (see below). LibTorch 1.13's
 // Unpickler::readBytes allocates and zero-fills the length a string opcode
 // declares before it checks that the data holds it (found by
 // fuzz_tensor_file: a 2 KB file declaring a 1.9 GB string, 11 s under ASan). Walks the
@@ -37,6 +39,7 @@ bool ends_with(const std::string& s, std::string_view tail) {
 // with its own error).
 std::string pickle_problem(const std::vector<char>& b, uint64_t begin, uint64_t n) {
   uint64_t i = 0;
+  uint64_t memo_size = 0;
   auto at = [&](uint64_t k) {
     char op[8];
     std::snprintf(op, sizeof op, "0x%02x", static_cast<unsigned>(static_cast<uint8_t>(b[begin + k])));
@@ -75,6 +78,20 @@ std::string pickle_problem(const std::vector<char>& b, uint64_t begin, uint64_t 
     }
     const uint64_t left = n - i;
     if (static_cast<uint64_t>(fixed + prefix) > left) return at(start) + " is cut short";
+    // A memo index: LibTorch's Unpickler::setInput grows its memo table to
+    // the index (16 bytes per entry) before it stores anything (found by
+    // fuzz_saved_state: a 4 KB checkpoint whose LONG_BINPUT asked for 30 GB).
+    // Picklers number the memo from 0 without gaps.
+    if (op == 'q' || op == 'r') {
+      const uint64_t index = le(b, begin + i, fixed);
+      if (index > memo_size) {
+        return at(start) + " stores memo entry " + std::to_string(index) + " after " + std::to_string(memo_size) +
+               " entries";
+      }
+      memo_size = std::max(memo_size, index + 1);
+    } else if (op == 0x94) {  // MEMOIZE: the next index
+      ++memo_size;
+    }
     if (prefix > 0) {
       const uint64_t length = le(b, begin + i, prefix);
       i += static_cast<uint64_t>(prefix);

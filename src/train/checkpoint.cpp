@@ -150,12 +150,16 @@ CheckpointContents restore_checkpoint(const std::string& path, const std::string
       target.load(optimizer_archive);
     } catch (const c10::Error& e) {
       throw IoError(corrupt, where + ": bad optimizer state: " + e.what_without_backtrace());
+    } catch (const std::exception& e) {  // torch::jit::ObjectAttributeError for a declared, missing field
+      throw IoError(corrupt, where + ": bad optimizer state: " + e.what());
     }
   };
   try {
     archive.read("optimizer", optimizer_archive);
   } catch (const c10::Error& e) {
     throw IoError(corrupt, where + ": no optimizer state: " + e.what_without_backtrace());
+  } catch (const std::exception& e) {
+    throw IoError(corrupt, where + ": no optimizer state: " + e.what());
   }
   {
     // Validate the optimizer state on scratch copies of the parameters first.

@@ -8,23 +8,12 @@
 #include <iterator>
 
 #include "fuzz_support.hpp"
-#include "parry/detect/kernel_density.hpp"
-#include "parry/detect/softmax_confidence.hpp"
 #include "parry/train/adversarial_trainer.hpp"
-#include "train/checkpoint.hpp"
+#include "saved_state_readers.hpp"
 
 using namespace parry;
 
 namespace {
-
-Model linear_model() {
-  torch::manual_seed(0);
-  return Model(torch::nn::Linear(4, 2));
-}
-
-const train::detail::OptimizerFactory make_adam = [](const std::vector<torch::Tensor>& p) {
-  return std::unique_ptr<torch::optim::Optimizer>(new torch::optim::Adam(p, torch::optim::AdamOptions(1e-3)));
-};
 
 // `kind` then the bytes of `file`, as a seed.
 void write_seed(const std::string& dir, uint8_t kind, const std::string& file) {
@@ -50,13 +39,14 @@ extern "C" int LLVMFuzzerInitialize(int*, char***) {
   density.set_threshold(1.0);
   density.save(tmp);
   write_seed(dir, 1, tmp);
-  Model model = linear_model();
+  Model model = fuzz::linear_model();
   model.save(tmp);
   write_seed(dir, 2, tmp);
-  std::unique_ptr<torch::optim::Optimizer> optimizer = make_adam(model.parameters());
+  std::unique_ptr<torch::optim::Optimizer> optimizer = fuzz::make_adam()(model.parameters());
   train::EpochReport report;
   report.epoch = 1;
-  train::detail::save_checkpoint(tmp, "fuzz", 1, 1.0, model, *optimizer, at::detail::createCPUGenerator(0), {report});
+  train::detail::save_checkpoint(tmp, fuzz::checkpoint_signature(), 1, 1.0, model, *optimizer,
+                                 at::detail::createCPUGenerator(0), {report});
   write_seed(dir, 3, tmp);
   std::remove(tmp.c_str());
   std::exit(0);
@@ -65,25 +55,6 @@ extern "C" int LLVMFuzzerInitialize(int*, char***) {
 extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   if (size < 1) return 0;
   const std::string& path = fuzz::as_file(data + 1, size - 1, ".state");
-  switch (data[0] % 4) {
-    case 0:
-      fuzz::expect_clean([&] { detect::SoftmaxConfidence().load(path); });
-      break;
-    case 1:
-      fuzz::expect_clean([&] { detect::KernelDensity().load(path); });
-      break;
-    case 2:
-      fuzz::expect_clean([&] { linear_model().load(path); });
-      break;
-    default: {
-      fuzz::expect_clean([&] {
-        Model model = linear_model();
-        torch::Generator generator = at::detail::createCPUGenerator(0);
-        std::unique_ptr<torch::optim::Optimizer> optimizer = make_adam(model.parameters());
-        train::detail::restore_checkpoint(path, "fuzz", 10, model, make_adam, optimizer, generator);
-      });
-      break;
-    }
-  }
+  fuzz::expect_clean([&] { fuzz::read_saved_state(data[0], path); });
   return 0;
 }
