@@ -8,13 +8,40 @@
 #include <gtest/gtest.h>
 
 #include <memory>
+#include <mutex>
 #include <string>
+#include <vector>
 
 #include "parry/conceal/query_monitor.hpp"
 #include "parry/conceal/throttle.hpp"
+#include "parry/core/log.hpp"
 #include "parry/data/idx.hpp"
+#include "test_support.hpp"
 
 namespace parry::testing {
+
+/// A seeded test that captures Parry's log (warnings and errors) instead of
+/// printing it, and silences it afterwards.
+class LoggedTest : public SeededTest {
+ protected:
+  void SetUp() override {
+    SeededTest::SetUp();
+    set_log_sink([this](LogLevel level, const std::string& message) {
+      std::lock_guard<std::mutex> lock(log_mutex_);
+      if (level >= LogLevel::Warning) logged_.push_back(message);
+    });
+  }
+  void TearDown() override { set_log_sink({}); }
+  /// The lines logged so far.
+  std::vector<std::string> logged() {
+    std::lock_guard<std::mutex> lock(log_mutex_);
+    return logged_;
+  }
+
+ private:
+  std::mutex log_mutex_;
+  std::vector<std::string> logged_;
+};
 
 /// Fashion-MNIST test images (N×1×28×28 in [0, 1]), the first 1,000.
 inline const torch::Tensor& test_images() {

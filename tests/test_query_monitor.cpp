@@ -3,6 +3,7 @@
 
 #include <array>
 #include <atomic>
+#include <chrono>
 #include <cmath>
 #include <deque>
 #include <map>
@@ -33,25 +34,7 @@ using parry::testing::observe_one;
 using parry::testing::test_images;
 
 // Captures Parry's log for the test and silences it afterwards.
-class QueryMonitorTest : public parry::testing::SeededTest {
- protected:
-  void SetUp() override {
-    SeededTest::SetUp();
-    set_log_sink([this](LogLevel level, const std::string& message) {
-      std::lock_guard<std::mutex> lock(log_mutex_);
-      if (level >= LogLevel::Warning) logged_.push_back(message);
-    });
-  }
-  void TearDown() override { set_log_sink({}); }
-  std::vector<std::string> logged() {
-    std::lock_guard<std::mutex> lock(log_mutex_);
-    return logged_;
-  }
-
- private:
-  std::mutex log_mutex_;
-  std::vector<std::string> logged_;
-};
+class QueryMonitorTest : public parry::testing::LoggedTest {};
 
 Guard reference_guard(std::shared_ptr<QueryMonitor> monitor, std::shared_ptr<const OutputPolicy> policy = nullptr) {
   GuardBuilder builder(parry::testing::reference_model(), InputSpec(1, 28, 28));
@@ -380,6 +363,39 @@ TEST_F(QueryMonitorTest, SilentActionAnswersNormallyButRecords) {
   ASSERT_EQ(log.size(), 1u);
   EXPECT_NE(log[0].find("mallory"), std::string::npos);
   EXPECT_NE(log[0].find("silent"), std::string::npos);
+}
+
+TEST_F(QueryMonitorTest, DetectionLinesAreRateLimitedButEveryDetectionIsCounted) {
+  int64_t callbacks = 0;
+  QueryMonitor monitor(
+      QueryMonitorOptions().action(MonitorAction::Silent).on_detection([&](const conceal::QueryMonitorDetection&) {
+        ++callbacks;
+      }));
+  const torch::Tensor x = image(0);
+  const int64_t copies = 3 * QueryMonitor::kDetectionLinesPerSecond;
+  const auto started = std::chrono::steady_clock::now();
+  for (int64_t i = 0; i <= copies; ++i) monitor.admit(RequestContext{"mallory"}, x);  // 1 original, `copies` repeats
+  const auto spent = std::chrono::steady_clock::now() - started;
+  EXPECT_EQ(monitor.stats().detections, static_cast<uint64_t>(copies));
+  EXPECT_EQ(callbacks, copies);
+  if (spent < std::chrono::milliseconds(900)) {  // all inside one window (always, unless the machine stalls)
+    EXPECT_EQ(static_cast<int64_t>(logged().size()), QueryMonitor::kDetectionLinesPerSecond);
+  } else {
+    EXPECT_LT(static_cast<int64_t>(logged().size()), copies);
+  }
+  // The next window logs again and says how many lines were left out.
+  std::this_thread::sleep_for(std::chrono::milliseconds(1100));
+  monitor.admit(RequestContext{"mallory"}, x);
+  const auto log = logged();
+  ASSERT_FALSE(log.empty());
+  const std::string& last = log.back();
+  if (spent < std::chrono::milliseconds(900)) {
+    EXPECT_NE(
+        last.find("(" + std::to_string(copies - QueryMonitor::kDetectionLinesPerSecond) + " detections not logged)"),
+        std::string::npos)
+        << last;
+  }
+  EXPECT_EQ(monitor.stats().detections, static_cast<uint64_t>(copies + 1));
 }
 
 TEST_F(QueryMonitorTest, OptionsValidated) {

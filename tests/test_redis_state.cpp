@@ -40,25 +40,7 @@ using parry::testing::observe_one;
 using parry::testing::test_images;
 
 // Silences the log (failure warnings are expected here) and keeps the lines.
-class RedisStateTest : public parry::testing::SeededTest {
- protected:
-  void SetUp() override {
-    SeededTest::SetUp();
-    set_log_sink([this](LogLevel level, const std::string& message) {
-      std::lock_guard<std::mutex> lock(mutex_);
-      if (level >= LogLevel::Warning) logged_.push_back(message);
-    });
-  }
-  void TearDown() override { set_log_sink({}); }
-  std::vector<std::string> logged() {
-    std::lock_guard<std::mutex> lock(mutex_);
-    return logged_;
-  }
-
- private:
-  std::mutex mutex_;
-  std::vector<std::string> logged_;
-};
+class RedisStateTest : public parry::testing::LoggedTest {};
 
 // A stream of repeats, noisy copies and sparse images (short fingerprints).
 std::vector<torch::Tensor> mixed_stream(int count, uint32_t seed) {

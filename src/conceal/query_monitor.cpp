@@ -14,6 +14,7 @@
 #include <random>
 #include <sstream>
 
+#include "conceal/rate_limited_log.hpp"
 #include "conceal/state_store.hpp"
 #include "parry/core/log.hpp"
 
@@ -47,7 +48,10 @@ uint64_t nonzero(uint64_t key) {
 }  // namespace
 
 QueryMonitor::QueryMonitor(QueryMonitorOptions options)
-    : options_(std::move(options)), failure_log_(std::make_unique<detail::FailureLog>()) {
+    : options_(std::move(options)),
+      failure_log_(std::make_unique<detail::RateLimitedLog>(1, std::chrono::seconds(10), "similar failures")),
+      detection_log_(
+          std::make_unique<detail::RateLimitedLog>(kDetectionLinesPerSecond, std::chrono::seconds(1), "detections")) {
   if (options_.threshold() > options_.hashes_kept()) {
     throw OptionError("QueryMonitor: threshold must not exceed hashes_kept (" + std::to_string(options_.hashes_kept()) +
                       "), but got " + std::to_string(options_.threshold()));
@@ -261,7 +265,7 @@ std::vector<QueryObservation> QueryMonitor::record(const RequestContext& context
     line << "QueryMonitor: query " << d.query_id << " from client '" << printable(d.client_id) << "' shares "
          << d.matches << " of " << options_.hashes_kept() << " hashes with stored query " << d.matched_query_id << " ("
          << to_string(d.scope) << " index); action " << to_string(options_.action());
-    log(LogLevel::Warning, line.str());
+    detection_log_->report(line.str());
     if (options_.on_detection()) options_.on_detection()(d);
   }
   return observations;

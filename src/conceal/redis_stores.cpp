@@ -459,21 +459,4 @@ std::unique_ptr<BucketStore> make_redis_bucket_store(const ThrottleOptions& opti
   return std::make_unique<RedisBucketStore>(options);
 }
 
-void FailureLog::report(const std::string& message) {
-  uint64_t left_out = 0;
-  {
-    std::lock_guard<std::mutex> lock(mutex_);
-    const auto now = std::chrono::steady_clock::now();
-    if (now < next_) {
-      ++suppressed_;
-      return;
-    }
-    next_ = now + std::chrono::seconds(10);
-    left_out = suppressed_;
-    suppressed_ = 0;
-  }
-  log(LogLevel::Warning,
-      message + (left_out > 0 ? " (" + std::to_string(left_out) + " similar failures not logged)" : std::string()));
-}
-
 }  // namespace parry::conceal::detail

@@ -95,20 +95,6 @@ class BucketStore {
   virtual std::string describe() const = 0;
 };
 
-/// Warnings about an unavailable shared state, at most one per 10 seconds
-/// (a Redis outage under load would otherwise log every request).
-class FailureLog {
- public:
-  /// Logs `message` at warning level unless one was logged in the last 10 s;
-  /// the next logged message says how many were left out.
-  void report(const std::string& message);
-
- private:
-  std::mutex mutex_;
-  std::chrono::steady_clock::time_point next_{};
-  uint64_t suppressed_ = 0;
-};
-
 /// The in-process stores (the default): the exact behaviour and speed of
 /// the gates before stores existed.
 std::unique_ptr<QueryStore> make_memory_query_store(const QueryMonitorOptions& options);

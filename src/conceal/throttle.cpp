@@ -5,6 +5,7 @@
 #include <limits>
 #include <sstream>
 
+#include "conceal/rate_limited_log.hpp"
 #include "conceal/state_store.hpp"
 
 namespace parry::conceal {
@@ -17,7 +18,8 @@ ThrottleOptions& ThrottleOptions::clock(Clock c) {
 }
 
 Throttle::Throttle(ThrottleOptions options)
-    : options_(std::move(options)), failure_log_(std::make_unique<detail::FailureLog>()) {
+    : options_(std::move(options)),
+      failure_log_(std::make_unique<detail::RateLimitedLog>(1, std::chrono::seconds(10), "similar failures")) {
   store_ = options_.redis() ? detail::make_redis_bucket_store(options_) : detail::make_memory_bucket_store(options_);
 }
 

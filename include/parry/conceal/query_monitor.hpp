@@ -244,11 +244,18 @@ struct QueryMonitorStats {
 
 namespace detail {
 class QueryStore;
-class FailureLog;
+class RateLimitedLog;
 }  // namespace detail
 
 class QueryMonitor final : public Gate {
  public:
+  /// Detections are logged (parry::log, warning level) at most this many
+  /// lines per second per monitor; the next line logged says how many were
+  /// left out. stats() and the detection callback see every detection. An
+  /// attacker's stream of near-duplicates cannot flood the log or block the
+  /// workers on a full stderr pipe.
+  static constexpr int64_t kDetectionLinesPerSecond = 10;
+
   /// @throws parry::OptionError if threshold > hashes_kept or the store would
   ///   need more than 2^32 postings. A Redis store connects on first use.
   explicit QueryMonitor(QueryMonitorOptions options = {});
@@ -311,8 +318,9 @@ class QueryMonitor final : public Gate {
 
   QueryMonitorOptions options_;
   std::unique_ptr<detail::QueryStore> store_;
-  std::unique_ptr<detail::FailureLog> failure_log_;
-  mutable std::mutex mutex_;  // guards the counters
+  std::unique_ptr<detail::RateLimitedLog> failure_log_;    // one line per 10 s
+  std::unique_ptr<detail::RateLimitedLog> detection_log_;  // kDetectionLinesPerSecond
+  mutable std::mutex mutex_;                               // guards the counters
   uint64_t images_ = 0;
   uint64_t detections_ = 0;
   uint64_t requests_detected_ = 0;

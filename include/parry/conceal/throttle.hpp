@@ -75,7 +75,7 @@ struct ThrottleOptions {
 
 namespace detail {
 class BucketStore;
-class FailureLog;
+class RateLimitedLog;
 }  // namespace detail
 
 class Throttle final : public Gate {
@@ -108,8 +108,8 @@ class Throttle final : public Gate {
  private:
   ThrottleOptions options_;
   std::unique_ptr<detail::BucketStore> store_;
-  std::unique_ptr<detail::FailureLog> failure_log_;
-  mutable std::mutex mutex_;  // guards state_failures_
+  std::unique_ptr<detail::RateLimitedLog> failure_log_;  // one line per 10 s
+  mutable std::mutex mutex_;                             // guards state_failures_
   uint64_t state_failures_ = 0;
 };
 
