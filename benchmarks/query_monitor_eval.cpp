@@ -133,16 +133,8 @@ int main(int argc, char** argv) {
     torch::manual_seed(0);
     const Model model(models::load_reference_cnn(model_path));
     const auto test = data::load_fashion_mnist(data_dir, false, 0);
-    // The first `runs` test images the model classifies correctly.
-    torch::Tensor x, y;
-    {
-      torch::NoGradGuard no_grad;
-      const auto head = test.images.slice(0, 0, 4 * runs);
-      const auto correct =
-          model.logits(head).argmax(1).eq(test.labels.slice(0, 0, 4 * runs)).nonzero().flatten().slice(0, 0, runs);
-      x = head.index_select(0, correct);
-      y = test.labels.index_select(0, correct);
-    }
+    torch::Tensor x, y;  // the first `runs` test images the model classifies correctly
+    std::tie(x, y) = bench::correctly_classified(model, test.images, test.labels, runs);
     const InputSpec spec(1, 28, 28);
     auto options = conceal::QueryMonitorOptions().match_spec(spec).max_stored_queries(100000);
     if (salt == "salted") {

@@ -4,12 +4,25 @@
 
 #include <chrono>
 #include <functional>
+#include <tuple>
+#include <utility>
 #include <vector>
 
 #include "parry/detail/chunks.hpp"
 #include "parry/parry.hpp"
 
 namespace parry::bench {
+
+/// The first `count` images of `images` that `model` classifies correctly
+/// (searched among the first 4·count), and their labels.
+inline std::pair<torch::Tensor, torch::Tensor> correctly_classified(const Model& model, const torch::Tensor& images,
+                                                                    const torch::Tensor& labels, int64_t count) {
+  torch::NoGradGuard no_grad;
+  const auto head = images.slice(0, 0, 4 * count);
+  const auto correct =
+      model.logits(head).argmax(1).eq(labels.slice(0, 0, 4 * count)).nonzero().flatten().slice(0, 0, count);
+  return {head.index_select(0, correct), labels.index_select(0, correct)};
+}
 
 inline double seconds_since(std::chrono::steady_clock::time_point start) {
   return std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
