@@ -177,6 +177,9 @@ class Model {
   /// Loads a TorchScript module saved by Python's torch.jit.save onto `device`
   /// (default the CPU). Methods named `features` and `head`, if exported, form
   /// the feature split.
+  /// Threat model: a TorchScript archive is a program, and LibTorch parses and
+  /// runs its code; unlike Model::load (whose files are checked before
+  /// LibTorch reads them), it must come from a trusted source.
   /// @throws parry::IoError if the file is missing or not a TorchScript archive.
   static Model load_torchscript(const std::string& path, torch::Device device = torch::kCPU);
 
