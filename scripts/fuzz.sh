@@ -6,6 +6,8 @@
 #   scripts/fuzz.sh build        configure and build the targets, run nothing
 # PARRY_FUZZ_RUNS=N also stops each target after N executions (the long runs of
 # docs/reliability.md: PARRY_FUZZ_RUNS=1000000 scripts/fuzz.sh 1800 TARGET).
+# PARRY_FUZZ_SEED=N fixes libFuzzer's random seed (CI: the same mutations on
+# every run, so a new finding comes from a change, not from luck).
 # Prints, per target, the executions, executions per second, the coverage
 # reached (libFuzzer's "cov" edges and "ft" features), the size of the working
 # corpus and the outcome; exits non-zero on any crash, leak or timeout (the
@@ -27,6 +29,7 @@ if [ ${#targets[@]} -eq 0 ]; then
 fi
 runs=()
 if [ -n "${PARRY_FUZZ_RUNS:-}" ]; then runs=(-runs="$PARRY_FUZZ_RUNS"); fi
+if [ -n "${PARRY_FUZZ_SEED:-}" ]; then runs+=(-seed="$PARRY_FUZZ_SEED"); fi
 "$root/scripts/install-deps.sh"
 build_dir="$root/build-fuzz"
 launcher=()

@@ -6,7 +6,8 @@
 #   scripts/sanitize.sh ci [fuzz seconds]       CI's sanitizer step: ONE clang-14 build (build-fuzz/, ASan +
 #                                               UBSan + libFuzzer's coverage instrumentation) gives both the
 #                                               whole gtest suite under ASan+UBSan+LSan and the fuzz targets;
-#                                               runs the suite, then each fuzz target for 30 s (default) on its
+#                                               runs the suite, then each fuzz target for 30 s (default; libFuzzer seed 1,
+#                                               PARRY_FUZZ_SEED overrides it) on its
 #                                               committed corpus (scripts/fuzz.sh). Prints each phase's time.
 # Only parry_tests is built (no CLI, benchmarks or examples), as a unity build
 # (16 sources per translation unit: LibTorch's headers dominate the compile
@@ -45,7 +46,7 @@ if [ "$kind" = ci ]; then
   export LSAN_OPTIONS="suppressions=$root/tests/fuzz/lsan.supp:print_suppressions=0"
   "$root/build-fuzz/tests/parry_tests" --gtest_brief=1 --gtest_filter="$filter"
   phase "suite passed"
-  "$root/scripts/fuzz.sh" "$fuzz_seconds"
+  PARRY_FUZZ_SEED=${PARRY_FUZZ_SEED:-1} "$root/scripts/fuzz.sh" "$fuzz_seconds"
   phase "fuzz targets ran ${fuzz_seconds} s each"
   exit 0
 fi
