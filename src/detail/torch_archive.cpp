@@ -29,8 +29,9 @@ bool ends_with(const std::string& s, std::string_view tail) {
 }
 
 // What is wrong with the pickle b[begin, begin + n) before LibTorch reads
-// it: an opcode whose argument runs past the end, or a memo index past the
-// memo's end (see below). LibTorch 1.13's
+// it: an opcode whose argument runs past the end, a memo index past the
+// memo's end, or an opcode that takes more from the stack than it holds
+// (see below). LibTorch 1.13's
 // Unpickler::readBytes allocates and zero-fills the length a string opcode
 // declares before it checks that the data holds it (found by
 // fuzz_tensor_file: a 2 KB file declaring a 1.9 GB string, 11 s under ASan). Walks the
@@ -40,6 +41,15 @@ bool ends_with(const std::string& s, std::string_view tail) {
 std::string pickle_problem(const std::vector<char>& b, uint64_t begin, uint64_t n) {
   uint64_t i = 0;
   uint64_t memo_size = 0;
+  // The unpickler's stack, simulated: how many values it holds, and where
+  // each MARK was set. LibTorch's Unpickler takes values with stack_.back()
+  // and iterators from its marks without checking either (found by
+  // fuzz_saved_state: a mutated checkpoint whose opcode popped an empty
+  // stack, a SEGV). Every opcode must find the values it takes above the
+  // last mark, as in Python's pickle.
+  uint64_t depth = 0;
+  std::vector<uint64_t> marks;
+  auto above_mark = [&] { return depth - (marks.empty() ? 0 : marks.back()); };
   auto at = [&](uint64_t k) {
     char op[8];
     std::snprintf(op, sizeof op, "0x%02x", static_cast<unsigned>(static_cast<uint8_t>(b[begin + k])));
@@ -48,13 +58,12 @@ std::string pickle_problem(const std::vector<char>& b, uint64_t begin, uint64_t 
   while (i < n) {
     const uint64_t start = i;
     const uint8_t op = static_cast<uint8_t>(b[begin + i++]);
-    if (op == '.') return "";  // STOP
     // The argument of each opcode LibTorch reads, by the pickle format.
     auto in = [op](std::string_view ops) { return ops.find(static_cast<char>(op)) != std::string_view::npos; };
     int fixed = 0;   // a fixed-size argument
     int prefix = 0;  // a length of this many bytes, then that many bytes
     int lines = 0;   // newline-terminated arguments
-    if (in("(012Nt)]}aeldsubRQo\x81\x85\x86\x87\x88\x89\x8f\x90\x91\x92\x93\x94")) {
+    if (in(".(012Nt)]}aeldsubRQo\x81\x85\x86\x87\x88\x89\x8f\x90\x91\x92\x93\x94")) {
     } else if (in("Kqh\x80\x82")) {
       fixed = 1;
     } else if (in("M\x83")) {
@@ -91,6 +100,46 @@ std::string pickle_problem(const std::vector<char>& b, uint64_t begin, uint64_t 
       memo_size = std::max(memo_size, index + 1);
     } else if (op == 0x94) {  // MEMOIZE: the next index
       ++memo_size;
+    } else if ((op == 'h' || op == 'j') && le(b, begin + i, fixed) >= memo_size) {
+      return at(start) + " reads memo entry " + std::to_string(le(b, begin + i, fixed)) + " of " +
+             std::to_string(memo_size);
+    }
+    // The stack effect: values taken (above the last mark) and values left.
+    if (in("(")) {
+      marks.push_back(depth);
+    } else if (in("tdl1eu\x90\x91o")) {  // take everything down to the last mark
+      if (marks.empty()) return at(start) + " has no mark to pop to";
+      const uint64_t items = depth - marks.back();
+      depth = marks.back();
+      marks.pop_back();
+      if ((op == 'd' || op == 'u') && items % 2 != 0) return at(start) + " has an odd number of keys and values";
+      if (in("eu\x90") && above_mark() < 1) return at(start) + " has no container to add to";
+      if (op == 'o' && items < 1) return at(start) + " has no class to build";
+      if (!in("1eu\x90")) ++depth;  // the tuple, dict, list, frozenset or object
+    } else {
+      int takes = 0, leaves = 1;              // most opcodes push one value
+      if (op == '.' || in("qrp\x94Q\x85")) {  // STOP, memo stores, BINPERSID, TUPLE1
+        takes = 1;
+        leaves = op == '.' ? 0 : 1;
+      } else if (op == '0') {  // POP
+        takes = 1;
+        leaves = 0;
+      } else if (op == '2') {  // DUP
+        takes = 1;
+        leaves = 2;
+      } else if (in("aRb\x81\x86\x93")) {  // APPEND, REDUCE, BUILD, NEWOBJ, TUPLE2, STACK_GLOBAL
+        takes = 2;
+      } else if (in("s\x87\x92")) {  // SETITEM, TUPLE3, NEWOBJ_EX
+        takes = 3;
+      } else if (in("\x80\x95")) {  // PROTO, FRAME
+        leaves = 0;
+      }
+      if (above_mark() < static_cast<uint64_t>(takes)) {
+        return at(start) + " takes " + std::to_string(takes) + " values from a stack holding " +
+               std::to_string(above_mark());
+      }
+      depth = depth - static_cast<uint64_t>(takes) + static_cast<uint64_t>(leaves);
+      if (op == '.') return "";  // STOP
     }
     if (prefix > 0) {
       const uint64_t length = le(b, begin + i, prefix);
