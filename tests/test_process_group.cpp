@@ -46,19 +46,15 @@ std::vector<T> run_ranks(int64_t world, const std::function<T(int64_t, std::shar
   return out;
 }
 
-/// Ranks are threads of one process and share LibTorch's default generator:
-/// seeding it and drawing initial weights must not interleave between them
-/// (when it did, rank 0 sometimes broadcast weights that differed from the
-/// one-process run's).
-std::mutex& default_generator_mutex() {
-  static std::mutex mutex;
-  return mutex;
-}
+/// Ranks are threads of one process and share LibTorch's default generator,
+/// which the trainers seed (for dropout masks): every rank's model is built
+/// before the ranks start, because a rank that seeded it while another drew
+/// its initial weights made rank 0 broadcast weights that differed from the
+/// one-process run's (seen under AddressSanitizer in CI).
 
 /// A model without BatchNorm or dropout, so that a data-parallel step is the
 /// same function of the batch as a one-process step.
 Model plain_net(uint64_t seed) {
-  std::lock_guard<std::mutex> lock(default_generator_mutex());
   torch::manual_seed(seed);
   return Model(torch::nn::Sequential(torch::nn::Conv2d(torch::nn::Conv2dOptions(1, 4, 3).stride(2)), torch::nn::ReLU(),
                                      torch::nn::Flatten(), torch::nn::Linear(4 * 13 * 13, 10)));
@@ -136,9 +132,10 @@ TEST_F(ProcessGroupTest, TwoRanksEqualOneProcessWithTheSameGlobalBatch) {
   Model single = plain_net(1);
   train::fit_classifier(single, data.images, data.labels, options);
 
+  // Rank 1 starts from other weights: the fit must broadcast rank 0's.
+  std::vector<Model> rank_models{plain_net(1), plain_net(99)};
   const auto states = run_ranks<std::vector<torch::Tensor>>(2, [&](int64_t rank, std::shared_ptr<ProcessGroup> group) {
-    // Rank 1 starts from other weights: the fit must broadcast rank 0's.
-    Model model = plain_net(rank == 0 ? 1 : 99);
+    Model& model = rank_models[static_cast<size_t>(rank)];
     train::fit_classifier(model, data.images, data.labels,
                           train::ClassifierTrainerOptions(options).process_group(group));
     return state_of(model);
@@ -165,8 +162,9 @@ TEST_F(ProcessGroupTest, AdversarialTrainingOnTwoRanksEqualsOneProcessAndRank0Ch
   const auto expected = train::AdversarialTrainer(options).fit(single, train_set, held_out);
 
   parry::testing::TempDir dir;
+  std::vector<Model> rank_models{plain_net(2), plain_net(2)};
   const auto states = run_ranks<std::vector<torch::Tensor>>(2, [&](int64_t rank, std::shared_ptr<ProcessGroup> group) {
-    Model model = plain_net(2);
+    Model& model = rank_models[static_cast<size_t>(rank)];
     auto o = train::AdversarialTrainerOptions(options).process_group(group);
     // Only rank 0 is given a place to write to: the others must not write.
     if (rank == 0) o.checkpoint_dir(dir.path().string());
@@ -182,12 +180,13 @@ TEST_F(ProcessGroupTest, AdversarialTrainingOnTwoRanksEqualsOneProcessAndRank0Ch
 
 TEST_F(ProcessGroupTest, BatchNormStatisticsStayIdenticalOnEveryRank) {
   const auto data = data::load_fashion_mnist(PARRY_FASHION_MNIST_DIR, true, 96);
+  std::vector<Model> rank_models;
+  for (uint64_t rank = 0; rank < 2; ++rank) {
+    torch::manual_seed(rank);  // different initial weights on each rank
+    rank_models.emplace_back(models::ReferenceCnn{});
+  }
   const auto states = run_ranks<std::vector<torch::Tensor>>(2, [&](int64_t rank, std::shared_ptr<ProcessGroup> group) {
-    Model model = [&] {
-      std::lock_guard<std::mutex> lock(default_generator_mutex());
-      torch::manual_seed(static_cast<uint64_t>(rank));  // different initial weights on each rank
-      return Model(models::ReferenceCnn{});
-    }();
+    Model& model = rank_models[static_cast<size_t>(rank)];
     train::fit_classifier(model, data.images, data.labels,
                           train::ClassifierTrainerOptions().epochs(1).batch_size(32).process_group(group));
     return state_of(model);

@@ -102,6 +102,8 @@ struct AdversarialTrainerOptions {
   /// (default {}), each in [1, epochs], and gamma in (0, 1] (default 0.1).
   AdversarialTrainerOptions& step_epochs(std::vector<int64_t> epochs, double gamma = 0.1);
   /// Seed of every random choice: shuffling, random starts, mixing, dropout (default 0).
+  /// Dropout masks come from LibTorch's default generator, which fit() seeds
+  /// for the whole process: do not draw from it on other threads meanwhile.
   AdversarialTrainerOptions& seed(uint64_t v);
   /// fit(): held-out samples used for the per-epoch clean and PGD accuracy,
   /// >= 0 (default 1000; 0 turns the evaluation off).

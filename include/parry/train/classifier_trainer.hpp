@@ -30,6 +30,9 @@ struct ClassifierTrainerOptions {
   /// The learning rate decays by cosine annealing to this fraction by the end.
   ClassifierTrainerOptions& final_lr_fraction(double v);
   ClassifierTrainerOptions& weight_decay(double v);
+  /// Seed of shuffling, augmentation and dropout (default 0). Dropout masks
+  /// come from LibTorch's default generator, which training seeds for the
+  /// whole process: do not draw from it on other threads meanwhile.
   ClassifierTrainerOptions& seed(uint64_t v);
   /// Data augmentation per training sample: mirror left-right with
   /// probability 1/2 (default off).
