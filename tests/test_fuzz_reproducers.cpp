@@ -7,6 +7,7 @@
 #include <fstream>
 #include <iterator>
 
+#include "detail/torch_archive.hpp"
 #include "fuzz/saved_state_readers.hpp"
 #include "test_support.hpp"
 
@@ -42,4 +43,40 @@ TEST(FuzzReproducers, SavedStateInputsAreCleanErrors) {
       parry::testing::expect_public(e.what());
     }
   }
+}
+
+TEST(FuzzReproducers, TensorsThatReadPastTheirStorageAreFound) {
+  // What LibTorch's unpickler builds from a mutated file: sizes beyond the
+  // storage it loaded (set here without LibTorch's own checks).
+  const auto past_storage = [] {
+    torch::Tensor t = torch::zeros({4});
+    t.unsafeGetTensorImpl()->set_sizes_and_strides(c10::IntArrayRef{100}, c10::IntArrayRef{1});
+    return t;
+  };
+  const auto strided_past_storage = [] {
+    torch::Tensor t = torch::zeros({2, 3});
+    t.unsafeGetTensorImpl()->set_sizes_and_strides(c10::IntArrayRef{2, 3},
+                                                   c10::IntArrayRef{4, 1});  // last element 7 of 6
+    return t;
+  };
+  using parry::detail::tensor_storage_problem;
+  EXPECT_EQ(tensor_storage_problem(c10::IValue(torch::zeros({2, 3}))), "");
+  EXPECT_EQ(tensor_storage_problem(c10::IValue(torch::zeros({4, 4}).t())), "");          // a transposed view
+  EXPECT_EQ(tensor_storage_problem(c10::IValue(torch::zeros({8}).slice(0, 4, 8))), "");  // an offset view
+  EXPECT_EQ(tensor_storage_problem(c10::IValue(torch::zeros({0, 5}))), "");              // no elements
+  EXPECT_NE(tensor_storage_problem(c10::IValue(past_storage())).find("reads past its storage"), std::string::npos);
+  EXPECT_NE(tensor_storage_problem(c10::IValue(strided_past_storage())), "");
+  // Found inside containers too.
+  c10::impl::GenericList list(c10::AnyType::get());
+  list.push_back(c10::IValue(torch::zeros({1})));
+  c10::impl::GenericList inner(c10::AnyType::get());
+  inner.push_back(c10::IValue(1));
+  inner.push_back(c10::IValue(past_storage()));
+  list.push_back(c10::IValue(inner));
+  EXPECT_NE(tensor_storage_problem(c10::IValue(list)), "");
+  c10::impl::GenericDict dict(c10::StringType::get(), c10::AnyType::get());
+  dict.insert("fine", torch::zeros({3}));
+  EXPECT_EQ(tensor_storage_problem(c10::IValue(dict)), "");
+  dict.insert("bad", c10::IValue(c10::ivalue::Tuple::create({c10::IValue(strided_past_storage())})));
+  EXPECT_NE(tensor_storage_problem(c10::IValue(dict)), "");
 }

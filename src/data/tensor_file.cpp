@@ -60,6 +60,8 @@ std::shared_ptr<const ImageSource> open_tensor_file(const std::string& path, int
     throw IoError("tensor file " + path + ": cannot be read as a torch.save file", "tensor file " + path + ": " + why);
   }
   bytes = {};
+  const std::string outside = parry::detail::tensor_storage_problem(root);
+  if (!outside.empty()) throw fail("is not a well-formed torch.save archive: " + outside);
   if (!root.isGenericDict()) {
     throw fail("must hold a dict {\"images\": ..., \"labels\": ..., \"classes\": [...]}, but holds a " + kind(root));
   }

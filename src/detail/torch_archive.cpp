@@ -9,6 +9,7 @@
 #include <filesystem>
 #include <fstream>
 #include <string_view>
+#include <unordered_set>
 
 #include "parry/core/errors.hpp"
 #include "parry/detail/files.hpp"
@@ -400,6 +401,69 @@ std::string output_archive_problem(const std::vector<char>& bytes) {
   return "";
 }
 
+namespace {
+
+std::string extent_problem(const at::Tensor& t) {
+  if (!t.defined() || !t.has_storage()) return "";
+  if (t.storage_offset() < 0) return "a tensor has a negative storage offset";
+  if (t.numel() == 0) return "";
+  int64_t last = t.storage_offset();  // the element with the highest index read
+  for (int64_t d = 0; d < t.dim(); ++d) {
+    if (t.stride(d) < 0) return "a tensor has a negative stride";
+    int64_t reach = 0;
+    if (__builtin_mul_overflow(t.size(d) - 1, t.stride(d), &reach) || __builtin_add_overflow(last, reach, &last)) {
+      return "a tensor's sizes and strides overflow";
+    }
+  }
+  const auto elements = static_cast<uint64_t>(t.storage().nbytes()) / static_cast<uint64_t>(t.element_size());
+  if (static_cast<uint64_t>(last) >= elements) {
+    return "a tensor of sizes " + c10::str(t.sizes()) + " at offset " + std::to_string(t.storage_offset()) +
+           " reads past its storage of " + std::to_string(elements) + " elements";
+  }
+  return "";
+}
+
+// Depth-first over containers and objects; each shared container is visited
+// once (a pickle's memo can share one container many times, or make a list
+// hold itself).
+std::string storage_problem(const c10::IValue& v, std::unordered_set<const void*>& seen, int depth) {
+  if (depth > 256) return "values are nested too deeply";
+  if (v.isTensor()) return extent_problem(v.toTensor());
+  if (!v.isPtrType() || !seen.insert(v.internalToPointer()).second) return "";
+  const auto each = [&](const auto& values) -> std::string {
+    for (const c10::IValue& e : values) {
+      std::string why = storage_problem(e, seen, depth + 1);
+      if (!why.empty()) return why;
+    }
+    return "";
+  };
+  if (v.isTensorList()) {
+    for (const at::Tensor& t : v.toTensorVector()) {
+      std::string why = extent_problem(t);
+      if (!why.empty()) return why;
+    }
+    return "";
+  }
+  if (v.isList()) return each(v.toListRef());
+  if (v.isTuple()) return each(v.toTupleRef().elements());
+  if (v.isObject()) return each(v.toObjectRef().slots());
+  if (v.isGenericDict()) {
+    for (const auto& entry : v.toGenericDict()) {
+      std::string why = storage_problem(entry.key(), seen, depth + 1);
+      if (why.empty()) why = storage_problem(entry.value(), seen, depth + 1);
+      if (!why.empty()) return why;
+    }
+  }
+  return "";
+}
+
+}  // namespace
+
+std::string tensor_storage_problem(const c10::IValue& value) {
+  std::unordered_set<const void*> seen;
+  return storage_problem(value, seen, 0);
+}
+
 void load_output_archive(const std::string& path, const std::string& what, torch::serialize::InputArchive& archive,
                          int64_t max_bytes) {
   if (!file_exists(path)) throw IoError(what + " not found", "no such " + describe_path(path));
@@ -426,6 +490,12 @@ void load_output_archive(const std::string& path, const std::string& what, torch
     throw IoError(corrupt, describe_path(path) + ": " + e.what_without_backtrace());
   } catch (const std::exception& e) {  // torch::jit's parser of the archive's type names throws std::runtime_error
     throw IoError(corrupt, describe_path(path) + ": " + e.what());
+  }
+  for (const std::string& key : archive.keys()) {
+    c10::IValue value;
+    if (!archive.try_read(key, value)) continue;
+    const std::string why = tensor_storage_problem(value);
+    if (!why.empty()) throw IoError(corrupt, describe_path(path) + ": " + key + ": " + why);
   }
 }
 

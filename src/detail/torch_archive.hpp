@@ -37,8 +37,17 @@ std::string torch_archive_problem(const std::vector<char>& bytes);
 /// constants, imports — is refused: Parry never writes it.
 std::string output_archive_problem(const std::vector<char>& bytes);
 
+/// What is wrong with the tensors reachable from `value` (tensors, lists,
+/// tuples, dicts and objects' attributes), or "": every tensor must read
+/// only elements of its own storage. LibTorch 1.13's unpickler builds a tensor
+/// from the offset, sizes and strides a pickle declares without comparing them
+/// with the storage it loaded, so a mutated file yields tensors that read past
+/// their storage (found by fuzz_saved_state: a heap-buffer-overflow).
+std::string tensor_storage_problem(const c10::IValue& value);
+
 /// Reads the file at `path` (at most `max_bytes`), checks it with
-/// output_archive_problem and loads it into `archive`.
+/// output_archive_problem, loads it into `archive` and checks every value in
+/// it with tensor_storage_problem.
 /// @throws parry::IoError("<what> is corrupt", detail) if it cannot be read,
 ///   is malformed or LibTorch refuses it; "<what> not found" if it does not
 ///   exist; "<what> is too large" over max_bytes. `what` names the file's

@@ -1,6 +1,7 @@
 // Checkpoints of adversarial training (src/train/checkpoint.hpp).
 #include "train/checkpoint.hpp"
 
+#include <cmath>
 #include <mutex>
 #include <sstream>
 
@@ -34,12 +35,22 @@ torch::Tensor history_tensor(const std::vector<EpochReport>& history) {
   return t;
 }
 
-std::vector<EpochReport> history_from_tensor(const torch::Tensor& t) {
+// The rows save_checkpoint wrote: row i is epoch i + 1, every value finite
+// (a corrupt epoch column must not reach a float-to-integer conversion, whose
+// overflow is undefined; found by fuzz_saved_state).
+std::vector<EpochReport> history_from_tensor(const torch::Tensor& t, const std::string& corrupt,
+                                             const std::string& where) {
   std::vector<EpochReport> history;
   auto a = t.accessor<double, 2>();
   for (int64_t i = 0; i < t.size(0); ++i) {
+    for (int64_t c = 0; c < t.size(1); ++c) {
+      if (!std::isfinite(a[i][c])) throw IoError(corrupt, where + ": history holds a value that is not finite");
+    }
+    if (a[i][0] != static_cast<double>(i + 1)) {
+      throw IoError(corrupt, where + ": history row " + std::to_string(i) + " is not epoch " + std::to_string(i + 1));
+    }
     EpochReport r;
-    r.epoch = static_cast<int64_t>(a[i][0]);
+    r.epoch = i + 1;
     r.train_loss = a[i][1];
     r.clean_accuracy = a[i][2];
     r.adversarial_accuracy = a[i][3];
@@ -136,6 +147,7 @@ CheckpointContents restore_checkpoint(const std::string& path, const std::string
       history.size(0) != epoch.toInt() || history.size(1) != kHistoryColumns) {
     throw IoError(corrupt, where + ": missing or malformed epoch, seconds, model, generator or history");
   }
+  const std::vector<EpochReport> restored_history = history_from_tensor(history.contiguous(), corrupt, where);
   // Validate the generator states on a scratch generator first.
   try {
     torch::Generator scratch = at::detail::createCPUGenerator(0);
@@ -175,7 +187,7 @@ CheckpointContents restore_checkpoint(const std::string& path, const std::string
   CheckpointContents contents;
   contents.epoch = epoch.toInt();
   contents.seconds = seconds.toDouble();
-  contents.history = history_from_tensor(history.contiguous());
+  contents.history = restored_history;
   return contents;
 }
 
