@@ -3,6 +3,7 @@
 // must now be refused with a parry::Error and nothing else.
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <filesystem>
 #include <fstream>
 #include <iterator>
@@ -79,4 +80,35 @@ TEST(FuzzReproducers, TensorsThatReadPastTheirStorageAreFound) {
   EXPECT_EQ(tensor_storage_problem(c10::IValue(dict)), "");
   dict.insert("bad", c10::IValue(c10::ivalue::Tuple::create({c10::IValue(strided_past_storage())})));
   EXPECT_NE(tensor_storage_problem(c10::IValue(dict)), "");
+}
+
+TEST(FuzzReproducers, StoragesLargerThanTheirRecordAreRefusedBeforeLibTorchReadsThem) {
+  // An archive holding one 48-byte tensor, its declared numel then raised in
+  // place (BININT1 48 -> 200; LibTorch checks no CRC), as the fuzzer's
+  // mutated checkpoint did: LibTorch would make a 200-byte storage around the
+  // 48-byte record.
+  parry::testing::TempDir dir;
+  const std::string path = dir.file("archive");
+  {
+    torch::serialize::OutputArchive archive;
+    archive.write("state", torch::arange(48, torch::kUInt8));
+    archive.save_to(path);
+  }
+  std::ifstream in(path, std::ios::binary);
+  std::vector<char> bytes((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  EXPECT_EQ(parry::detail::output_archive_problem(bytes), "");
+  const std::string declared = "K\x30tQ";  // BININT1 48, TUPLE, BINPERSID
+  const auto at = std::search(bytes.begin(), bytes.end(), declared.begin(), declared.end());
+  ASSERT_NE(at, bytes.end()) << "the persistent id of the tensor was not found";
+  at[1] = static_cast<char>(200);
+  const std::string problem = parry::detail::output_archive_problem(bytes);
+  EXPECT_NE(problem.find("a storage of 200 bytes in record"), std::string::npos) << problem;
+  EXPECT_NE(problem.find("of 48 bytes"), std::string::npos) << problem;
+  // The checkpoint the fuzzer found declares 2,197 bytes for a 48-byte record.
+  const auto files = reproducers("fuzz_saved_state-tensor-past-its-storage");
+  ASSERT_EQ(files.size(), 1u);
+  std::ifstream reproducer(files[0], std::ios::binary);
+  std::vector<char> found((std::istreambuf_iterator<char>(reproducer)), std::istreambuf_iterator<char>());
+  found.erase(found.begin());  // the first byte picks the reader
+  EXPECT_NE(parry::detail::output_archive_problem(found).find("a storage of 2197 bytes"), std::string::npos);
 }

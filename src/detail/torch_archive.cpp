@@ -8,7 +8,9 @@
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
+#include <memory>
 #include <string_view>
+#include <unordered_map>
 #include <unordered_set>
 
 #include "parry/core/errors.hpp"
@@ -29,28 +31,82 @@ bool ends_with(const std::string& s, std::string_view tail) {
   return s.size() >= tail.size() && s.compare(s.size() - tail.size(), tail.size(), tail) == 0;
 }
 
+// A value on the simulated unpickler's stack, as far as the storage check
+// below needs it: strings, integers, globals and tuples; anything else is
+// kind 0.
+struct Shadow {
+  char kind = 0;          // 's' string, 'i' integer, 'g' global, 't' tuple, 0 anything else
+  std::string_view text;  // a string's bytes; a global's "module\nname"
+  int64_t number = 0;
+  std::shared_ptr<const std::vector<Shadow>> items;  // a tuple's
+};
+
+// Bytes per element of the storage class torch.save names `global`
+// ("torch\nFloatStorage"), or 0 if it is not one. LibTorch's unpickler maps
+// "<ScalarType>Storage" of module torch to that scalar type.
+uint64_t storage_element_bytes(std::string_view global) {
+  constexpr std::string_view module = "torch\n";
+  if (global.substr(0, module.size()) != module) return 0;
+  const std::string_view name = global.substr(module.size());
+  for (int t = 0; t < static_cast<int>(c10::ScalarType::NumOptions); ++t) {
+    const auto type = static_cast<c10::ScalarType>(t);
+    if (name == std::string(c10::toString(type)) + "Storage") return c10::elementSize(type);
+  }
+  return 0;
+}
+
+// What is wrong with the persistent id `id` of a pickle whose storages lie
+// in records `tensor_dir` + key, or "". LibTorch's unpickler makes a storage
+// of the byte size the id declares (numel × element size) around whatever
+// record the key names, without comparing the two (found by
+// fuzz_saved_state: a checkpoint declaring 2,197 bytes for a 48-byte record,
+// a heap-buffer-overflow when the tensor was read). torch.save and
+// torch::save write ('storage', torch.<Type>Storage, key, location, numel).
+std::string persistent_id_problem(const Shadow& id, const std::string& tensor_dir,
+                                  const std::unordered_map<std::string, uint64_t>& record_sizes) {
+  const std::vector<Shadow>* items = id.kind == 't' ? id.items.get() : nullptr;
+  if (items == nullptr || items->size() != 5 || (*items)[0].kind != 's' || (*items)[0].text != "storage" ||
+      (*items)[1].kind != 'g' || (*items)[2].kind != 's' || (*items)[3].kind != 's' || (*items)[4].kind != 'i') {
+    return "a persistent id other than ('storage', type, key, location, numel)";
+  }
+  const uint64_t element_bytes = storage_element_bytes((*items)[1].text);
+  if (element_bytes == 0) return "a storage of an unknown type";
+  const int64_t numel = (*items)[4].number;
+  uint64_t bytes = 0;
+  if (numel < 0 || __builtin_mul_overflow(static_cast<uint64_t>(numel), element_bytes, &bytes)) {
+    return "a storage of " + std::to_string(numel) + " elements";
+  }
+  if (bytes == 0) return "";  // LibTorch reads no record for an empty storage
+  const std::string key(tensor_dir + std::string((*items)[2].text));
+  const auto record = record_sizes.find(key);
+  if (record == record_sizes.end()) return "a storage whose record " + key + " is missing";
+  if (record->second < bytes) {
+    return "a storage of " + std::to_string(bytes) + " bytes in record " + key + " of " +
+           std::to_string(record->second) + " bytes";
+  }
+  return "";
+}
+
 // What is wrong with the pickle b[begin, begin + n) before LibTorch reads
-// it: an opcode whose argument runs past the end, a memo index past the
-// memo's end, or an opcode that takes more from the stack than it holds
-// (see below). LibTorch 1.13's
-// Unpickler::readBytes allocates and zero-fills the length a string opcode
-// declares before it checks that the data holds it (found by
-// fuzz_tensor_file: a 2 KB file declaring a 1.9 GB string, 11 s under ASan). Walks the
-// opcodes with the argument sizes of the pickle format, as LibTorch reads
-// them, up to STOP or an opcode LibTorch does not know either (it stops there
-// with its own error).
-std::string pickle_problem(const std::vector<char>& b, uint64_t begin, uint64_t n) {
+// it, or "": an opcode whose argument runs past the end, a memo index past
+// the memo's end, an opcode that takes more from the stack than it holds,
+// or a storage larger than its record (see below). Walks the opcodes with
+// the argument sizes of the pickle format, as LibTorch reads them, up to
+// STOP or an opcode LibTorch does not know either (it stops there with its
+// own error). A storage's key names record `tensor_dir` + key;
+// `record_sizes` holds every record of the archive.
+std::string pickle_problem(const std::vector<char>& b, uint64_t begin, uint64_t n, const std::string& tensor_dir,
+                           const std::unordered_map<std::string, uint64_t>& record_sizes) {
   uint64_t i = 0;
-  uint64_t memo_size = 0;
-  // The unpickler's stack, simulated: how many values it holds, and where
-  // each MARK was set. LibTorch's Unpickler takes values with stack_.back()
-  // and iterators from its marks without checking either (found by
-  // fuzz_saved_state: a mutated checkpoint whose opcode popped an empty
-  // stack, a SEGV). Every opcode must find the values it takes above the
-  // last mark, as in Python's pickle.
-  uint64_t depth = 0;
+  // The unpickler's stack and memo, simulated, and where each MARK was set.
+  // LibTorch's Unpickler takes values with stack_.back() and iterators from
+  // its marks without checking either (found by fuzz_saved_state: a mutated
+  // checkpoint whose opcode popped an empty stack, a SEGV). Every opcode
+  // must find the values it takes above the last mark, as in Python's pickle.
+  std::vector<Shadow> stack;
+  std::vector<Shadow> memo;
   std::vector<uint64_t> marks;
-  auto above_mark = [&] { return depth - (marks.empty() ? 0 : marks.back()); };
+  auto above_mark = [&] { return stack.size() - (marks.empty() ? 0 : marks.back()); };
   auto at = [&](uint64_t k) {
     char op[8];
     std::snprintf(op, sizeof op, "0x%02x", static_cast<unsigned>(static_cast<uint8_t>(b[begin + k])));
@@ -88,74 +144,116 @@ std::string pickle_problem(const std::vector<char>& b, uint64_t begin, uint64_t 
     }
     const uint64_t left = n - i;
     if (static_cast<uint64_t>(fixed + prefix) > left) return at(start) + " is cut short";
+    const uint64_t argument = begin + i;  // where the argument starts in `b`
     // A memo index: LibTorch's Unpickler::setInput grows its memo table to
     // the index (16 bytes per entry) before it stores anything (found by
     // fuzz_saved_state: a 4 KB checkpoint whose LONG_BINPUT asked for 30 GB).
     // Picklers number the memo from 0 without gaps.
-    if (op == 'q' || op == 'r') {
-      const uint64_t index = le(b, begin + i, fixed);
-      if (index > memo_size) {
-        return at(start) + " stores memo entry " + std::to_string(index) + " after " + std::to_string(memo_size) +
-               " entries";
-      }
-      memo_size = std::max(memo_size, index + 1);
-    } else if (op == 0x94) {  // MEMOIZE: the next index
-      ++memo_size;
-    } else if ((op == 'h' || op == 'j') && le(b, begin + i, fixed) >= memo_size) {
-      return at(start) + " reads memo entry " + std::to_string(le(b, begin + i, fixed)) + " of " +
-             std::to_string(memo_size);
+    const uint64_t memo_index = in("qrhj") ? le(b, argument, fixed) : 0;
+    if ((op == 'q' || op == 'r') && memo_index > memo.size()) {
+      return at(start) + " stores memo entry " + std::to_string(memo_index) + " after " + std::to_string(memo.size()) +
+             " entries";
     }
-    // The stack effect: values taken (above the last mark) and values left.
+    if ((op == 'h' || op == 'j') && memo_index >= memo.size()) {
+      return at(start) + " reads memo entry " + std::to_string(memo_index) + " of " + std::to_string(memo.size());
+    }
+    // The argument's length and the end of its lines.
+    uint64_t length = 0;
+    if (prefix > 0) {
+      length = le(b, argument, prefix);
+      if (length > n - i - static_cast<uint64_t>(prefix)) {
+        return at(start) + " declares " + std::to_string(length) + " bytes, but " +
+               std::to_string(n - i - static_cast<uint64_t>(prefix)) + " remain";
+      }
+    }
+    uint64_t end = i + static_cast<uint64_t>(fixed + prefix) + length;
+    for (int line = 0; line < lines; ++line) {
+      while (end < n && b[begin + end] != '\n') ++end;
+      if (end == n) return at(start) + " is cut short";
+      ++end;
+    }
+    // The stack effect: values taken (above the last mark) and the value left.
     if (in("(")) {
-      marks.push_back(depth);
+      marks.push_back(stack.size());
     } else if (in("tdl1eu\x90\x91o")) {  // take everything down to the last mark
       if (marks.empty()) return at(start) + " has no mark to pop to";
-      const uint64_t items = depth - marks.back();
-      depth = marks.back();
+      const uint64_t items = stack.size() - marks.back();
+      Shadow made;  // the tuple, dict, list, frozenset or object
+      if (op == 't') {
+        made.kind = 't';
+        made.items = std::make_shared<const std::vector<Shadow>>(stack.begin() + static_cast<int64_t>(marks.back()),
+                                                                 stack.end());
+      }
+      stack.resize(marks.back());
       marks.pop_back();
       if ((op == 'd' || op == 'u') && items % 2 != 0) return at(start) + " has an odd number of keys and values";
       if (in("eu\x90") && above_mark() < 1) return at(start) + " has no container to add to";
       if (op == 'o' && items < 1) return at(start) + " has no class to build";
-      if (!in("1eu\x90")) ++depth;  // the tuple, dict, list, frozenset or object
+      if (!in("1eu\x90")) stack.push_back(std::move(made));
     } else {
-      int takes = 0, leaves = 1;              // most opcodes push one value
+      uint64_t takes = 0;  // most opcodes push one value and take none
+      bool leaves = true;
       if (op == '.' || in("qrp\x94Q\x85")) {  // STOP, memo stores, BINPERSID, TUPLE1
         takes = 1;
-        leaves = op == '.' ? 0 : 1;
+        leaves = op != '.';
       } else if (op == '0') {  // POP
         takes = 1;
-        leaves = 0;
-      } else if (op == '2') {  // DUP
-        takes = 1;
-        leaves = 2;
+        leaves = false;
       } else if (in("aRb\x81\x86\x93")) {  // APPEND, REDUCE, BUILD, NEWOBJ, TUPLE2, STACK_GLOBAL
         takes = 2;
       } else if (in("s\x87\x92")) {  // SETITEM, TUPLE3, NEWOBJ_EX
         takes = 3;
       } else if (in("\x80\x95")) {  // PROTO, FRAME
-        leaves = 0;
+        leaves = false;
+      } else if (op == '2') {  // DUP
+        takes = 1;
       }
-      if (above_mark() < static_cast<uint64_t>(takes)) {
+      if (above_mark() < takes) {
         return at(start) + " takes " + std::to_string(takes) + " values from a stack holding " +
                std::to_string(above_mark());
       }
-      depth = depth - static_cast<uint64_t>(takes) + static_cast<uint64_t>(leaves);
       if (op == '.') return "";  // STOP
-    }
-    if (prefix > 0) {
-      const uint64_t length = le(b, begin + i, prefix);
-      i += static_cast<uint64_t>(prefix);
-      if (length > n - i) {
-        return at(start) + " declares " + std::to_string(length) + " bytes, but " + std::to_string(n - i) + " remain";
+      std::vector<Shadow> taken(stack.end() - static_cast<int64_t>(takes), stack.end());
+      stack.resize(stack.size() - takes);
+      Shadow left_behind;
+      if (in("qrp\x94")) {  // memo stores leave the value where it was
+        left_behind = taken[0];
+        if (op == 'p') {  // PUT's decimal index: LibTorch does not read it, nor do Parry's checks
+        } else if (op == 0x94 || memo_index == memo.size()) {
+          memo.push_back(taken[0]);
+        } else {
+          memo[memo_index] = taken[0];
+        }
+      } else if (op == 'Q') {
+        const std::string why = persistent_id_problem(taken[0], tensor_dir, record_sizes);
+        if (!why.empty()) return at(start) + " loads " + why;
+      } else if (in(")\x85\x86\x87")) {  // EMPTY_TUPLE, TUPLE1..3
+        left_behind.kind = 't';
+        left_behind.items = std::make_shared<const std::vector<Shadow>>(std::move(taken));
+      } else if (op == '2') {
+        left_behind = taken[0];
+        stack.push_back(taken[0]);
+      } else if (op == 'h' || op == 'j') {
+        left_behind = memo[memo_index];
+      } else if (in("KMJ")) {
+        const uint64_t raw = le(b, argument, fixed);
+        left_behind.kind = 'i';
+        left_behind.number = op == 'J' ? static_cast<int32_t>(static_cast<uint32_t>(raw)) : static_cast<int64_t>(raw);
+      } else if (op == 0x8a && length <= 8) {  // LONG1: little-endian two's complement
+        left_behind.kind = 'i';
+        uint64_t raw = length == 0 ? 0 : le(b, argument + 1, static_cast<int>(length));
+        if (length > 0 && length < 8 && (raw >> (8 * length - 1)) != 0) raw |= ~uint64_t{0} << (8 * length);
+        left_behind.number = static_cast<int64_t>(raw);
+      } else if (in("X\x8c\x8d")) {  // BINUNICODE, SHORT_BINUNICODE, BINUNICODE8
+        left_behind.kind = 's';
+        left_behind.text = std::string_view(b.data() + argument + prefix, length);
+      } else if (op == 'c') {  // GLOBAL "module\nname\n"
+        left_behind.kind = 'g';
+        left_behind.text = std::string_view(b.data() + argument, end - i - 1);
       }
-      i += length;
+      if (leaves) stack.push_back(std::move(left_behind));
     }
-    i += static_cast<uint64_t>(fixed);
-    for (int line = 0; line < lines; ++line) {
-      while (i < n && b[begin + i] != '\n') ++i;
-      if (i == n) return at(start) + " is cut short";
-      ++i;
-    }
+    i = end;
   }
   return "";
 }
@@ -265,9 +363,13 @@ std::string structure_problem(const std::vector<char>& b, bool deflated_source, 
   std::string problem;
   out = records(b, deflated_source, problem);
   if (!problem.empty()) return problem;
+  std::unordered_map<std::string, uint64_t> record_sizes;
+  for (const Record& r : out) record_sizes.emplace(r.name, r.size);
   for (const Record& r : out) {
     if (!r.deflated && ends_with(lowercase(r.name), "pkl")) {  // data.pkl, constants.pkl, *.debug_pkl
-      const std::string why = pickle_problem(b, r.data, r.size);
+      // "<archive>/data.pkl" keeps its storages in "<archive>/data/<key>".
+      const std::string tensor_dir = r.name.substr(0, r.name.rfind('.')) + "/";
+      const std::string why = pickle_problem(b, r.data, r.size, tensor_dir, record_sizes);
       if (!why.empty()) return "record " + r.name + ": " + why;
     }
   }

@@ -22,7 +22,10 @@ namespace parry::detail {
 /// archive `bytes`, or "": every record must be stored uncompressed (neither
 /// writer compresses), lie inside the file with one declared size, and every
 /// pickle record (*.pkl, *.debug_pkl) must hold only opcodes whose
-/// arguments fit in the record.
+/// arguments fit in the record and take only values the stack holds, and
+/// every storage it loads must fit in its record (`<archive>/data/<key>`
+/// for `<archive>/data.pkl`): LibTorch 1.13's unpickler gives a storage the
+/// byte size the pickle declares, whatever the size of the record it reads.
 std::string torch_archive_problem(const std::vector<char>& bytes);
 
 /// torch_archive_problem, except that module source (*.py records) may be
