@@ -16,9 +16,9 @@ InputSpec spec() {
 
 // Asserts that validate() rejects `x` with an InputError whose public message
 // mentions `expected_words` and nothing internal.
-void expect_rejected(const torch::Tensor& x, const std::string& expected_words) {
+void expect_rejected(const torch::Tensor& x, const std::string& expected_words, const InputSpec& checker = spec()) {
   try {
-    spec().validate(x);
+    checker.validate(x);
     FAIL() << "accepted bad input, expected: " << expected_words;
   } catch (const InputError& e) {
     const std::string message = e.public_message();
@@ -103,4 +103,32 @@ TEST(InputSpec, RejectsDevicesThatAreNotServed) {
   // CPU and CUDA are served (the Guard moves input to the model's device);
   // a meta tensor has no data to check.
   expect_rejected(torch::empty({1, 1, 28, 28}, torch::TensorOptions().device(torch::kMeta)), "CPU or CUDA");
+}
+
+TEST(InputSpec, NonContiguousInputIsCheckedLikeContiguousInput) {
+  // A transposed view takes the tensor path, a contiguous batch the scan:
+  // both must find the same bad values, wherever they are.
+  auto x = torch::rand({2, 1, 28, 28});
+  EXPECT_NO_THROW(spec().validate(x.transpose(2, 3)));
+  for (const int64_t at : {0, 1, 783, 1567}) {
+    auto bad = torch::rand({2, 1, 28, 28});
+    bad.view(-1)[at] = std::numeric_limits<float>::quiet_NaN();
+    expect_rejected(bad, "NaN or infinite");
+    expect_rejected(bad.transpose(2, 3), "NaN or infinite");
+    auto high = torch::rand({2, 1, 28, 28});
+    high.view(-1)[at] = 1.5f;
+    expect_rejected(high, "outside [0, 1]");
+    expect_rejected(high.transpose(2, 3), "outside [0, 1]");
+    auto low = torch::rand({2, 1, 28, 28});
+    low.view(-1)[at] = -std::numeric_limits<float>::infinity();
+    expect_rejected(low, "NaN or infinite");
+  }
+  // Above the scan's limit (65,536 values) a contiguous batch takes the tensor path too.
+  const InputSpec rgb = InputSpec(3, 224, 224).max_batch(2);
+  auto large = torch::rand({2, 3, 224, 224});
+  EXPECT_NO_THROW(rgb.validate(large));
+  large.view(-1)[large.numel() - 1] = std::numeric_limits<float>::quiet_NaN();
+  expect_rejected(large, "NaN or infinite", rgb);
+  large.view(-1)[large.numel() - 1] = 1.5f;
+  expect_rejected(large, "outside [0, 1]", rgb);
 }

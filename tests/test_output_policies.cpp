@@ -1,5 +1,7 @@
 #include "parry/conceal/output_policies.hpp"
 
+#include <limits>
+
 #include "test_support.hpp"
 
 using namespace parry;
@@ -14,6 +16,29 @@ TEST(OutputPolicies, LabelOnlyRevealsOnlyLabels) {
   EXPECT_EQ(r.labels, (std::vector<int64_t>{1, 3}));
   EXPECT_FALSE(r.scores.defined());
   EXPECT_FALSE(r.top_classes.defined());
+}
+
+TEST(OutputPolicies, LabelsAreTorchArgmaxForEveryLayoutAndForNaN) {
+  torch::manual_seed(4);
+  torch::Tensor logits = torch::randn({64, 10});
+  logits[3] = 1.0f;  // ties: the first maximum
+  logits[5][2] = 7.0f;
+  logits[5][8] = 7.0f;
+  logits[7][0] = std::numeric_limits<float>::quiet_NaN();  // a NaN counts as the maximum
+  logits[9][4] = std::numeric_limits<float>::quiet_NaN();
+  logits[9][6] = std::numeric_limits<float>::quiet_NaN();
+  logits[11][9] = std::numeric_limits<float>::quiet_NaN();
+  const auto expect_argmax = [](const torch::Tensor& l) {
+    Response r;
+    LabelOnly().fill(l, r);
+    const torch::Tensor expected = l.argmax(1).contiguous();
+    EXPECT_EQ(r.labels,
+              std::vector<int64_t>(expected.data_ptr<int64_t>(), expected.data_ptr<int64_t>() + expected.numel()));
+  };
+  expect_argmax(logits);                                                      // the scan
+  expect_argmax(logits.t().contiguous().t());                                 // a strided view: the kernel
+  expect_argmax(logits.to(torch::kFloat64));                                  // another dtype: the kernel
+  expect_argmax(torch::tensor({{-std::numeric_limits<float>::infinity()}}));  // one class
 }
 
 TEST(OutputPolicies, TopKRevealsKClasses) {

@@ -2,6 +2,7 @@
 // detectors on pixels, then the model and the output policy.
 #include "parry/core/guard.hpp"
 
+#include <algorithm>
 #include <sstream>
 
 #include "parry/core/log.hpp"
@@ -116,13 +117,19 @@ Response Guard::predict_valid(const torch::Tensor& batch, const GateOutcome& gat
                           " for a batch of " + std::to_string(batch.size(0)));
     }
     Response response;
-    torch::Tensor flagged = torch::zeros({batch.size(0)}, torch::kBool);
-    const DetectorInput detector_input{x, logits, model_};
-    for (const auto& detector : detectors_) flagged |= detector->flag(detector_input).to(torch::kCPU, torch::kBool);
     policy_->fill(logits.device().is_cpu() ? logits : logits.cpu(), response);  // responses live on the CPU
-    const torch::Tensor flags = flagged.to(torch::kUInt8).contiguous();
-    response.flagged.assign(flags.data_ptr<uint8_t>(), flags.data_ptr<uint8_t>() + flags.numel());
-    if (flagged.any().item<bool>()) {
+    bool any_flagged = false;
+    if (detectors_.empty()) {
+      response.flagged.assign(static_cast<size_t>(batch.size(0)), 0);  // no tensor work for a Guard without detectors
+    } else {
+      torch::Tensor flagged = torch::zeros({batch.size(0)}, torch::kBool);
+      const DetectorInput detector_input{x, logits, model_};
+      for (const auto& detector : detectors_) flagged |= detector->flag(detector_input).to(torch::kCPU, torch::kBool);
+      const torch::Tensor flags = flagged.to(torch::kUInt8).contiguous();
+      response.flagged.assign(flags.data_ptr<uint8_t>(), flags.data_ptr<uint8_t>() + flags.numel());
+      any_flagged = std::find(response.flagged.begin(), response.flagged.end(), 1) != response.flagged.end();
+    }
+    if (any_flagged) {
       response.verdict = Verdict::Flagged;
       response.reason = reason::kFlagged;
     } else if (gates.flagged) {

@@ -24,11 +24,9 @@ class OutputPolicy {
 };
 
 namespace detail {
-/// response.labels = argmax of each row of logits N×K.
-inline void fill_labels(const torch::Tensor& logits, Response& response) {
-  const torch::Tensor labels = logits.argmax(1).to(torch::kCPU, torch::kInt64).contiguous();
-  response.labels.assign(labels.data_ptr<int64_t>(), labels.data_ptr<int64_t>() + labels.numel());
-}
+/// response.labels = argmax of each row of logits N×K (torch::argmax's
+/// answer: the first maximum, a NaN counting as the maximum).
+void fill_labels(const torch::Tensor& logits, Response& response);
 }  // namespace detail
 
 /// Only the top-1 label: the default policy of a Guard (conceal::LabelOnly is
