@@ -15,6 +15,13 @@ for cmd in train eval calibrate predict demo serve keys; do
   "$parry" "$cmd" --help >/dev/null || fail "$cmd --help"
 done
 
+# OpenMP workers sleep rather than spin while they wait, unless the user chose
+# otherwise: what libgomp itself saw when it loaded (OMP_DISPLAY_ENV).
+env -u OMP_WAIT_POLICY OMP_DISPLAY_ENV=true "$parry" components >/dev/null 2>omp.txt
+grep -q "OMP_WAIT_POLICY = 'PASSIVE'" omp.txt || { cat omp.txt; fail "libgomp did not start with OMP_WAIT_POLICY=PASSIVE"; }
+OMP_WAIT_POLICY=ACTIVE OMP_DISPLAY_ENV=true "$parry" components >/dev/null 2>omp.txt
+grep -q "OMP_WAIT_POLICY = 'ACTIVE'" omp.txt || { cat omp.txt; fail "the user's OMP_WAIT_POLICY=ACTIVE was replaced"; }
+
 # Bad arguments: a clear message and a non-zero exit.
 expect_error() {  # expect_error <text the message must contain> <args...>
   local want="$1"; shift
