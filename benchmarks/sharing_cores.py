@@ -4,16 +4,17 @@ beside another busy 2-thread LibTorch process, in one run (issue 18, target:
 beside <= 2.5x alone).
 
 Usage: sharing_cores.py PARRY_BINARY [IMAGES]
-  default: 4096 training images, PGD-7 adversarial training, batch 128, 2 threads.
+  default: 4096 training images, PGD-7 adversarial training, batch 128.
 
 The neighbour is a Python PyTorch process with 2 intra-op threads multiplying
 256x256 matrices without pause, with libgomp's default wait policy (what an
-unrelated program on a user's machine does). Four measurements, interleaved,
-REPEATS times (env, default 2), medians reported:
-  alone            parry with its default (OpenMP workers sleep while they wait)
-  beside           the same, beside the neighbour
-  alone, ACTIVE    OMP_WAIT_POLICY=ACTIVE (spinning workers: parry before the change)
-  beside, ACTIVE   the same, beside the neighbour
+unrelated program on a user's machine does). Three configurations,
+each alone and beside the neighbour, interleaved, REPEATS times (env, default
+2), medians reported:
+  default                  parry's defaults: as many intra-op threads as cores
+                           were idle at start-up, OpenMP workers sleep while they wait
+  --threads 2, PASSIVE     the same policy, the first release's fixed 2 threads
+  --threads 2, ACTIVE      the first release (spinning workers, 2 threads)
 The figure is the epoch's training time that `parry train` prints (without the
 held-out evaluation). Also prints the neighbour's own matrix products per
 second in each case, so that a faster parry is not bought with a stalled
@@ -53,13 +54,13 @@ def stop_neighbour(neighbour):
     return float(out.split()[-1])
 
 
-def train_epoch(parry, images, policy):
+def train_epoch(parry, images, policy, threads):
     env = dict(os.environ)
     env.pop("OMP_WAIT_POLICY", None)
     if policy:
         env["OMP_WAIT_POLICY"] = policy
     with tempfile.TemporaryDirectory() as work:
-        args = [parry, "--threads", "2", "--data", DATA, "train", "--limit", str(images), "--epochs", "1", "--batch",
+        args = [parry] + (["--threads", threads] if threads else []) + ["--data", DATA, "train", "--limit", str(images), "--epochs", "1", "--batch",
                 "128", "--no-augment", "--method", "adversarial", "--attack", "pgd", "--steps", "7", "--out",
                 os.path.join(work, "m.pt")]
         r = subprocess.run(args, env=env, capture_output=True, text=True)
@@ -68,13 +69,13 @@ def train_epoch(parry, images, policy):
         return float(re.search(r"epoch 1: loss [0-9.]+, lr [0-9.e+-]+, ([0-9.]+) s", r.stderr).group(1))
 
 
-def beside_neighbour(parry, images, policy):
+def beside_neighbour(parry, images, policy, threads):
     env = dict(os.environ)
     env.pop("OMP_WAIT_POLICY", None)
     neighbour = subprocess.Popen(["/usr/bin/python3", "-c", NEIGHBOUR], env=env, stdout=subprocess.PIPE, text=True)
     try:
         neighbour.stdout.readline()  # ready
-        seconds = train_epoch(parry, images, policy)
+        seconds = train_epoch(parry, images, policy, threads)
         rate = stop_neighbour(neighbour)
     finally:
         if neighbour.poll() is None:
@@ -94,30 +95,29 @@ def main():
     parry = sys.argv[1]
     images = int(sys.argv[2]) if len(sys.argv) > 2 else 4096
     repeats = int(os.environ.get("REPEATS", "2"))
-    print("cores: %d; %d training images, one epoch of PGD-7 adversarial training, batch 128, 2 threads; "
+    print("cores: %d; %d training images, one epoch of PGD-7 adversarial training, batch 128; "
           "medians of %d interleaved run(s)" % (os.cpu_count(), images, repeats))
-    times = {key: [] for key in ["alone", "beside", "alone_active", "beside_active"]}
-    rates = {"beside": [], "beside_active": []}
+    # (label, OMP_WAIT_POLICY, --threads): parry's default, its default policy
+    # with the first release's fixed two threads, and the first release.
+    configs = [("default (idle cores, PASSIVE)", None, None), ("--threads 2, PASSIVE", None, "2"),
+               ("--threads 2, ACTIVE (first release)", "ACTIVE", "2")]
+    times = {label: {"alone": [], "beside": []} for label, _, _ in configs}
+    rates = {label: [] for label, _, _ in configs}
     for _ in range(repeats):
-        times["alone"].append(train_epoch(parry, images, None))
-        seconds, rate = beside_neighbour(parry, images, None)
-        times["beside"].append(seconds)
-        rates["beside"].append(rate)
-        times["alone_active"].append(train_epoch(parry, images, "ACTIVE"))
-        seconds, rate = beside_neighbour(parry, images, "ACTIVE")
-        times["beside_active"].append(seconds)
-        rates["beside_active"].append(rate)
+        for label, policy, threads in configs:
+            times[label]["alone"].append(train_epoch(parry, images, policy, threads))
+            seconds, rate = beside_neighbour(parry, images, policy, threads)
+            times[label]["beside"].append(seconds)
+            rates[label].append(rate)
     solo_rate = neighbour_alone()
-    m = {key: statistics.median(v) for key, v in times.items()}
-    print("| parry's OpenMP wait policy | alone | beside the neighbour | ratio | neighbour's products/s (alone: %.0f) |"
-          % solo_rate)
+    print("| parry | alone | beside the neighbour | ratio | neighbour's products/s (alone: %.0f) |" % solo_rate)
     print("| --- | ---: | ---: | ---: | ---: |")
-    print("| default (PASSIVE) | %.1f s | %.1f s | %.2fx | %.0f |" %
-          (m["alone"], m["beside"], m["beside"] / m["alone"], statistics.median(rates["beside"])))
-    print("| ACTIVE (spinning) | %.1f s | %.1f s | %.2fx | %.0f |" %
-          (m["alone_active"], m["beside_active"], m["beside_active"] / m["alone_active"],
-           statistics.median(rates["beside_active"])))
-    ratio = m["beside"] / m["alone"]
+    for label, _, _ in configs:
+        alone = statistics.median(times[label]["alone"])
+        beside = statistics.median(times[label]["beside"])
+        print("| %s | %.1f s | %.1f s | %.2fx | %.0f |" % (label, alone, beside, beside / alone,
+                                                           statistics.median(rates[label])))
+    ratio = statistics.median(times[configs[0][0]]["beside"]) / statistics.median(times[configs[0][0]]["alone"])
     print("target beside <= 2.5x alone: %s (%.2fx)" % ("met" if ratio <= 2.5 else "missed", ratio))
 
 

@@ -20,7 +20,7 @@ struct CommonOptions {
   std::string train_data;  // overrides the training split of data_dir
   int64_t channels = 0;    // image folders: 1 or 3 (0: 3, RGB, as torchvision)
   std::string resize;      // image folders: "HxW" (empty: keep each image's size)
-  int threads = 2;
+  int threads = 0;         // 0: the cores idle at start-up (parry::idle_cores)
 };
 
 /// A subcommand: its CLI11 app and what runs it once the line is parsed.

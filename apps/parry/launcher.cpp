@@ -4,6 +4,9 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <ATen/Parallel.h>
+
+#include <algorithm>
 #include <chrono>
 #include <cstdio>
 #include <fstream>
@@ -60,7 +63,15 @@ std::vector<std::string> without_rank_options(const std::vector<std::string>& ar
 
 int launch_local_ranks(const TrainOptions& opts) {
   const train::RendezvousStore store("127.0.0.1", 0, opts.dist_timeout);
-  const std::vector<std::string> base = without_rank_options(own_arguments());
+  std::vector<std::string> base = without_rank_options(own_arguments());
+  const bool threads_given = std::any_of(
+      base.begin(), base.end(), [](const std::string& a) { return a == "--threads" || a.rfind("--threads=", 0) == 0; });
+  if (!threads_given && !base.empty()) {
+    // The ranks share the cores this process found idle: each takes its part,
+    // rather than each finding them all idle at the same moment.
+    const int64_t per_rank = std::max<int64_t>(1, at::get_num_threads() / opts.nproc);
+    base.insert(base.begin() + 1, {"--threads", std::to_string(per_rank)});
+  }
   std::fprintf(stderr, "starting %lld local ranks (rendezvous on 127.0.0.1:%lld)\n", static_cast<long long>(opts.nproc),
                static_cast<long long>(store.port()));
   std::fflush(stderr);

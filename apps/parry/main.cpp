@@ -61,9 +61,9 @@ int main(int argc, char** argv) {
   app.add_option("--channels", common.channels, "Image folders: decode to 1 (grayscale) or 3 (RGB, default) channels")
       ->check(CLI::IsMember({1, 3}));
   app.add_option("--resize", common.resize, "Image folders: resize every image to HEIGHTxWIDTH, e.g. 224x224");
-  app.add_option("--threads", common.threads, "LibTorch intra-op threads")
-      ->check(CLI::Range(1, 256))
-      ->capture_default_str();
+  app.add_option("--threads", common.threads,
+                 "LibTorch intra-op threads (default: the cores that no process kept busy in 100 ms at start-up)")
+      ->check(CLI::Range(1, 256));
   const std::vector<cli::Command> commands{
       cli::add_train_command(app, common),     cli::add_demo_command(app, common),
       cli::add_eval_command(app, common),      cli::add_components_command(app),
@@ -71,6 +71,9 @@ int main(int argc, char** argv) {
       cli::add_serve_command(app, common),     cli::add_keys_command(app),
   };
   CLI11_PARSE(app, argc, argv);
+  // Another busy process on the cores makes OpenMP's barriers wait for
+  // preempted threads: take only the cores that are free (docs/benchmarks.md).
+  if (common.threads == 0) common.threads = idle_cores();
   configure_runtime(RuntimeOptions().threads(common.threads));
   try {
     for (const auto& command : commands) {

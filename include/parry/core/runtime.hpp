@@ -1,6 +1,9 @@
 // Process-wide runtime settings for serving and training on CPU.
 #pragma once
 
+#include <chrono>
+#include <string>
+
 namespace parry {
 
 /// Settings applied by configure_runtime().
@@ -27,5 +30,25 @@ struct RuntimeOptions {
 /// other threads use LibTorch. Parry never calls it on its own.
 /// @throws parry::OptionError on invalid options.
 void configure_runtime(const RuntimeOptions& options = {});
+
+/// The number of this machine's cores that no process kept busy during
+/// `window` (system-wide CPU time from /proc/stat, busy = all but idle and
+/// I/O wait), rounded to the nearest core, clamped to [1, the cores the
+/// kernel reports]. It sleeps for `window`. Meant for choosing intra-op
+/// threads at start-up: OpenMP's parallel regions wait for their slowest
+/// thread, so more threads than free cores beside another busy process
+/// costs far more than their share (docs/benchmarks.md, "Sharing the
+/// cores"). A snapshot: a process that runs for hours sees the load of its
+/// first `window` only. Where /proc/stat cannot be read, every core counts
+/// as idle.
+/// @throws parry::OptionError if `window` is not between 10 ms and 10 s.
+int idle_cores(std::chrono::milliseconds window = std::chrono::milliseconds(100));
+
+namespace detail {
+/// idle_cores()'s arithmetic: the idle cores of `cores` between two
+/// snapshots of /proc/stat's first line ("cpu  user nice system idle iowait
+/// ..."); `cores` when either cannot be read or time did not advance.
+int idle_cores_between(const std::string& stat_before, const std::string& stat_after, int cores);
+}  // namespace detail
 
 }  // namespace parry
