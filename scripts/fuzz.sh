@@ -47,27 +47,40 @@ export ASAN_OPTIONS="detect_leaks=1:abort_on_error=1:strict_string_checks=1:fast
 export LSAN_OPTIONS="suppressions=$root/tests/fuzz/lsan.supp:print_suppressions=0"
 export UBSAN_OPTIONS="halt_on_error=1:print_stacktrace=1"
 export OMP_NUM_THREADS=1 OMP_WAIT_POLICY=PASSIVE
+# Targets run PARRY_FUZZ_JOBS at a time (default 2, one per core; each fuzzer is
+# one process with one intra-op thread), and are reported in the order given.
+jobs=${PARRY_FUZZ_JOBS:-2}
+fuzz_one() {
+  local target=$1
+  local corpus="$build_dir/corpus/$target" findings="$build_dir/findings/$target"
+  mkdir -p "$corpus" "$findings"
+  local dict=()
+  if [ -f "$root/tests/fuzz/$target.dict" ]; then dict=(-dict="$root/tests/fuzz/$target.dict"); fi
+  local code=0
+  "$build_dir/tests/fuzz/$target" -max_total_time="$seconds" -timeout=10 -rss_limit_mb=4096 -print_final_stats=1 \
+    "${runs[@]}" -artifact_prefix="$findings/" "${dict[@]}" "$corpus" "$root/tests/fuzz/corpus/$target" \
+    >"$build_dir/$target.log" 2>&1 || code=$?
+  echo "$code" >"$build_dir/$target.exit"
+}
+for target in "${targets[@]}"; do
+  rm -f "$build_dir/$target.exit"
+  while [ "$(jobs -rp | wc -l)" -ge "$jobs" ]; do wait -n || true; done
+  fuzz_one "$target" &
+done
+wait
 status=0
 printf '%-18s %12s %8s %8s %8s %8s  %s\n' target executions exec/s cov ft corpus outcome
 for target in "${targets[@]}"; do
-  corpus="$build_dir/corpus/$target"
-  findings="$build_dir/findings/$target"
-  mkdir -p "$corpus" "$findings"
-  dict=()
-  if [ -f "$root/tests/fuzz/$target.dict" ]; then dict=(-dict="$root/tests/fuzz/$target.dict"); fi
   log="$build_dir/$target.log"
-  set +e
-  "$build_dir/tests/fuzz/$target" -max_total_time="$seconds" -timeout=10 -rss_limit_mb=4096 -print_final_stats=1 \
-    "${runs[@]}" -artifact_prefix="$findings/" "${dict[@]}" "$corpus" "$root/tests/fuzz/corpus/$target" >"$log" 2>&1
-  code=$?
-  set -e
+  findings="$build_dir/findings/$target"
+  code=$(cat "$build_dir/$target.exit" 2>/dev/null || echo "?")
   executions=$(sed -n 's/^stat::number_of_executed_units: *//p' "$log" | tail -1)
   coverage=$(grep -o 'cov: [0-9]*' "$log" | tail -1 | cut -d' ' -f2)
   features=$(grep -o 'ft: [0-9]*' "$log" | tail -1 | cut -d' ' -f2)
   speed=$(sed -n 's/^stat::average_exec_per_sec: *//p' "$log" | tail -1)
   units=$(grep -o 'corp: [0-9]*' "$log" | tail -1 | cut -d' ' -f2)
   outcome="ok"
-  if [ $code -ne 0 ]; then
+  if [ "$code" != 0 ]; then
     outcome="FAILED (exit $code; log $log, reproducer in $findings/)"
     status=1
   fi

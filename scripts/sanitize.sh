@@ -6,9 +6,11 @@
 #   scripts/sanitize.sh ci [fuzz seconds]       CI's sanitizer step: ONE clang-14 build (build-fuzz/, ASan +
 #                                               UBSan + libFuzzer's coverage instrumentation) gives both the
 #                                               whole gtest suite under ASan+UBSan+LSan and the fuzz targets;
-#                                               runs the suite, then each fuzz target for 30 s (default; libFuzzer seed 1,
-#                                               PARRY_FUZZ_SEED overrides it) on its
-#                                               committed corpus (scripts/fuzz.sh). Prints each phase's time.
+#                                               runs the suite (two shards, one per core), then each
+#                                               fuzz target for 30 s (default; libFuzzer seed 1,
+#                                               PARRY_FUZZ_SEED overrides it) on its committed
+#                                               corpus, two at a time (scripts/fuzz.sh). Prints
+#                                               each phase's time.
 # Only parry_tests is built (no CLI, benchmarks or examples), as a unity build
 # (16 sources per translation unit: LibTorch's headers dominate the compile
 # time). LibTorch and OpenMP are not instrumented: under TSan the tests run with
@@ -44,7 +46,28 @@ if [ "$kind" = ci ]; then
   phase "parry_tests built"
   export OMP_WAIT_POLICY=PASSIVE ASAN_OPTIONS="$asan_options" UBSAN_OPTIONS="$ubsan_options"
   export LSAN_OPTIONS="suppressions=$root/tests/fuzz/lsan.supp:print_suppressions=0"
-  "$root/build-fuzz/tests/parry_tests" --gtest_brief=1 --gtest_filter="$filter"
+  # Two shards (gtest's GTEST_TOTAL_SHARDS), one per core, each with one
+  # intra-op thread: most tests are serial (SeededTest uses one thread), so one
+  # process would leave a core idle for most of the suite.
+  export OMP_NUM_THREADS=1 PARRY_TEST_THREADS=1
+  shard_failed=0
+  pids=()
+  for shard in 0 1; do
+    GTEST_TOTAL_SHARDS=2 GTEST_SHARD_INDEX=$shard "$root/build-fuzz/tests/parry_tests" --gtest_brief=1 \
+      --gtest_filter="$filter" >"$root/build-fuzz/suite-shard-$shard.log" 2>&1 &
+    pids+=($!)
+  done
+  for pid in "${pids[@]}"; do
+    wait "$pid" || shard_failed=1
+  done
+  for shard in 0 1; do
+    echo "--- ASan+UBSan suite, shard $((shard + 1)) of 2"
+    cat "$root/build-fuzz/suite-shard-$shard.log"
+  done
+  if [ $shard_failed = 1 ]; then
+    echo "sanitize.sh ci: the suite failed under ASan+UBSan" >&2
+    exit 1
+  fi
   phase "suite passed"
   PARRY_FUZZ_SEED=${PARRY_FUZZ_SEED:-1} "$root/scripts/fuzz.sh" "$fuzz_seconds"
   phase "fuzz targets ran ${fuzz_seconds} s each"

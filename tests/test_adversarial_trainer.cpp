@@ -130,7 +130,7 @@ TEST_F(AdversarialTrainerTest, TradesLossIsCrossEntropyPlusBetaTimesKlFromCleanT
 }
 
 TEST_F(AdversarialTrainerTest, OneEpochOfPgdTrainingRaisesPgdAccuracy) {
-  torch::set_num_threads(2);
+  torch::set_num_threads(parry::testing::intra_op_threads(2));
   const auto train = data::load_fashion_mnist(PARRY_FASHION_MNIST_DIR, true, 2000);
   const auto test = data::load_fashion_mnist(PARRY_FASHION_MNIST_DIR, false, 300);
   Model model = parry::testing::reference_model().clone();

@@ -28,7 +28,7 @@ attack::FgsmOptions fgsm_options() {
 }  // namespace
 
 TEST_F(DetectorTrainerTest, BinaryDetectorSeparatesItsTrainingAttackFromCleanAndServesInAGuard) {
-  torch::set_num_threads(2);
+  torch::set_num_threads(parry::testing::intra_op_threads(2));
   const Model target = parry::testing::reference_model();
   const auto train = data::load_fashion_mnist(PARRY_FASHION_MNIST_DIR, true, 1000);
   Model network = detector_network(2, 1);
@@ -76,7 +76,7 @@ TEST_F(DetectorTrainerTest, BinaryDetectorSeparatesItsTrainingAttackFromCleanAnd
 }
 
 TEST_F(DetectorTrainerTest, ExtraClassDetectorLearnsItsAttackAndRoundTripsThroughSaveAndLoad) {
-  torch::set_num_threads(2);
+  torch::set_num_threads(parry::testing::intra_op_threads(2));
   const Model target = parry::testing::reference_model();
   const auto train = data::load_fashion_mnist(PARRY_FASHION_MNIST_DIR, true, 1000);
   Model network = detector_network(11, 2);

@@ -41,7 +41,7 @@ train::DistillationOptions short_run(double temperature) {
 }
 
 TEST_F(DistillationTest, StudentLearnsTheTeachersLabels) {
-  torch::set_num_threads(2);
+  torch::set_num_threads(parry::testing::intra_op_threads(2));
   const auto train = training_subset(1000);
   Model teacher = fresh_cnn(1);
   Model student = fresh_cnn(2);
@@ -63,7 +63,7 @@ TEST_F(DistillationTest, StudentLearnsTheTeachersLabels) {
 }
 
 TEST_F(DistillationTest, HighTemperatureMasksTheInputGradient) {
-  torch::set_num_threads(2);
+  torch::set_num_threads(parry::testing::intra_op_threads(2));
   const auto train = training_subset(1000);
   const double t = 100;
   Model teacher = fresh_cnn(1);

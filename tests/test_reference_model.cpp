@@ -13,7 +13,7 @@ class ReferenceModelTest : public parry::testing::SeededTest {
  protected:
   void SetUp() override {
     SeededTest::SetUp();
-    torch::set_num_threads(2);
+    torch::set_num_threads(parry::testing::intra_op_threads(2));
   }
 };
 }  // namespace

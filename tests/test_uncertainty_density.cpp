@@ -89,7 +89,7 @@ TEST(NoisyCounterparts, MatchTheAdversarialL2NormBeforeClipping) {
 // combined one best, and a threshold calibrated on clean data keeps its
 // false-positive rate on other clean data near the target.
 TEST_F(UncertaintyDensityTest, DetectsFgsmAndPgdOnTheReferenceModel) {
-  torch::set_num_threads(2);
+  torch::set_num_threads(parry::testing::intra_op_threads(2));
   const Model model = reference_model();
   const auto f = attack::differentiable(model);
   const auto data = correctly_classified(300);
@@ -184,7 +184,7 @@ TEST_F(UncertaintyDensityTest, SavesAndLoadsTheCombinerWithTheDensity) {
 // detector flags, and an attack on the combined classifier evades the
 // detector far more often than one that ignores it.
 TEST_F(UncertaintyDensityTest, DetectorAwareAttackEvadesTheDensityDetector) {
-  torch::set_num_threads(2);
+  torch::set_num_threads(parry::testing::intra_op_threads(2));
   const Model model = reference_model();
   auto density = fitted_density(2000);
   const auto clean = data::load_fashion_mnist(PARRY_FASHION_MNIST_DIR, false, 500).images;
