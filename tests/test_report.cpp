@@ -4,6 +4,7 @@
 #include <opencv2/imgcodecs.hpp>
 #include <opencv2/imgproc.hpp>
 
+#include <cstdio>
 #include <fstream>
 #include <sstream>
 
@@ -74,8 +75,15 @@ eval::Evaluation tiny_evaluation() {
 }  // namespace
 
 // One evaluation (it takes a while): its measurements, then the files written from it.
+// A figure with three decimals, as the report prints milliseconds.
+std::string fixed3(double value) {
+  char text[32];
+  std::snprintf(text, sizeof text, "%.3f", value);
+  return text;
+}
+
 TEST(Report, EvaluatesEveryDefenseAndWritesConsistentFilesAndPlots) {
-  torch::set_num_threads(2);
+  torch::set_num_threads(parry::testing::intra_op_threads(2));
   const auto e = tiny_evaluation();
   ASSERT_EQ(e.defenses.size(), 2u);
   const auto& undefended = e.defenses[0];
@@ -96,6 +104,9 @@ TEST(Report, EvaluatesEveryDefenseAndWritesConsistentFilesAndPlots) {
   for (const auto& a : defended.attacks) EXPECT_LE(a.adaptive_accuracy, a.accuracy + 1e-9) << a.attack;
   EXPECT_GT(defended.latency_ms, 0.0);
   EXPECT_GT(defended.images_per_second, 0.0);
+  // The undefended forward pass is timed in the same run: the cost ratios' reference.
+  EXPECT_GT(e.forward_latency_ms, 0.0);
+  EXPECT_GT(e.forward_images_per_second, 0.0);
 
   // The report of this evaluation.
   parry::testing::TempDir dir;
@@ -149,6 +160,25 @@ TEST(Report, EvaluatesEveryDefenseAndWritesConsistentFilesAndPlots) {
     }
     EXPECT_EQ(class_total, n);
   }
+  // The cost section: every defense's latency and throughput against the forward pass, as in metrics.json.
+  EXPECT_DOUBLE_EQ(metrics["forward_latency_ms"].get<double>(), e.forward_latency_ms);
+  EXPECT_NE(markdown.find("## Cost against the undefended forward pass"), std::string::npos);
+  EXPECT_NE(markdown.find("| undefended forward | " + fixed3(e.forward_latency_ms) + " ms | 1.00× |"),
+            std::string::npos)
+      << markdown;
+  for (size_t d = 0; d < e.defenses.size(); ++d) {
+    const auto& defense = e.defenses[d];
+    const auto& j = metrics["defenses"][d];
+    EXPECT_DOUBLE_EQ(j["latency_vs_forward"].get<double>(), defense.latency_ms / e.forward_latency_ms);
+    EXPECT_DOUBLE_EQ(j["cost_vs_forward_at_throughput_batch"].get<double>(),
+                     e.forward_images_per_second / defense.images_per_second);
+    char ratio[32];
+    std::snprintf(ratio, sizeof ratio, "%.2f×", defense.latency_ms / e.forward_latency_ms);
+    EXPECT_NE(markdown.find("| " + defense.name + " | " + fixed3(defense.latency_ms) + " ms | " + ratio + " |"),
+              std::string::npos)
+        << defense.name << "\n"
+        << markdown;
+  }
   // Black-box rows: the settings once, then per defense Square at each ε and HopSkipJump, with intervals.
   EXPECT_EQ(metrics["black_box"]["images"], 3);
   EXPECT_EQ(metrics["black_box"]["l2_epsilon"], 2.0);
@@ -197,6 +227,7 @@ TEST(Report, EvaluatesEveryDefenseAndWritesConsistentFilesAndPlots) {
   EXPECT_EQ(html.rfind("<!DOCTYPE html>", 0), 0u);
   EXPECT_NE(html.find("<h2>Black-box attacks through the full Guard</h2>"), std::string::npos);
   EXPECT_NE(html.find("<h3>squeeze</h3>"), std::string::npos);
+  EXPECT_NE(html.find("<h2>Cost against the undefended forward pass</h2>"), std::string::npos);
   EXPECT_NE(html.find("Wilson score interval"), std::string::npos);
   size_t images = 0;
   for (size_t at = html.find("data:image/png;base64,"); at != std::string::npos;

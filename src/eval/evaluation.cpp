@@ -508,6 +508,20 @@ Evaluation evaluate(config::Config& config, const Model& raw_model, const Evalua
   const int64_t throughput_n = std::min<int64_t>(batch_limit(config, std::min<int64_t>(256, settings.batch_size)), n);
   const auto throughput_batch = data.test->read(0, throughput_n).images;
   evaluation.throughput_batch = throughput_n;
+  {
+    // The undefended forward pass of the same model, timed like the Guards
+    // below: the reference of every defense's cost ratio.
+    c10::InferenceMode inference;
+    for (int i = 0; i < 3; ++i) model.logits(one);
+    auto t0 = Clock::now();
+    for (int64_t i = 0; i < settings.latency_repeats; ++i) model.logits(one);
+    evaluation.forward_latency_ms = 1000.0 * std::chrono::duration<double>(Clock::now() - t0).count() /
+                                    static_cast<double>(settings.latency_repeats);
+    t0 = Clock::now();
+    for (int i = 0; i < 3; ++i) model.logits(throughput_batch);
+    evaluation.forward_images_per_second =
+        static_cast<double>(3 * throughput_n) / std::chrono::duration<double>(Clock::now() - t0).count();
+  }
   for (size_t d = 0; d < runs.size(); ++d) {
     auto& run = runs[d];
     const auto& defense = config.defenses[d];

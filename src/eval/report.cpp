@@ -188,6 +188,23 @@ std::string class_cell(const DefenseOutcome& d, size_t c) {
 }
 
 // Markdown table: one row per class, one column per defense.
+// The cost section (header row first): each defense's Guard::predict against
+// the undefended forward pass timed in the same run, at batch 1 (latency) and
+// at the throughput batch (the forward's images/s over the Guard's: how many
+// times the forward's cost a defended image costs).
+std::vector<std::vector<std::string>> cost_rows(const Evaluation& e) {
+  const std::string batch = std::to_string(e.throughput_batch);
+  std::vector<std::vector<std::string>> rows{{"defense", "latency (batch 1)", "× forward (batch 1)",
+                                              "images/s (batch " + batch + ")", "× forward (batch " + batch + ")"}};
+  rows.push_back({"undefended forward", fixed(e.forward_latency_ms, 3) + " ms", "1.00×",
+                  fixed(e.forward_images_per_second, 0), "1.00×"});
+  for (const auto& d : e.defenses) {
+    rows.push_back({d.name, fixed(d.latency_ms, 3) + " ms", fixed(d.latency_ms / e.forward_latency_ms, 2) + "×",
+                    fixed(d.images_per_second, 0), fixed(e.forward_images_per_second / d.images_per_second, 2) + "×"});
+  }
+  return rows;
+}
+
 std::string class_table(const Evaluation& e) {
   std::ostringstream out;
   out << "| class |";
@@ -264,6 +281,12 @@ const char* kAutoAttackNote =
     "adaptive column of the summary counts flags. Forward passes are the model evaluations the ensemble spent on all "
     "images.";
 
+const char* kCostNote =
+    "Each defense's Guard::predict (gates included, fresh ones at batch 1) against the undefended model's forward "
+    "pass, timed in the same run the same way: mean of latency_repeats calls at batch 1, and three calls at the "
+    "throughput batch. The ratios are this machine's at this moment; rerun parry eval on the serving machine for "
+    "its own figures.";
+
 // {"low", "high", "n"}: the 95% Wilson interval of a rate and the images it rests on.
 nlohmann::json interval_json(double rate, int64_t n) {
   const Interval i = interval_of(rate, n);
@@ -281,6 +304,8 @@ nlohmann::json to_json(const Evaluation& e) {
   root["data_description"] = e.data_description;
   root["classes"] = e.classes;
   root["throughput_batch"] = e.throughput_batch;
+  root["forward_latency_ms"] = e.forward_latency_ms;
+  root["forward_images_per_second"] = e.forward_images_per_second;
   root["seconds"] = e.seconds;
   root["example_epsilon"] = e.example_epsilon;
   root["black_box"] = {{"images", e.black_box.images},
@@ -301,6 +326,8 @@ nlohmann::json to_json(const Evaluation& e) {
     j["clean_flagged_ci"] = interval_json(d.clean_flagged, d.images);
     j["latency_ms"] = d.latency_ms;
     j["images_per_second"] = d.images_per_second;
+    j["latency_vs_forward"] = d.latency_ms / e.forward_latency_ms;
+    j["cost_vs_forward_at_throughput_batch"] = e.forward_images_per_second / d.images_per_second;
     j["class_accuracy"] = nlohmann::json::array();
     j["class_accuracy_ci"] = nlohmann::json::array();
     for (size_t c = 0; c < d.class_accuracy.size(); ++c) {
@@ -464,6 +491,13 @@ void write_report(const Evaluation& e, const std::string& directory) {
       for (const auto& w : warnings) md << "- " << w << "\n";
     }
   }
+  md << "\n## Cost against the undefended forward pass\n\n" << kCostNote << "\n\n";
+  const auto costs = cost_rows(e);
+  for (size_t r = 0; r < costs.size(); ++r) {
+    md << "|";
+    for (const auto& cell : costs[r]) md << " " << cell << " |";
+    md << (r == 0 ? "\n|---|---:|---:|---:|---:|\n" : "\n");
+  }
   if (e.black_box.images > 0) md << "\n## Black-box attacks through the full Guard\n\n" << black_box_tables(e);
   md << "\n## Clean accuracy per class\n\n" << class_table(e);
   md << "\n## Defenses\n\n";
@@ -517,6 +551,14 @@ void write_report(const Evaluation& e, const std::string& directory) {
       html << "</ul>\n";
     }
   }
+  html << "<h2>Cost against the undefended forward pass</h2>\n<p>" << html_escape(kCostNote) << "</p>\n<table>";
+  for (size_t r = 0; r < costs.size(); ++r) {
+    html << "<tr>";
+    for (const auto& cell : costs[r])
+      html << (r == 0 ? "<th>" : "<td>") << html_escape(cell) << (r == 0 ? "</th>" : "</td>");
+    html << "</tr>\n";
+  }
+  html << "</table>\n";
   if (e.black_box.images > 0) {
     html << "<h2>Black-box attacks through the full Guard</h2>\n<p>" << html_escape(black_box_sentence(e)) << "</p>\n";
     for (const auto& d : e.defenses) {

@@ -113,6 +113,12 @@ struct Evaluation {
   /// The black-box settings as run: images = min(black_box.images, images).
   config::BlackBoxSpec black_box;
   int64_t throughput_batch = 0;  ///< images per call of the throughput figures: min(batch_size, 256, max_batch)
+  /// The undefended model's forward pass (Config::model_for, no Guard), timed
+  /// in the same run and the same way as every defense's latency_ms (batch 1,
+  /// mean of latency_repeats calls) and images_per_second (throughput_batch):
+  /// the reference of the report's cost ratios.
+  double forward_latency_ms = 0.0;
+  double forward_images_per_second = 0.0;
   double seconds = 0.0;
 };
 
