@@ -249,6 +249,47 @@ TEST(DefenseConfig, BlackBoxSettingsHaveDefaultsAndParseStrictly) {
   expect_rejected(bad("20"), "evaluation.black_box: must be an object");
 }
 
+TEST(DefenseConfig, CertifiedSettingsHaveDefaultsAndParseStrictly) {
+  const auto defaults = config::parse_config(with_defense(R"({"name": "a"})"), reference_model(), kGrayInput);
+  const auto& d = defaults.evaluation.certified;
+  EXPECT_TRUE(d.sigmas.empty());
+  EXPECT_EQ(d.images, 100);
+  EXPECT_EQ(d.n0, 100);
+  EXPECT_EQ(d.n, 10000);
+  EXPECT_DOUBLE_EQ(d.alpha, 0.001);
+  EXPECT_EQ(d.radii, (std::vector<double>{0.0, 0.25, 0.5, 0.75, 1.0}));
+  EXPECT_EQ(d.attack_images, 20);
+  const auto given = config::parse_config(
+      R"({"defenses": [{"name": "a"}], "evaluation": {"certified": {"sigmas": [0.12, 0.5], "images": 10, "n0": 50,
+          "n": 2000, "alpha": 0.01, "noise_batch": 64, "radii": [0, 0.3], "attack_steps": 5, "attack_samples": 4,
+          "predict_n": 300}}})",
+      reference_model(), kGrayInput);
+  const auto& g = given.evaluation.certified;
+  EXPECT_EQ(g.sigmas, (std::vector<double>{0.12, 0.5}));
+  EXPECT_EQ(g.images, 10);
+  EXPECT_EQ(g.attack_images, 10);  // the default 20, capped at images
+  EXPECT_EQ(g.n0, 50);
+  EXPECT_EQ(g.n, 2000);
+  EXPECT_DOUBLE_EQ(g.alpha, 0.01);
+  EXPECT_EQ(g.noise_batch, 64);
+  EXPECT_EQ(g.radii, (std::vector<double>{0.0, 0.3}));
+  EXPECT_EQ(g.attack_steps, 5);
+  EXPECT_EQ(g.attack_samples, 4);
+  EXPECT_EQ(g.predict_n, 300);
+  const auto bad = [](const std::string& certified) {
+    return R"({"defenses": [{"name": "a"}], "evaluation": {"certified": )" + certified + "}}";
+  };
+  expect_rejected(bad(R"({"sigmas": [0.25, 0]})"), "evaluation.certified.sigmas[1]: must be finite and > 0");
+  expect_rejected(bad(R"({"radii": [-0.5]})"), "evaluation.certified.radii[0]: must be finite and >= 0");
+  expect_rejected(bad(R"({"radii": []})"), "evaluation.certified.radii: must hold at least one radius");
+  expect_rejected(bad(R"({"n": 50})"), "evaluation.certified.n0: must not exceed n = 50");
+  expect_rejected(bad(R"({"n": 500, "n0": 600})"), "evaluation.certified.n0: must be in 1..500, but got 600");
+  expect_rejected(bad(R"({"alpha": 1})"), "evaluation.certified.alpha: must be in (0, 1)");
+  expect_rejected(bad(R"({"images": 5, "attack_images": 6})"),
+                  "evaluation.certified.attack_images: must be in 0..5, but got 6");
+  expect_rejected(bad(R"({"sigma": 0.25})"), "evaluation.certified.sigma: unknown key");
+}
+
 TEST(DefenseConfig, GatesAreBuiltAgainWithFreshStateTheGivenClockAndSaltKey) {
   const auto config =
       config::parse_config(with_defense(R"({"name": "a", "gates": [{"type": "throttle", "rate": 1, "burst": 2},

@@ -10,6 +10,7 @@
 #include <optional>
 #include <thread>
 
+#include "parry/certify/smoothed_decision.hpp"
 #include "parry/conceal/query_monitor.hpp"
 #include "parry/conceal/throttle.hpp"
 #include "parry/core/guard.hpp"
@@ -451,6 +452,43 @@ TEST_F(ServeServer, ProcessesAConnectionInMemoryWithoutStarting) {
   EXPECT_EQ(truncated.rfind("HTTP/1.1 400", 0), 0u) << truncated;
   EXPECT_LT(std::chrono::steady_clock::now() - begin, std::chrono::seconds(1));  // no read timeout
   EXPECT_EQ(serve::detail::process_connection(server, ""), "");
+}
+
+TEST_F(ServeServer, ASmoothedGuardAnswersAbstainedWithoutALabelAndShowsRadiiOnlyIfItsPolicyDoes) {
+  // A linear two-class model on 1×4×4: class 1 where the pixels' mean exceeds ½.
+  const Model model = Model::from_callable([](const torch::Tensor& x) {
+    const torch::Tensor margin = (x.flatten(1) - 0.5).sum(1) / 4.0;  // distance to the boundary (‖w‖ = 1)
+    return torch::stack({torch::zeros_like(margin), margin}, 1);
+  });
+  const auto smoothed = std::make_shared<const certify::SmoothedClassifier>(
+      model, certify::SmoothingOptions().sigma(0.25).seed(1));
+  const auto guard_with = [&](bool show_radius) {
+    return GuardBuilder(model, InputSpec(1, 4, 4))
+        .set_decision_rule(std::make_shared<certify::SmoothedDecision>(
+            smoothed, certify::SmoothedDecisionOptions().certify(true).certification(certify::CertifyOptions().n(2000))))
+        .set_output_policy(std::make_shared<LabelOnly>(show_radius))
+        .build_shared();
+  };
+  const auto request = [](double value) {
+    const std::string body = nlohmann::json{{"pixels", std::vector<double>(16, value)}}.dump();
+    return "POST /v1/predict HTTP/1.1\r\nHost: x\r\nX-Api-Key: key-of-alice\r\nContent-Type: application/json\r\n"
+           "Content-Length: " +
+           std::to_string(body.size()) + "\r\n\r\n" + body;
+  };
+  const auto json_of = [](const std::string& answer) {
+    return nlohmann::json::parse(answer.substr(answer.find("\r\n\r\n") + 4));
+  };
+  serve::Server hidden(guard_with(false), {"dark", "bright"}, serve::ServerOptions(), test_keys());
+  const std::string boundary = serve::detail::process_connection(hidden, request(0.5));
+  ASSERT_EQ(boundary.rfind("HTTP/1.1 200 OK\r\n", 0), 0u) << boundary;
+  EXPECT_EQ(json_of(boundary), nlohmann::json::parse(R"({"class":null,"label":null,"verdict":"abstained"})"));
+  const std::string bright = serve::detail::process_connection(hidden, request(0.6));  // distance 0.4
+  EXPECT_EQ(json_of(bright), nlohmann::json::parse(R"({"class":"bright","label":1,"verdict":"accepted"})"));
+  serve::Server shown(guard_with(true), {"dark", "bright"}, serve::ServerOptions(), test_keys());
+  const auto with_radius = json_of(serve::detail::process_connection(shown, request(0.6)));
+  EXPECT_EQ(with_radius["label"], 1);
+  EXPECT_GT(with_radius["certified_radius"].get<double>(), 0.3);
+  EXPECT_LE(with_radius["certified_radius"].get<double>(), 0.4);
 }
 
 TEST(ServeClassNames, FromTheConfigOrNumberedFromTheModelsOutput) {

@@ -15,7 +15,8 @@ struct TrainOptions {
   int64_t limit = 0;
   uint64_t seed = 0;
   bool augment = true;
-  std::string method = "plain";  // plain | distilled | adversarial
+  std::string method = "plain";  // plain | distilled | adversarial | gaussian
+  double sigma = 0.25;           // gaussian: noise standard deviation, pixel units
   double temperature = 20.0;     // distilled
   std::string attack = "pgd";    // adversarial: pgd | fast_fgsm | trades
   double epsilon = 0.1;          // adversarial, L∞ in [0, 1] pixels

@@ -14,6 +14,7 @@ namespace {
 struct EvalOptions {
   std::string model, config, out = "parry-report";
   int64_t images = 0;
+  std::vector<double> certify_sigmas;  // overrides evaluation.certified.sigmas
 };
 
 int run_eval(const CommonOptions& common, const EvalOptions& opts) {
@@ -21,6 +22,7 @@ int run_eval(const CommonOptions& common, const EvalOptions& opts) {
   const auto splits = open_splits(common);
   auto config = config::load_config(opts.config, model, data_input(*splits.test));
   if (opts.images > 0) config.evaluation.images = opts.images;
+  if (!opts.certify_sigmas.empty()) config.evaluation.certified.sigmas = opts.certify_sigmas;
   const eval::EvaluationData data{splits.train, splits.test};
   // Detectors saved by `parry calibrate` beside the config are used as they are.
   const std::string state = state_dir_for(opts.config);
@@ -42,8 +44,9 @@ int run_eval(const CommonOptions& common, const EvalOptions& opts) {
   }
   const auto evaluation = eval::evaluate(config, model, data, print_progress, ready);
   eval::write_report(evaluation, opts.out);
-  std::printf("%s\n%s\nreport: %s/report.html (also report.md, metrics.json, *.png)\n",
-              eval::summary_table(evaluation).c_str(), eval::black_box_tables(evaluation).c_str(), opts.out.c_str());
+  std::printf("%s\n%s\n%s\nreport: %s/report.html (also report.md, metrics.json, *.png)\n",
+              eval::summary_table(evaluation).c_str(), eval::certified_tables(evaluation).c_str(),
+              eval::black_box_tables(evaluation).c_str(), opts.out.c_str());
   return 0;
 }
 
@@ -80,6 +83,10 @@ Command add_eval_command(CLI::App& app, const CommonOptions& common) {
       ->required();
   eval_cmd->add_option("--out", eval_opts.out, "Report directory")->capture_default_str();
   eval_cmd->add_option("--images", eval_opts.images, "Override evaluation.images")->check(CLI::PositiveNumber);
+  eval_cmd->add_option("--certify-sigma", eval_opts.certify_sigmas,
+                       "Also certify the smoothed model at these noise levels (override evaluation.certified.sigmas; "
+                       "docs/certified.md)")
+      ->check(CLI::PositiveNumber);
 
   eval_cmd->footer(component_summary());
 

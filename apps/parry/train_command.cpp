@@ -142,9 +142,11 @@ Model train_adversarial(const TrainingData& data, const TrainOptions& opts,
 
 Model train_plain(const TrainingData& data, const TrainOptions& opts,
                   const std::shared_ptr<train::ProcessGroup>& group = nullptr) {
-  std::fprintf(stderr, "training %s on %lld images of %s (%lld epochs)\n",
+  std::fprintf(stderr, "training %s on %lld images of %s (%lld epochs)%s\n",
                opts.model.empty() ? "the reference CNN" : opts.model.c_str(), static_cast<long long>(data.train.size()),
-               data.name.c_str(), static_cast<long long>(opts.epochs));
+               data.name.c_str(), static_cast<long long>(opts.epochs),
+               opts.method == "gaussian" ? (" with Gaussian noise at sigma " + detail::format_number(opts.sigma)).c_str()
+                                         : "");
   torch::manual_seed(opts.seed);
   Model model = fresh_model(opts, data.shape);
   const auto summary = train::fit_classifier(model, data.train.images, data.train.labels,
@@ -154,6 +156,7 @@ Model train_plain(const TrainingData& data, const TrainOptions& opts,
                                                  .learning_rate(opts.lr)
                                                  .seed(opts.seed)
                                                  .random_flip(opts.augment)
+                                                 .gaussian_noise(opts.method == "gaussian" ? opts.sigma : 0.0)
                                                  .process_group(group)
                                                  .on_progress(progress_for(opts)));
   std::fprintf(stderr, "trained in %.1f s, final loss %.4f\n", summary.seconds, summary.final_loss);
@@ -218,8 +221,15 @@ Command add_train_command(CLI::App& app, const CommonOptions& common) {
       ->check(CLI::NonNegativeNumber);
   train_cmd->add_option("--seed", train_opts.seed, "Random seed")->capture_default_str();
   train_cmd->add_flag("!--no-augment", train_opts.augment, "Train without random left-right flips (plain)");
-  train_cmd->add_option("--method", train_opts.method, "plain, distilled (Papernot 2016) or adversarial")
-      ->check(CLI::IsMember({"plain", "distilled", "adversarial"}))
+  train_cmd->add_option("--method", train_opts.method,
+                        "plain, distilled (Papernot 2016), adversarial, or gaussian (noise augmentation for randomized "
+                        "smoothing, Cohen 2019)")
+      ->check(CLI::IsMember({"plain", "distilled", "adversarial", "gaussian"}))
+      ->capture_default_str();
+  train_cmd->add_option("--sigma", train_opts.sigma,
+                        "gaussian: standard deviation of the training noise, in [0, 1] pixel units (use the sigma "
+                        "the smoothed classifier will certify with)")
+      ->check(CLI::Range(0.0, 10.0))
       ->capture_default_str();
   train_cmd->add_option("--temperature", train_opts.temperature, "Distillation temperature T")
       ->check(CLI::Range(1.0, 1000.0))

@@ -1,6 +1,7 @@
 // Parry core: Model, InputSpec, the stage interfaces and Guard.
 #pragma once
 
+#include "parry/core/decision_rule.hpp"
 #include "parry/core/detector.hpp"
 #include "parry/core/errors.hpp"
 #include "parry/core/gate.hpp"

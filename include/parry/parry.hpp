@@ -3,6 +3,7 @@
 #pragma once
 
 #include "parry/attack.hpp"
+#include "parry/certify.hpp"
 #include "parry/conceal.hpp"
 #include "parry/config.hpp"
 #include "parry/core.hpp"

@@ -6,6 +6,7 @@
 
 #include <algorithm>
 #include <cctype>
+#include <cmath>
 #include <fstream>
 #include <sstream>
 
@@ -177,6 +178,37 @@ BlackBoxSpec parse_black_box(const json& value, const std::string& path) {
   return spec;
 }
 
+CertifiedSpec parse_certified(const json& value, const std::string& path) {
+  Object o(value, path);
+  CertifiedSpec spec;
+  const auto non_negative_list = [&](const char* key, std::vector<double> list, bool strictly_positive) {
+    for (size_t i = 0; i < list.size(); ++i) {
+      const double v = list[i];
+      if (!std::isfinite(v) || v < 0 || (strictly_positive && v == 0)) {
+        fail(o.child(key) + "[" + std::to_string(i) + "]",
+             std::string(strictly_positive ? "must be finite and > 0" : "must be finite and >= 0") + ", but got " +
+                 std::to_string(v));
+      }
+    }
+    return list;
+  };
+  spec.sigmas = non_negative_list("sigmas", o.numbers("sigmas", spec.sigmas), true);
+  spec.images = o.integer("images", spec.images, 1, 1000000);
+  spec.n = o.integer("n", spec.n, 1, 100000000);
+  spec.n0 = o.integer("n0", spec.n0, 1, spec.n);
+  if (spec.n0 > spec.n) fail(o.child("n0"), "must not exceed n = " + std::to_string(spec.n) + ", but is " + std::to_string(spec.n0));
+  spec.alpha = o.number("alpha", spec.alpha, [](double v) { return v > 0 && v < 1; }, "must be in (0, 1)");
+  spec.noise_batch = o.integer("noise_batch", spec.noise_batch, 1, 100000);
+  spec.radii = non_negative_list("radii", o.numbers("radii", spec.radii), false);
+  if (spec.radii.empty()) fail(o.child("radii"), "must hold at least one radius");
+  spec.attack_images = o.integer("attack_images", std::min(spec.attack_images, spec.images), 0, spec.images);
+  spec.attack_steps = o.integer("attack_steps", spec.attack_steps, 1, 10000);
+  spec.attack_samples = o.integer("attack_samples", spec.attack_samples, 1, 1000);
+  spec.predict_n = o.integer("predict_n", spec.predict_n, 1, 100000000);
+  o.finish();
+  return spec;
+}
+
 EvaluationSpec parse_evaluation(const json& value, const std::string& path) {
   Object o(value, path);
   EvaluationSpec spec;
@@ -196,6 +228,7 @@ EvaluationSpec parse_evaluation(const json& value, const std::string& path) {
   spec.latency_repeats = o.integer("latency_repeats", spec.latency_repeats, 1, 100000);
   spec.seed = static_cast<uint64_t>(o.integer("seed", 0, 0, INT64_MAX));
   if (o.has("black_box")) spec.black_box = parse_black_box(o.get("black_box"), o.child("black_box"));
+  if (o.has("certified")) spec.certified = parse_certified(o.get("certified"), o.child("certified"));
   o.finish();
   return spec;
 }

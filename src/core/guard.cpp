@@ -3,6 +3,7 @@
 #include "parry/core/guard.hpp"
 
 #include <algorithm>
+#include <cmath>
 #include <sstream>
 
 #include "parry/core/log.hpp"
@@ -110,19 +111,21 @@ Response Guard::predict_valid(const torch::Tensor& batch, const GateOutcome& gat
   return with_public_errors("Guard::predict", [&] {
     c10::InferenceMode inference;
     const torch::Tensor x = preprocess(batch);
-    const torch::Tensor logits = model_.logits(x);
-    if (!logits.defined() || logits.dim() != 2 || logits.size(0) != batch.size(0) || logits.size(1) < 1) {
-      throw InternalError("model returned logits of shape " +
-                          (logits.defined() ? c10::str(logits.sizes()) : std::string("undefined")) +
-                          " for a batch of " + std::to_string(batch.size(0)));
-    }
     Response response;
-    policy_->fill(logits.device().is_cpu() ? logits : logits.cpu(), response);  // responses live on the CPU
+    torch::Tensor logits;
+    bool any_abstained = false;
+    if (decision_rule_) {
+      any_abstained = decide(x, response);
+    } else {
+      logits = checked_logits(model_.logits(x), batch.size(0));
+      policy_->fill(logits.device().is_cpu() ? logits : logits.cpu(), response);  // responses live on the CPU
+    }
     bool any_flagged = false;
     if (detectors_.empty()) {
       response.flagged.assign(static_cast<size_t>(batch.size(0)), 0);  // no tensor work for a Guard without detectors
     } else {
       torch::Tensor flagged = torch::zeros({batch.size(0)}, torch::kBool);
+      if (!logits.defined()) logits = checked_logits(model_.logits(x), batch.size(0));
       const DetectorInput detector_input{x, logits, model_};
       for (const auto& detector : detectors_) flagged |= detector->flag(detector_input).to(torch::kCPU, torch::kBool);
       const torch::Tensor flags = flagged.to(torch::kUInt8).contiguous();
@@ -135,9 +138,50 @@ Response Guard::predict_valid(const torch::Tensor& batch, const GateOutcome& gat
     } else if (gates.flagged) {
       response.verdict = Verdict::Flagged;
       response.reason = gates.flag_reason;
+    } else if (any_abstained) {
+      response.verdict = Verdict::Abstained;
+      response.reason = reason::kAbstained;
     }
     return response;
   });
+}
+
+torch::Tensor Guard::checked_logits(const torch::Tensor& logits, int64_t rows) {
+  if (!logits.defined() || logits.dim() != 2 || logits.size(0) != rows || logits.size(1) < 1) {
+    throw InternalError("model returned logits of shape " +
+                        (logits.defined() ? c10::str(logits.sizes()) : std::string("undefined")) +
+                        " for a batch of " + std::to_string(rows));
+  }
+  return logits;
+}
+
+bool Guard::decide(const torch::Tensor& x, Response& response) const {
+  const int64_t rows = x.size(0);
+  const Decisions decisions = decision_rule_->decide(x);
+  const torch::Tensor& p = decisions.probabilities;
+  if (decisions.labels.size() != static_cast<size_t>(rows) || !p.defined() || p.dim() != 2 || p.size(0) != rows ||
+      p.size(1) < 1 || (!decisions.certified_radius.empty() && decisions.certified_radius.size() != static_cast<size_t>(rows))) {
+    throw InternalError("decision rule " + decision_rule_->describe() + " answered " +
+                        std::to_string(decisions.labels.size()) + " labels and probabilities of shape " +
+                        (p.defined() ? c10::str(p.sizes()) : std::string("undefined")) + " for a batch of " +
+                        std::to_string(rows));
+  }
+  // The policy works on logits; log(p) gives softmax(log p) = p back.
+  policy_->fill(torch::log(p.to(torch::kCPU, torch::kFloat32)), response);
+  response.labels = decisions.labels;
+  std::vector<int64_t> abstained;
+  for (int64_t i = 0; i < rows; ++i) {
+    if (decisions.labels[static_cast<size_t>(i)] == kNoLabel) abstained.push_back(i);
+  }
+  if (!abstained.empty()) {
+    // An abstention withholds everything of that sample, scores included:
+    // its top class would be the label the rule refused to give.
+    const torch::Tensor rows_withheld = torch::tensor(abstained, torch::kInt64);
+    if (response.scores.defined()) response.scores.index_fill_(0, rows_withheld, std::nan(""));
+    if (response.top_classes.defined()) response.top_classes.index_fill_(0, rows_withheld, -1);
+  }
+  if (policy_->shows_certified_radius()) response.certified_radius = decisions.certified_radius;
+  return !abstained.empty();
 }
 
 torch::Tensor Guard::differentiable_logits(const torch::Tensor& x) const {
@@ -152,6 +196,7 @@ std::string Guard::describe() const {
   for (const auto& g : gates_) out << "  gate: " << g->describe() << '\n';
   for (const auto& p : preprocessors_) out << "  preprocess: " << p->describe() << '\n';
   for (const auto& d : detectors_) out << "  detect: " << d->describe() << '\n';
+  if (decision_rule_) out << "  decide: " << decision_rule_->describe() << '\n';
   out << "  output: " << policy_->describe() << '\n';
   return out.str();
 }
@@ -186,6 +231,12 @@ GuardBuilder& GuardBuilder::add_detector(std::shared_ptr<const Detector> detecto
 GuardBuilder& GuardBuilder::set_output_policy(std::shared_ptr<const OutputPolicy> policy) {
   if (!policy) throw OptionError("GuardBuilder::set_output_policy: policy is null");
   guard_.policy_ = std::move(policy);
+  return *this;
+}
+
+GuardBuilder& GuardBuilder::set_decision_rule(std::shared_ptr<const DecisionRule> rule) {
+  if (!rule) throw OptionError("GuardBuilder::set_decision_rule: rule is null");
+  guard_.decision_rule_ = std::move(rule);
   return *this;
 }
 

@@ -11,6 +11,8 @@ const char* to_string(Verdict verdict) {
       return "flagged";
     case Verdict::Rejected:
       return "rejected";
+    case Verdict::Abstained:
+      return "abstained";
   }
   return "unknown";
 }

@@ -592,6 +592,7 @@ Evaluation evaluate(config::Config& config, const Model& raw_model, const Evalua
     say(progress, line);
     evaluation.defenses.push_back(std::move(outcome));
   }
+  evaluation.certified = evaluate_certified(model, *data.test, settings.certified, settings.seed, progress);
   evaluation.seconds = std::chrono::duration<double>(Clock::now() - started).count();
   return evaluation;
 }

@@ -3,6 +3,8 @@
 // rate at a false-positive rate.
 #include "parry/eval/metrics.hpp"
 
+#include "parry/certify/statistics.hpp"
+
 #include <algorithm>
 #include <cmath>
 #include <limits>
@@ -28,37 +30,7 @@ std::vector<double> finite_values(const torch::Tensor& scores, const char* what)
 
 }  // namespace
 
-double normal_quantile(double p) {
-  require(p > 0.0 && p < 1.0, "normal_quantile", "p must be in (0, 1)", p);
-  // Upper half by symmetry: 1 − p is exact for p in [½, 1] (Sterbenz), so the
-  // refinement below works on the exact tail probability, as SciPy's ndtri does.
-  if (p > 0.5) return -normal_quantile(1.0 - p);
-  // Peter J. Acklam's coefficients (2003): a rational function of q = p − ½
-  // in the central region, of √(−2 ln p) in the lower tail.
-  static constexpr double a[] = {-3.969683028665376e+01, 2.209460984245205e+02,  -2.759285104469687e+02,
-                                 1.383577518672690e+02,  -3.066479806614716e+01, 2.506628277459239e+00};
-  static constexpr double b[] = {-5.447609879822406e+01, 1.615858368580409e+02, -1.556989798598866e+02,
-                                 6.680131188771972e+01, -1.328068155288572e+01};
-  static constexpr double c[] = {-7.784894002430293e-03, -3.223964580411365e-01, -2.400758277161838e+00,
-                                 -2.549732539343734e+00, 4.374664141464968e+00,  2.938163982698783e+00};
-  static constexpr double d[] = {7.784695709041462e-03, 3.224671290700398e-01, 2.445134137142996e+00,
-                                 3.754408661907416e+00};
-  double z;
-  if (p < 0.02425) {
-    const double q = std::sqrt(-2.0 * std::log(p));
-    z = (((((c[0] * q + c[1]) * q + c[2]) * q + c[3]) * q + c[4]) * q + c[5]) /
-        ((((d[0] * q + d[1]) * q + d[2]) * q + d[3]) * q + 1.0);
-  } else {
-    const double q = p - 0.5, r = q * q;
-    z = (((((a[0] * r + a[1]) * r + a[2]) * r + a[3]) * r + a[4]) * r + a[5]) * q /
-        (((((b[0] * r + b[1]) * r + b[2]) * r + b[3]) * r + b[4]) * r + 1.0);
-  }
-  // One Halley step on f(z) = Φ(z) − p with Φ(z) = ½·erfc(−z/√2) (accurate
-  // for z <= 0): u = f/f' = f·√(2π)·exp(z²/2), z ← z − u/(1 + z·u/2).
-  const double error = 0.5 * std::erfc(-z / std::sqrt(2.0)) - p;
-  const double u = error * 2.5066282746310002 /* √(2π) */ * std::exp(z * z / 2.0);
-  return z - u / (1.0 + z * u / 2.0);
-}
+double normal_quantile(double p) { return certify::normal_quantile(p); }
 
 Interval wilson_interval(int64_t successes, int64_t trials, double confidence) {
   require(trials >= 0, "wilson_interval", "trials must be non-negative", trials);

@@ -96,6 +96,49 @@ cv::Mat plot_accuracy(const Evaluation& e) {
   return img;
 }
 
+cv::Mat plot_certified(const Evaluation& e) {
+  cv::Mat img(520, 860, CV_8UC3, cv::Scalar(255, 255, 255));
+  double max_radius = 0.0;
+  for (const auto& c : e.certified) {
+    for (const double r : c.radii) max_radius = std::max(max_radius, r);
+    for (const double r : c.correct_radius) max_radius = std::max(max_radius, r);
+  }
+  const Axes axes = draw_axes(img, {60, 56, 560, 404}, 0.0, max_radius > 0 ? max_radius : 1.0, 0.0, 1.0,
+                              "L2 radius (pixel units)", "accuracy",
+                              "certified (solid) and attacked (dashed) accuracy of the smoothed classifier");
+  for (size_t k = 0; k < e.certified.size(); ++k) {
+    const auto& c = e.certified[k];
+    const auto color = palette()[k % palette().size()];
+    // The certified accuracy is a step function of r: it drops at each correct image's radius.
+    std::vector<double> radii;
+    for (const double r : c.correct_radius) {
+      if (r >= 0) radii.push_back(r);
+    }
+    std::sort(radii.begin(), radii.end());
+    double previous = 0.0;
+    cv::Point last = axes.map(0.0, c.certified_accuracy_at(0.0));
+    for (const double r : radii) {
+      if (r == previous) continue;
+      const cv::Point corner = axes.map(r, c.certified_accuracy_at(previous));
+      const cv::Point next = axes.map(r, c.certified_accuracy_at(r + 1e-12));
+      cv::line(img, last, corner, color, 2, cv::LINE_AA);
+      cv::line(img, corner, next, color, 2, cv::LINE_AA);
+      last = next;
+      previous = r;
+    }
+    cv::line(img, last, {axes.map(max_radius > 0 ? max_radius : 1.0, 0.0).x, last.y}, color, 2, cv::LINE_AA);
+    for (size_t i = 0; i < c.empirical_accuracy.size(); ++i) {
+      const cv::Point p = axes.map(c.radii[i], c.empirical_accuracy[i]);
+      if (i > 0) dashed_line(img, axes.map(c.radii[i - 1], c.empirical_accuracy[i - 1]), p, color);
+      cv::circle(img, p, 4, color, 1, cv::LINE_AA);
+    }
+    const int y = 60 + 24 * static_cast<int>(k);
+    cv::line(img, {640, y}, {670, y}, color, 3);
+    text(img, "sigma = " + parry::detail::format_number(c.sigma), {678, y + 5});
+  }
+  return img;
+}
+
 cv::Mat plot_roc(const Evaluation& e) {
   cv::Mat img(560, 860, CV_8UC3, cv::Scalar(255, 255, 255));
   const Axes axes = draw_axes(img, {60, 56, 460, 444}, 0.0, 1.0, 0.0, 1.0, "false-positive rate", "detection rate",

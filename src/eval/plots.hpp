@@ -25,6 +25,9 @@ cv::Mat plot_roc(const Evaluation& e);
 cv::Mat plot_examples(const Evaluation& e);
 /// Latency and throughput per defense.
 cv::Mat plot_latency(const Evaluation& e);
+/// Certified accuracy against L2 radius per σ (solid steps), with the
+/// attacked accuracy at the table's radii (dashed, circles).
+cv::Mat plot_certified(const Evaluation& e);
 /// PNG-encoded bytes of an image. @throws parry::IoError.
 std::string png_bytes(const cv::Mat& img);
 

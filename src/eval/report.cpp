@@ -102,6 +102,45 @@ const char* const kBlackBoxHeader[] = {
 
 }  // namespace
 
+namespace {
+
+std::string certified_sentence(const Evaluation& e) {
+  if (e.certified.empty()) return "";
+  const auto& c = e.certified.front();
+  return "Randomized smoothing (Cohen et al. 2019) of the bare model: CERTIFY with n0 = " + std::to_string(c.n0) +
+         ", n = " + std::to_string(c.n) + ", alpha = " + parry::detail::format_number(c.alpha) + " on " +
+         std::to_string(c.images) +
+         " images. Certified: the share of images whose certified label is right with an L2 radius (pixel units) of "
+         "at least r; it is a lower bound on the smoothed classifier's robust accuracy at r, valid with probability "
+         "1 - alpha per image, for L2 perturbations only. Attacked: the share of the first " +
+         std::to_string(c.attack_images) +
+         " images that PREDICT still labels right after both PGD-L2 and APGD-L2 at budget r through the smoothed "
+         "classifier (SmoothAdv's loss with EOT over the noise); it is an upper bound. Abstentions count as wrong.";
+}
+
+}  // namespace
+
+std::string certified_tables(const Evaluation& e) {
+  if (e.certified.empty()) return "";
+  std::ostringstream out;
+  out << certified_sentence(e) << "\n\n| sigma | abstained |";
+  const auto& radii = e.certified.front().radii;
+  for (const double r : radii) out << " r = " << parry::detail::format_number(r) << " (certified / attacked) |";
+  out << " CERTIFY time / forward passes |\n|---:|---:|";
+  for (size_t i = 0; i < radii.size(); ++i) out << "---:|";
+  out << "---:|\n";
+  for (const auto& c : e.certified) {
+    out << "| " << parry::detail::format_number(c.sigma) << " | " << rate_cell_n(c.abstention_rate, c.images) << " |";
+    for (size_t i = 0; i < c.radii.size(); ++i) {
+      out << " " << rate_cell(c.certified_accuracy[i], c.images) << " / "
+          << (c.empirical_accuracy.empty() ? std::string("-") : rate_cell(c.empirical_accuracy[i], c.attack_images))
+          << " |";
+    }
+    out << " " << fixed(c.certify_cost_ratio, 2) << "x |\n";
+  }
+  return out.str();
+}
+
 std::string black_box_tables(const Evaluation& e) {
   if (e.black_box.images == 0) return "";
   std::ostringstream out;
@@ -308,6 +347,25 @@ nlohmann::json to_json(const Evaluation& e) {
   root["forward_images_per_second"] = e.forward_images_per_second;
   root["seconds"] = e.seconds;
   root["example_epsilon"] = e.example_epsilon;
+  root["certified"] = nlohmann::json::array();
+  for (const auto& c : e.certified) {
+    nlohmann::json j = {{"sigma", c.sigma},           {"images", c.images},
+                        {"n0", c.n0},                 {"n", c.n},
+                        {"alpha", c.alpha},           {"radii", c.radii},
+                        {"certified_accuracy", c.certified_accuracy},
+                        {"empirical_accuracy", c.empirical_accuracy},
+                        {"attack_images", c.attack_images},
+                        {"abstention_rate", c.abstention_rate},
+                        {"abstention_rate_ci", interval_json(c.abstention_rate, c.images)},
+                        {"correct_radius", c.correct_radius},
+                        {"certify_seconds", c.certify_seconds},
+                        {"certify_cost_ratio", c.certify_cost_ratio}};
+    j["certified_accuracy_ci"] = nlohmann::json::array();
+    for (const double a : c.certified_accuracy) j["certified_accuracy_ci"].push_back(interval_json(a, c.images));
+    j["empirical_accuracy_ci"] = nlohmann::json::array();
+    for (const double a : c.empirical_accuracy) j["empirical_accuracy_ci"].push_back(interval_json(a, c.attack_images));
+    root["certified"].push_back(j);
+  }
   root["black_box"] = {{"images", e.black_box.images},
                        {"square_queries", e.black_box.square_queries},
                        {"hop_skip_jump_queries", e.black_box.hop_skip_jump_queries},
@@ -443,11 +501,12 @@ void write_report(const Evaluation& e, const std::string& directory) {
   std::filesystem::create_directories(directory, error);
   if (error) throw IoError("cannot write the report", "create_directories('" + directory + "'): " + error.message());
   const auto file = [&](const std::string& name) { return (std::filesystem::path(directory) / name).string(); };
-  const std::vector<std::pair<std::string, std::string>> plots = {
+  std::vector<std::pair<std::string, std::string>> plots = {
       {"accuracy_vs_epsilon.png", png_bytes(plot_accuracy(e))},
       {"roc.png", png_bytes(plot_roc(e))},
       {"examples.png", png_bytes(plot_examples(e))},
       {"latency.png", png_bytes(plot_latency(e))}};
+  if (!e.certified.empty()) plots.emplace_back("certified_accuracy.png", png_bytes(plot_certified(e)));
   for (const auto& [name, bytes] : plots) parry::detail::atomic_write_bytes(file(name), bytes);
   parry::detail::atomic_write_bytes(file("metrics.json"), to_json(e).dump(2) + "\n");
 
@@ -497,6 +556,10 @@ void write_report(const Evaluation& e, const std::string& directory) {
     md << "|";
     for (const auto& cell : costs[r]) md << " " << cell << " |";
     md << (r == 0 ? "\n|---|---:|---:|---:|---:|\n" : "\n");
+  }
+  if (!e.certified.empty()) {
+    md << "\n## Certified robustness (randomized smoothing)\n\n" << certified_tables(e)
+       << "\n![certified accuracy](certified_accuracy.png)\n";
   }
   if (e.black_box.images > 0) md << "\n## Black-box attacks through the full Guard\n\n" << black_box_tables(e);
   md << "\n## Clean accuracy per class\n\n" << class_table(e);
@@ -559,6 +622,25 @@ void write_report(const Evaluation& e, const std::string& directory) {
     html << "</tr>\n";
   }
   html << "</table>\n";
+  if (!e.certified.empty()) {
+    html << "<h2>Certified robustness (randomized smoothing)</h2>\n<p>" << html_escape(certified_sentence(e))
+         << "</p>\n<table><tr><th>sigma</th><th>abstained</th>";
+    for (const double radius : e.certified.front().radii) {
+      html << "<th>r = " << parry::detail::format_number(radius) << " (certified / attacked)</th>";
+    }
+    html << "<th>CERTIFY time / forward passes</th></tr>\n";
+    for (const auto& c : e.certified) {
+      html << "<tr><td>" << parry::detail::format_number(c.sigma) << "</td><td>"
+           << rate_cell_n(c.abstention_rate, c.images) << "</td>";
+      for (size_t i = 0; i < c.radii.size(); ++i) {
+        html << "<td>" << rate_cell(c.certified_accuracy[i], c.images) << " / "
+             << (c.empirical_accuracy.empty() ? std::string("-") : rate_cell(c.empirical_accuracy[i], c.attack_images))
+             << "</td>";
+      }
+      html << "<td>" << fixed(c.certify_cost_ratio, 2) << "x</td></tr>\n";
+    }
+    html << "</table>\n";
+  }
   if (e.black_box.images > 0) {
     html << "<h2>Black-box attacks through the full Guard</h2>\n<p>" << html_escape(black_box_sentence(e)) << "</p>\n";
     for (const auto& d : e.defenses) {

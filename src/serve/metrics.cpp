@@ -15,7 +15,7 @@ struct Metrics::Impl {
   prometheus::Family<prometheus::Counter>& requests =
       prometheus::BuildCounter()
           .Name("parry_requests_total")
-          .Help("Prediction requests by verdict (accepted, flagged, rejected, error) and public reason code")
+          .Help("Prediction requests by verdict (accepted, flagged, rejected, abstained, error) and public reason code")
           .Register(*registry);
   prometheus::Counter& throttled = prometheus::BuildCounter()
                                        .Name("parry_throttled_total")

@@ -207,15 +207,21 @@ struct Server::Impl {
         return {to_string(answer.verdict), answer.reason};
       }
       const int64_t label = answer.labels.at(0);
-      if (label < 0 || label >= static_cast<int64_t>(classes.size())) {
+      json body{{"verdict", to_string(answer.verdict)}};
+      if (label == kNoLabel) {
+        // A smoothed classifier withheld its answer: no label, no class.
+        body["label"] = nullptr;
+        body["class"] = nullptr;
+      } else if (label < 0 || label >= static_cast<int64_t>(classes.size())) {
         throw InternalError("label " + std::to_string(label) + " has no class name (" + std::to_string(classes.size()) +
                             " names)");
+      } else {
+        body["label"] = label;
+        body["class"] = classes[static_cast<size_t>(label)];
       }
+      if (!answer.certified_radius.empty()) body["certified_radius"] = answer.certified_radius.at(0);
       res.status = 200;
-      res.set_content(
-          json{{"label", label}, {"class", classes[static_cast<size_t>(label)]}, {"verdict", to_string(answer.verdict)}}
-              .dump(),
-          "application/json");
+      res.set_content(body.dump(), "application/json");
       return {to_string(answer.verdict), answer.reason};
     } catch (const InputError& e) {
       log(LogLevel::Info, "predict: client " + *client + ": " + e.detail());

@@ -47,6 +47,12 @@ ClassifierTrainerOptions& ClassifierTrainerOptions::random_flip(bool on) {
   random_flip_ = on;
   return *this;
 }
+ClassifierTrainerOptions& ClassifierTrainerOptions::gaussian_noise(double sigma) {
+  require(sigma >= 0 && std::isfinite(sigma), "ClassifierTrainerOptions::gaussian_noise",
+          "must be non-negative and finite", sigma);
+  gaussian_noise_ = sigma;
+  return *this;
+}
 ClassifierTrainerOptions& ClassifierTrainerOptions::random_shift(int64_t pixels) {
   require(pixels >= 0 && pixels <= 8, "ClassifierTrainerOptions::random_shift", "must be in [0, 8] pixels", pixels);
   random_shift_ = pixels;
@@ -78,7 +84,7 @@ std::function<void(const StepProgress&)> progress_printer() {
 }
 
 torch::Tensor augment_batch(const torch::Tensor& batch, bool random_flip, int64_t random_shift,
-                            torch::Generator& generator) {
+                            torch::Generator& generator, double gaussian_noise) {
   torch::Tensor x = batch;
   const int64_t n = x.size(0);
   if (random_flip) {
@@ -97,6 +103,7 @@ torch::Tensor augment_batch(const torch::Tensor& batch, bool random_flip, int64_
     }
     x = torch::stack(shifted);
   }
+  if (gaussian_noise > 0) x = x + gaussian_noise * torch::randn(x.sizes(), generator, x.options());
   return x;
 }
 
@@ -115,7 +122,7 @@ TrainingSummary fit_classifier(Model& model, const torch::Tensor& images, const 
   const detail::LoopSettings settings{
       options.epochs(),       options.batch_size(), options.learning_rate(), options.final_lr_fraction(),
       options.weight_decay(), options.seed(),       &options.on_progress(),  options.process_group()};
-  const bool augmenting = options.random_flip() || options.random_shift() > 0;
+  const bool augmenting = options.random_flip() || options.random_shift() > 0 || options.gaussian_noise() > 0;
   TrainingSummary summary;
   summary.final_loss = detail::run_training(model, images.size(0), settings, [&](const detail::BatchRows& rows) {
     // Augmentation draws for the whole global batch on every rank, so that
@@ -124,7 +131,7 @@ TrainingSummary fit_classifier(Model& model, const torch::Tensor& images, const 
     torch::Tensor x;
     if (augmenting) {
       x = augment_batch(images.index_select(0, rows.index), options.random_flip(), options.random_shift(),
-                        *rows.generator)
+                        *rows.generator, options.gaussian_noise())
               .slice(0, rows.begin, rows.end);
     } else {
       x = images.index_select(0, rows.shard());

@@ -143,6 +143,37 @@ for method in adversarial distilled; do
   "$python" -c "import sys, torch; m = torch.jit.load(sys.argv[1]); assert m(torch.zeros(2, 1, 28, 28)).shape == (2, 10)" \
     "ts-$method.pt" || fail "Python cannot load the $method TorchScript model"
 done
+# Randomized smoothing: Gaussian training, then the certified rows of the report (docs/certified.md).
+"$parry" train --method gaussian --sigma 0.25 --out noisy.pt --epochs 1 --limit 512 >train.txt 2>&1 ||
+  { cat train.txt; fail "gaussian training failed"; }
+grep -q "with Gaussian noise at sigma 0.25" train.txt || { cat train.txt; fail "gaussian training did not say so"; }
+cat >certified.json <<'JSON'
+{"evaluation": {"images": 4, "epsilons": [0.1], "calibration_images": 20, "latency_repeats": 1,
+                "black_box": {"images": 0},
+                "certified": {"images": 6, "n0": 20, "n": 300, "noise_batch": 160, "radii": [0, 0.25],
+                              "attack_images": 2, "attack_steps": 2, "attack_samples": 2, "predict_n": 50}},
+ "attacks": [{"type": "fgsm"}],
+ "defenses": [{"name": "undefended"}]}
+JSON
+"$parry" eval --model noisy.pt --config certified.json --certify-sigma 0.25 --certify-sigma 0.5 --out certified \
+  >eval.txt 2>eval.err || { cat eval.txt eval.err; fail "eval with certification failed"; }
+grep -q "Randomized smoothing" eval.txt || { cat eval.txt; fail "eval printed no certified table"; }
+test -s certified/certified_accuracy.png || fail "no certified_accuracy.png"
+"$python" - certified/metrics.json <<'PY' || fail "metrics.json lacks the certified rows"
+import json, sys
+rows = json.load(open(sys.argv[1]))["certified"]
+assert [r["sigma"] for r in rows] == [0.25, 0.5], rows
+for r in rows:
+    assert r["images"] == 6 and r["n"] == 300 and r["radii"] == [0, 0.25]
+    assert len(r["certified_accuracy"]) == 2 and len(r["empirical_accuracy"]) == 2
+    # Certified accuracy cannot grow with the radius, and no radius exceeds sigma * Phi^-1(alpha^(1/n)).
+    assert r["certified_accuracy"][0] >= r["certified_accuracy"][1]
+    assert max(r["correct_radius"]) <= r["sigma"] * 1.99977 + 1e-9, r["correct_radius"]
+print("certified rows:", [(r["sigma"], r["certified_accuracy"], r["abstention_rate"]) for r in rows])
+PY
+if "$parry" eval --model noisy.pt --config certified.json --certify-sigma -1 >out.txt 2>&1; then
+  fail "a negative sigma was accepted"
+fi
 if "$parry" --data "$src/tests/fixtures/tensors_rgb.pt" train --out x.pt >out.txt 2>&1; then
   fail "trained without a training split"
 fi

@@ -79,6 +79,8 @@ class Full final : public OutputPolicy {
     response.scores = torch::softmax(logits.to(torch::kFloat32), 1);
   }
   std::string describe() const override { return "Full"; }
+  /// Everything, certified radii included.
+  bool shows_certified_radius() const override { return true; }
 };
 
 }  // namespace parry::conceal

@@ -141,6 +141,25 @@ struct BlackBoxSpec {
   bool adaptive_monitor = true;
 };
 
+/// "evaluation.certified": randomized smoothing of the bare model (with its
+/// model_input) at each σ, certified with Cohen et al.'s CERTIFY and attacked
+/// through the smoothed classifier (eval/certified.hpp).
+struct CertifiedSpec {
+  /// Noise levels σ in pixel units; empty (the default) disables the rows.
+  std::vector<double> sigmas;
+  int64_t images = 100;      ///< test images certified per σ (the first of the evaluation's order)
+  int64_t n0 = 100;          ///< CERTIFY's selection copies (Cohen et al.: 100), <= n
+  int64_t n = 10000;         ///< CERTIFY's estimation copies (Cohen et al.: 100,000)
+  double alpha = 0.001;      ///< failure probability of each certificate
+  int64_t noise_batch = 1000;  ///< noisy copies per forward pass
+  /// L2 radii (pixel units) of the table: certified and empirical accuracy at each.
+  std::vector<double> radii{0.0, 0.25, 0.5, 0.75, 1.0};
+  int64_t attack_images = 20;   ///< images attacked at each radius (at most images; 0: no attack rows)
+  int64_t attack_steps = 20;    ///< PGD-L2 and APGD-L2 iterations
+  int64_t attack_samples = 8;   ///< noise draws per gradient (EOT, SmoothAdv's m)
+  int64_t predict_n = 1000;     ///< PREDICT's copies when judging an attacked image
+};
+
 struct EvaluationSpec {
   int64_t images = 500;                           ///< test images attacked
   std::vector<double> epsilons{0.03, 0.05, 0.1};  ///< L∞ budgets in pixel units [0, 1]
@@ -152,6 +171,7 @@ struct EvaluationSpec {
   int64_t batch_size = 128;
   uint64_t seed = 0;
   BlackBoxSpec black_box;
+  CertifiedSpec certified;
 };
 
 struct Config {

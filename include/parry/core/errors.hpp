@@ -28,6 +28,8 @@ inline constexpr const char* kOk = "ok";
 inline constexpr const char* kInvalidInput = "invalid_input";
 inline constexpr const char* kRateLimited = "rate_limited";
 inline constexpr const char* kFlagged = "flagged";
+/// A smoothed classifier could not decide with the confidence it requires.
+inline constexpr const char* kAbstained = "abstained";
 inline constexpr const char* kInternal = "internal_error";
 }  // namespace reason
 

@@ -3,6 +3,8 @@
 //   request -> gates -> validate (InputSpec) -> preprocessors -> detectors
 //           ---- pixel space above, model space below ----
 //           -> model (its own input transform, then logits) -> output policy -> Response
+//              or a decision rule over the model (randomized smoothing: votes,
+//              abstention, certified radius)
 //
 // Threat model: the Guard is the service boundary. Callers are untrusted:
 // gates run first (throttling, query monitoring), then every input is
@@ -29,6 +31,7 @@
 #include <string>
 #include <vector>
 
+#include "parry/core/decision_rule.hpp"
 #include "parry/core/detector.hpp"
 #include "parry/core/errors.hpp"
 #include "parry/core/gate.hpp"
@@ -85,6 +88,8 @@ class Guard {
   const std::vector<std::shared_ptr<const Detector>>& detectors() const { return detectors_; }
   const std::vector<std::shared_ptr<Gate>>& gates() const { return gates_; }
   const OutputPolicy& output_policy() const { return *policy_; }
+  /// The decision rule that replaces one forward pass, or null.
+  const std::shared_ptr<const DecisionRule>& decision_rule() const { return decision_rule_; }
 
   /// Multi-line description of the pipeline, for reports and logs.
   std::string describe() const;
@@ -104,6 +109,11 @@ class Guard {
   /// Runs the gates; a gate's exception follows the public-message policy.
   GateOutcome run_gates_safely(const RequestContext& context, const torch::Tensor& input, GatePhase phase,
                                GateOutcome outcome) const;
+  /// The decision rule's answer for the preprocessed batch x, through the
+  /// output policy into `response`; true if it abstained on any sample.
+  bool decide(const torch::Tensor& x, Response& response) const;
+  /// `logits` if they are N×K for `rows` samples; InternalError otherwise.
+  static torch::Tensor checked_logits(const torch::Tensor& logits, int64_t rows);
   /// Validates and moves the batch to the model's device.
   torch::Tensor validated(const torch::Tensor& input) const;
 
@@ -113,6 +123,7 @@ class Guard {
   std::vector<std::shared_ptr<const Preprocessor>> preprocessors_;
   std::vector<std::shared_ptr<const Detector>> detectors_;
   std::shared_ptr<const OutputPolicy> policy_;
+  std::shared_ptr<const DecisionRule> decision_rule_;
 };
 
 /// Collects a Guard's stages; build() makes an immutable Guard. The builder
@@ -148,6 +159,17 @@ class GuardBuilder {
   /// Replaces the output policy (default: LabelOnly).
   /// @throws parry::OptionError if `policy` is null.
   GuardBuilder& set_output_policy(std::shared_ptr<const OutputPolicy> policy);
+  /// Decides with `rule` instead of the argmax of one forward pass of the
+  /// model (certify::SmoothedDecision: randomized smoothing). The output
+  /// policy then sees the rule's probabilities as the scores; samples the
+  /// rule abstains on get label kNoLabel, no scores (NaN rows, top classes
+  /// -1) and make the verdict Abstained (Flagged takes precedence); radii
+  /// leave only if the policy shows them. Detectors still score the
+  /// preprocessed pixels with the model's own logits. The attack path
+  /// (differentiable_logits) stays the model's: attack a smoothed Guard with
+  /// EOT over its noise.
+  /// @throws parry::OptionError if `rule` is null.
+  GuardBuilder& set_decision_rule(std::shared_ptr<const DecisionRule> rule);
 
   /// The Guard with every stage added so far.
   Guard build() const { return guard_; }

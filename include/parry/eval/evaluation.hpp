@@ -15,6 +15,9 @@
 //   - for each detector, the ROC curve on clean vs PGD examples at roc_epsilon;
 //   - latency of Guard::predict at batch 1 and throughput at the evaluation's
 //     batch_size (at most 256 and what every Guard accepts).
+//   - certified rows (eval/certified.hpp): randomized smoothing of the bare
+//     model at each σ of evaluation.certified, its certified accuracy
+//     against L2 radius next to its accuracy under attacks at those radii;
 //   - black-box rows (eval/black_box.hpp): Square at each ε (where the
 //     output policy shows scores) and HopSkipJump (labels only) through the
 //     defense's full Guard, gates included, on the first black_box.images
@@ -43,6 +46,7 @@
 #include "parry/core/model.hpp"
 #include "parry/data/image_source.hpp"
 #include "parry/eval/black_box.hpp"
+#include "parry/eval/certified.hpp"
 
 namespace parry::eval {
 
@@ -119,6 +123,9 @@ struct Evaluation {
   /// the reference of the report's cost ratios.
   double forward_latency_ms = 0.0;
   double forward_images_per_second = 0.0;
+  /// Randomized smoothing of the bare model, one per σ of
+  /// evaluation.certified (eval/certified.hpp); empty when none is asked.
+  std::vector<CertifiedOutcome> certified;
   double seconds = 0.0;
 };
 

@@ -19,9 +19,7 @@ struct Interval {
 };
 
 /// The quantile function of the standard normal distribution, Φ⁻¹(p), for p
-/// in (0, 1): Acklam's rational approximation (relative error 1.15e-9)
-/// refined by one step of Halley's method on Φ(z) − p computed with
-/// std::erfc, which brings it to about double precision.
+/// in (0, 1): certify::normal_quantile (Boost.Math), here for the intervals.
 /// @throws parry::OptionError unless 0 < p < 1.
 double normal_quantile(double p);
 

@@ -40,6 +40,13 @@ struct ClassifierTrainerOptions {
   /// Data augmentation per training sample: shift by up to `pixels` in each
   /// direction, filling with zeros (default 0 = off).
   ClassifierTrainerOptions& random_shift(int64_t pixels);
+  /// Gaussian data augmentation (Cohen, Rosenfeld, Kolter, ICML 2019): add
+  /// N(0, σ²) noise, in pixel units and not clipped, to every training sample
+  /// of every epoch, so that the model classifies well under the noise of a
+  /// certify::SmoothedClassifier with the same σ. Default 0 (off); applied
+  /// after flips and shifts.
+  /// @throws parry::OptionError unless σ >= 0 and finite.
+  ClassifierTrainerOptions& gaussian_noise(double sigma);
   /// Called after every batch; default: none. See progress_printer().
   ClassifierTrainerOptions& on_progress(std::function<void(const StepProgress&)> f);
   /// Data-parallel training over `group` (default none: one process). Every
@@ -55,6 +62,7 @@ struct ClassifierTrainerOptions {
   uint64_t seed() const { return seed_; }
   bool random_flip() const { return random_flip_; }
   int64_t random_shift() const { return random_shift_; }
+  double gaussian_noise() const { return gaussian_noise_; }
   const std::function<void(const StepProgress&)>& on_progress() const { return on_progress_; }
   const std::shared_ptr<ProcessGroup>& process_group() const { return process_group_; }
 
@@ -67,6 +75,7 @@ struct ClassifierTrainerOptions {
   uint64_t seed_ = 0;
   bool random_flip_ = false;
   int64_t random_shift_ = 0;
+  double gaussian_noise_ = 0.0;
   std::function<void(const StepProgress&)> on_progress_;
   std::shared_ptr<ProcessGroup> process_group_;
 };
@@ -81,9 +90,11 @@ struct TrainingSummary {
 /// epoch otherwise).
 std::function<void(const StepProgress&)> progress_printer();
 
-/// Applies the trainer's augmentation to a batch N×C×H×W, drawing from `generator`.
+/// Applies the trainer's augmentation to a batch N×C×H×W, drawing from
+/// `generator`: flips, shifts, then additive Gaussian noise of standard
+/// deviation `gaussian_noise` (pixel units; 0: none).
 torch::Tensor augment_batch(const torch::Tensor& batch, bool random_flip, int64_t random_shift,
-                            torch::Generator& generator);
+                            torch::Generator& generator, double gaussian_noise = 0.0);
 
 /// Trains `model` (made from a torch::nn module) on images N×C×H×W float32 and
 /// int64 labels N, shuffling with the seed. Leaves the model in eval mode.

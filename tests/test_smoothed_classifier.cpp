@@ -1,0 +1,212 @@
+#include "parry/certify/smoothed_classifier.hpp"
+
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <thread>
+
+#include "parry/attack/pgd.hpp"
+#include "parry/certify/statistics.hpp"
+#include "parry/core/errors.hpp"
+
+using namespace parry;
+
+namespace {
+
+constexpr double kSigma = 0.25;
+
+// A linear two-class model on 1×4×4 inputs: class 1 where w·x + b > 0. Its
+// smoothed classifier is known in closed form: P(f(x + δ) = 1) =
+// Φ((w·x + b)/(σ‖w‖)), so the exact certified radius σ·Φ⁻¹(p_A) is the
+// distance |w·x + b|/‖w‖ to the hyperplane (Cohen et al., Section 3.1).
+struct Linear {
+  torch::Tensor w;  // 16, unit length
+  double b = 0.0;
+
+  Linear() {
+    torch::manual_seed(7);
+    w = torch::randn({16}, torch::kFloat64);
+    w /= w.norm();
+    w = w.to(torch::kFloat32);
+  }
+  Model model() const {
+    const torch::Tensor weights = w;
+    const double bias = b;
+    return Model::from_callable([weights, bias](const torch::Tensor& x) {
+      const torch::Tensor margin = x.flatten(1).matmul(weights) + bias;
+      return torch::stack({torch::zeros_like(margin), margin}, 1);
+    });
+  }
+  // The point at signed distance t from the hyperplane, from the origin along w.
+  torch::Tensor at_distance(double t) const { return (w * (t - b)).reshape({1, 4, 4}); }
+};
+
+certify::SmoothingOptions seeded(uint64_t seed) { return certify::SmoothingOptions().sigma(kSigma).seed(seed); }
+
+}  // namespace
+
+TEST(SmoothedClassifier, CertifiedRadiusOfALinearModelIsWithinAFewPercentOfTheDistanceAndNeverAbove) {
+  const Linear linear;
+  const certify::SmoothedClassifier smoothed(linear.model(), seeded(1));
+  for (const double t : {0.05, 0.1, 0.2, 0.4, 0.6, 0.8, -0.1, -0.4}) {
+    const auto certificates = smoothed.certify(linear.at_distance(t));  // n0 = 100, n = 100,000, α = 0.001
+    ASSERT_EQ(certificates.size(), 1u);
+    const auto& c = certificates[0];
+    const double distance = std::abs(t);
+    EXPECT_EQ(c.label, t > 0 ? 1 : 0) << "t = " << t;
+    EXPECT_LE(c.radius, distance) << "t = " << t;
+    // Clopper–Pearson at n = 100,000 costs a few percent of the radius; most near the boundary.
+    EXPECT_GE(c.radius, (distance >= 0.1 ? 0.95 : 0.90) * distance) << "t = " << t;
+    EXPECT_NEAR(c.radius, kSigma * certify::normal_quantile(c.p_lower), 1e-12);
+    // The count agrees with the closed form p_A = Φ(t/σ) to within 5 standard errors.
+    const double p_a = 0.5 * std::erfc(-distance / kSigma / std::sqrt(2.0));
+    EXPECT_NEAR(c.top_count / 1e5, p_a, 5 * std::sqrt(p_a * (1 - p_a) / 1e5)) << "t = " << t;
+  }
+}
+
+TEST(SmoothedClassifier, AbstainsOnTheBoundaryAndWhenTheNoiseOverwhelmsTheMargin) {
+  const Linear linear;
+  const certify::SmoothedClassifier smoothed(linear.model(), seeded(2));
+  const auto on_boundary = smoothed.certify(linear.at_distance(0.0), certify::CertifyOptions().n(10000));
+  EXPECT_TRUE(on_boundary[0].abstained());
+  EXPECT_EQ(on_boundary[0].radius, 0.0);
+  EXPECT_LE(on_boundary[0].p_lower, 0.5);
+  // Far beyond what 1,000 samples can certify: the radius is capped at σ·Φ⁻¹(α^(1/n)).
+  const auto far = smoothed.certify(linear.at_distance(5.0), certify::CertifyOptions().n(1000));
+  EXPECT_EQ(far[0].label, 1);
+  EXPECT_EQ(far[0].top_count, 1000);
+  EXPECT_NEAR(far[0].radius, kSigma * certify::normal_quantile(std::pow(0.001, 1.0 / 1000)), 1e-9);
+}
+
+TEST(SmoothedClassifier, PredictAbstainsOnTheBoundaryAtTheDesignedRate) {
+  // On the hyperplane both classes have probability ½: PREDICT must abstain
+  // except when the binomial test rejects by chance, i.e. with probability
+  // exactly the test's size at (n, α), computed here from the binomial law.
+  const Linear linear;
+  const certify::SmoothedClassifier smoothed(linear.model(), seeded(3).batch_size(100));
+  const int64_t n = 100;
+  const double alpha = 0.1;
+  double size = 0.0;
+  for (int64_t k = 0; k <= n; ++k) {
+    if (certify::binomial_test_p_value(k, n) <= alpha) {
+      size += std::exp(std::lgamma(n + 1.0) - std::lgamma(k + 1.0) - std::lgamma(n - k + 1.0) - n * std::log(2.0));
+    }
+  }
+  ASSERT_GT(size, 0.02);
+  ASSERT_LE(size, alpha);
+  const int64_t trials = 1000;
+  const torch::Tensor x = linear.at_distance(0.0).expand({trials, 1, 4, 4});
+  const auto labels = smoothed.predict(x, certify::SmoothedPredictOptions().n(n).alpha(alpha));
+  ASSERT_EQ(labels.size(), static_cast<size_t>(trials));
+  int64_t answered = 0, ones = 0;
+  for (const int64_t label : labels) {
+    answered += label != certify::kAbstain;
+    ones += label == 1;
+  }
+  const double sd = std::sqrt(trials * size * (1 - size));
+  EXPECT_NEAR(static_cast<double>(answered), trials * size, 4 * sd) << "size " << size;
+  EXPECT_GT(ones, 0);
+  EXPECT_GT(answered - ones, 0);
+  // Off the boundary by 2σ, PREDICT answers the right class every time.
+  const auto confident = smoothed.predict(linear.at_distance(-0.5).expand({20, 1, 4, 4}),
+                                          certify::SmoothedPredictOptions().n(n).alpha(0.001));
+  for (const int64_t label : confident) EXPECT_EQ(label, 0);
+}
+
+TEST(SmoothedClassifier, NoL2AttackWithEotSucceedsInsideTheCertifiedRadius) {
+  // The attacker of Salman et al. 2019 against the smoothed classifier: PGD
+  // on the base model's cross-entropy averaged over noise draws (EOT). Inside
+  // the certified radius it must not change g's answer; just beyond the true
+  // distance to the boundary (known for the linear model) the same attack
+  // does, so it is strong enough to find what the certificate rules out.
+  const Linear linear;
+  const certify::SmoothedClassifier smoothed(linear.model(), seeded(4));
+  const Model base = linear.model();
+  const attack::LogitsFn noisy = [&](const torch::Tensor& x) { return base.logits(x + kSigma * torch::randn_like(x)); };
+  attack::GradientSettings settings;
+  settings.clip_min = -10;
+  settings.clip_max = 10;
+  settings.eot_samples = 32;
+  settings.seed = 5;
+  torch::manual_seed(5);
+  const auto check = [&](double t) {
+    const torch::Tensor x = linear.at_distance(t).unsqueeze(0);
+    const auto certificate = smoothed.certify(x, certify::CertifyOptions().n(20000))[0];
+    ASSERT_FALSE(certificate.abstained()) << "t = " << t;
+    const torch::Tensor y = torch::tensor({certificate.label});
+    const auto inside = attack::pgd(noisy, x, y,
+                                    attack::PgdOptions(certificate.radius, attack::Norm::L2).steps(20).random_start(false).settings(settings));
+    const auto answer = smoothed.predict(inside.adversarial, certify::SmoothedPredictOptions().n(20000));
+    EXPECT_TRUE(answer[0] == certificate.label || answer[0] == certify::kAbstain) << "t = " << t;
+    const auto beyond = attack::pgd(noisy, x, y,
+                                    attack::PgdOptions(1.2 * std::abs(t), attack::Norm::L2).steps(20).random_start(false).settings(settings));
+    EXPECT_EQ(smoothed.predict(beyond.adversarial, certify::SmoothedPredictOptions().n(20000))[0], 1 - certificate.label)
+        << "t = " << t;
+  };
+  for (const double t : {0.15, 0.3, -0.5}) check(t);
+}
+
+TEST(SmoothedClassifier, VotesSumToNAndTheSameSeedGivesTheSameAnswers) {
+  const Linear linear;
+  const certify::SmoothedClassifier first(linear.model(), seeded(9).batch_size(64));
+  const certify::SmoothedClassifier second(linear.model(), seeded(9).batch_size(64));
+  const torch::Tensor x = linear.at_distance(0.1);
+  const torch::Tensor votes = first.vote_counts(x, 1000);
+  EXPECT_EQ(votes.sizes(), (std::vector<int64_t>{2}));
+  EXPECT_EQ(votes.sum().item<int64_t>(), 1000);
+  EXPECT_TRUE(torch::equal(votes, second.vote_counts(x, 1000)));
+  EXPECT_FALSE(torch::equal(first.vote_counts(x, 1000), votes));  // each call draws a fresh stream
+  const certify::SmoothedClassifier third(linear.model(), seeded(9).batch_size(1000));
+  const certify::SmoothedClassifier fourth(linear.model(), seeded(9).batch_size(1000));
+  const auto a = third.certify(x, certify::CertifyOptions().n(5000));
+  const auto b = fourth.certify(x, certify::CertifyOptions().n(5000));
+  EXPECT_EQ(a[0].top_count, b[0].top_count);
+  EXPECT_EQ(a[0].radius, b[0].radius);
+}
+
+TEST(SmoothedClassifier, IsSafeToShareBetweenThreads) {
+  const Linear linear;
+  const certify::SmoothedClassifier smoothed(linear.model(), seeded(10).batch_size(500));
+  const torch::Tensor x = linear.at_distance(0.4);
+  std::vector<std::vector<certify::Certificate>> results(4);
+  std::vector<std::thread> threads;
+  for (size_t i = 0; i < results.size(); ++i) {
+    threads.emplace_back([&, i] { results[i] = smoothed.certify(x.expand({3, 1, 4, 4}), certify::CertifyOptions().n(20000)); });
+  }
+  for (auto& thread : threads) thread.join();
+  for (const auto& result : results) {
+    ASSERT_EQ(result.size(), 3u);
+    for (const auto& c : result) {
+      EXPECT_EQ(c.label, 1);
+      EXPECT_GT(c.radius, 0.35);
+      EXPECT_LE(c.radius, 0.4);
+    }
+  }
+}
+
+TEST(SmoothedClassifier, RejectsBadOptionsAndInputWithParryErrors) {
+  EXPECT_THROW(certify::SmoothingOptions().sigma(0.0), OptionError);
+  EXPECT_THROW(certify::SmoothingOptions().sigma(-0.25), OptionError);
+  EXPECT_THROW(certify::SmoothingOptions().sigma(std::nan("")), OptionError);
+  EXPECT_THROW(certify::SmoothingOptions().batch_size(0), OptionError);
+  EXPECT_THROW(certify::CertifyOptions().alpha(0.0), OptionError);
+  EXPECT_THROW(certify::CertifyOptions().alpha(1.0), OptionError);
+  EXPECT_THROW(certify::SmoothedPredictOptions().alpha(1.5), OptionError);
+  EXPECT_THROW(certify::SmoothedPredictOptions().n(0), OptionError);
+  try {
+    certify::SmoothingOptions().sigma(-1);
+    FAIL() << "no exception";
+  } catch (const OptionError& e) {
+    EXPECT_STREQ(e.what(), "SmoothingOptions::sigma: must be positive and finite, but got -1");
+  }
+  const Linear linear;
+  const certify::SmoothedClassifier smoothed(linear.model(), seeded(11));
+  EXPECT_THROW(smoothed.certify(linear.at_distance(0.1), certify::CertifyOptions().n0(200).n(100)), OptionError);
+  EXPECT_THROW(smoothed.predict(torch::zeros({16})), InputError);
+  EXPECT_THROW(smoothed.predict(torch::zeros({0, 1, 4, 4})), InputError);
+  EXPECT_THROW(smoothed.predict(torch::zeros({1, 1, 4, 4}, torch::kInt64)), InputError);
+  EXPECT_THROW(smoothed.predict(torch::Tensor()), InputError);
+  EXPECT_THROW(smoothed.vote_counts(linear.at_distance(0.1), 0), OptionError);
+  auto net = torch::nn::Sequential(torch::nn::Flatten(), torch::nn::Linear(16, 2));
+  EXPECT_THROW((void)certify::SmoothedClassifier(Model(net), seeded(1)), StateError);  // LibTorch modules start in training mode
+}

@@ -1,0 +1,147 @@
+#include "parry/certify/smoothed_decision.hpp"
+
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <thread>
+
+#include "parry/conceal/output_policies.hpp"
+#include "parry/core/guard.hpp"
+
+using namespace parry;
+
+namespace {
+
+// A linear two-class model on 1×4×4 pixels in [0, 1]: class 1 where
+// (x − ½)·w > 0, w of unit length; the point ½ + t·w lies at signed distance
+// t from the boundary.
+struct CenteredLinear {
+  torch::Tensor w;
+  CenteredLinear() {
+    torch::manual_seed(17);
+    w = torch::randn({16});
+    w /= w.norm();
+  }
+  Model model() const {
+    const torch::Tensor weights = w;
+    return Model::from_callable([weights](const torch::Tensor& x) {
+      const torch::Tensor margin = (x.flatten(1) - 0.5).matmul(weights);
+      return torch::stack({torch::zeros_like(margin), margin}, 1);
+    });
+  }
+  torch::Tensor at(double t) const { return (0.5 + t * w).reshape({1, 4, 4}); }
+};
+
+std::shared_ptr<const certify::SmoothedClassifier> smoothed(const Model& model, uint64_t seed) {
+  return std::make_shared<const certify::SmoothedClassifier>(model,
+                                                             certify::SmoothingOptions().sigma(0.25).seed(seed));
+}
+
+Guard smoothed_guard(const CenteredLinear& linear, certify::SmoothedDecisionOptions options,
+                     std::shared_ptr<const OutputPolicy> policy, uint64_t seed = 1) {
+  const Model model = linear.model();
+  return GuardBuilder(model, InputSpec(1, 4, 4).max_batch(64))
+      .set_decision_rule(std::make_shared<certify::SmoothedDecision>(smoothed(model, seed), options))
+      .set_output_policy(std::move(policy))
+      .build();
+}
+
+}  // namespace
+
+TEST(SmoothedDecision, AGuardAnswersConfidentSamplesAndAbstainsOnTheBoundary) {
+  const CenteredLinear linear;
+  const Guard guard = smoothed_guard(linear, certify::SmoothedDecisionOptions(), std::make_shared<LabelOnly>());
+  const Response far = guard.predict(linear.at(0.4));
+  EXPECT_EQ(far.verdict, Verdict::Accepted);
+  EXPECT_EQ(far.reason, reason::kOk);
+  EXPECT_EQ(far.labels, (std::vector<int64_t>{1}));
+  EXPECT_TRUE(far.certified_radius.empty());
+  EXPECT_FALSE(far.scores.defined());
+
+  // One sample on the boundary, one far on the other side: the batch's
+  // verdict is Abstained, the boundary sample has no label.
+  const Response mixed = guard.predict(torch::stack({linear.at(0.0), linear.at(-0.4)}));
+  EXPECT_EQ(mixed.verdict, Verdict::Abstained);
+  EXPECT_EQ(mixed.reason, reason::kAbstained);
+  EXPECT_STREQ(to_string(mixed.verdict), "abstained");
+  EXPECT_EQ(mixed.labels, (std::vector<int64_t>{kNoLabel, 0}));
+  EXPECT_EQ(mixed.flagged, (std::vector<uint8_t>{0, 0}));
+  EXPECT_NE(guard.describe().find("SmoothedDecision(PREDICT n=1000 alpha=0.001, SmoothedClassifier(sigma=0.25"),
+            std::string::npos)
+      << guard.describe();
+}
+
+TEST(SmoothedDecision, TheOutputPolicyDecidesWhetherTheCertifiedRadiusLeaves) {
+  const CenteredLinear linear;
+  const auto certifying = certify::SmoothedDecisionOptions().certify(true).certification(
+      certify::CertifyOptions().n(20000));
+  const torch::Tensor x = torch::stack({linear.at(0.3), linear.at(0.0)});
+  const Response hidden = smoothed_guard(linear, certifying, std::make_shared<LabelOnly>()).predict(x);
+  EXPECT_EQ(hidden.labels, (std::vector<int64_t>{1, kNoLabel}));
+  EXPECT_TRUE(hidden.certified_radius.empty());
+  const Response shown =
+      smoothed_guard(linear, certifying, std::make_shared<LabelOnly>(/*show_certified_radius=*/true)).predict(x);
+  EXPECT_EQ(shown.labels, (std::vector<int64_t>{1, kNoLabel}));
+  ASSERT_EQ(shown.certified_radius.size(), 2u);
+  EXPECT_GT(shown.certified_radius[0], 0.27);  // the distance is 0.3; n = 20,000 loses a few percent
+  EXPECT_LE(shown.certified_radius[0], 0.3);
+  EXPECT_EQ(shown.certified_radius[1], 0.0);
+  EXPECT_EQ(shown.verdict, Verdict::Abstained);
+}
+
+TEST(SmoothedDecision, ScoresAreVoteSharesAndAbstainedRowsRevealNothing) {
+  const CenteredLinear linear;
+  const torch::Tensor x = torch::stack({linear.at(0.1), linear.at(0.0)});
+  const Response top = smoothed_guard(linear, certify::SmoothedDecisionOptions(), std::make_shared<conceal::TopK>(2),
+                                      /*seed=*/5)
+                           .predict(x);
+  ASSERT_EQ(top.labels, (std::vector<int64_t>{1, kNoLabel}));
+  // Row 0: the shares of 1,000 copies, P(class 1) = Φ(0.1/0.25) = 0.655.
+  EXPECT_EQ(top.top_classes[0][0].item<int64_t>(), 1);
+  EXPECT_NEAR(top.scores[0][0].item<double>(), 0.655, 0.05);
+  EXPECT_NEAR(top.scores[0].sum().item<double>(), 1.0, 1e-6);
+  const double share = top.scores[0][0].item<double>() * 1000;
+  EXPECT_NEAR(share, std::round(share), 1e-2);  // a count of 1,000 copies
+  // Row 1 abstained: neither its classes nor its shares leave.
+  EXPECT_TRUE(torch::isnan(top.scores[1]).all().item<bool>());
+  EXPECT_TRUE((top.top_classes[1] == -1).all().item<bool>());
+  // Full shows radii too (for internal callers).
+  const Response full = smoothed_guard(linear,
+                                       certify::SmoothedDecisionOptions().certify(true).certification(
+                                           certify::CertifyOptions().n(2000)),
+                                       std::make_shared<conceal::Full>())
+                            .predict(linear.at(0.5));
+  ASSERT_EQ(full.certified_radius.size(), 1u);
+  EXPECT_GT(full.certified_radius[0], 0.3);
+}
+
+TEST(SmoothedDecision, ConcurrentRequestsOnOneGuardAgree) {
+  const CenteredLinear linear;
+  const Guard guard = smoothed_guard(linear, certify::SmoothedDecisionOptions(), std::make_shared<LabelOnly>());
+  std::vector<std::thread> threads;
+  std::vector<int> wrong(8, 0);
+  for (size_t i = 0; i < wrong.size(); ++i) {
+    threads.emplace_back([&, i] {
+      for (int r = 0; r < 10; ++r) {
+        const Response response = guard.predict(torch::stack({linear.at(0.3), linear.at(-0.3)}));
+        wrong[i] += response.labels != std::vector<int64_t>{1, 0} || response.verdict != Verdict::Accepted;
+      }
+    });
+  }
+  for (auto& thread : threads) thread.join();
+  for (const int w : wrong) EXPECT_EQ(w, 0);
+}
+
+TEST(SmoothedDecision, RejectsANullClassifierAndBadOptions) {
+  const CenteredLinear linear;
+  EXPECT_THROW((void)certify::SmoothedDecision(nullptr), OptionError);
+  EXPECT_THROW((void)certify::SmoothedDecision(smoothed(linear.model(), 1),
+                                         certify::SmoothedDecisionOptions().certification(
+                                             certify::CertifyOptions().n0(500).n(100))),
+               OptionError);
+  EXPECT_THROW(GuardBuilder(linear.model(), InputSpec(1, 4, 4)).set_decision_rule(nullptr), OptionError);
+  // Malformed input is refused by the Guard before any noise is drawn.
+  const Guard guard = smoothed_guard(linear, certify::SmoothedDecisionOptions(), std::make_shared<LabelOnly>());
+  EXPECT_THROW(guard.predict(torch::full({1, 4, 4}, std::nan(""))), InputError);
+  EXPECT_THROW(guard.predict(torch::zeros({1, 5, 4})), InputError);
+}
