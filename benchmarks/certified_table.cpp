@@ -32,7 +32,7 @@ std::vector<double> parse_list(const std::string& text) {
 }
 
 Model noise_trained_model(const std::string& directory, double sigma, int64_t epochs) {
-  const std::string path = directory + "/gaussian_" + detail::format_number(sigma) + ".pt";
+  const std::string path = directory + "/gaussian_" + parry::detail::format_number(sigma) + ".pt";
   if (std::filesystem::exists(path)) {
     std::fprintf(stderr, "σ=%g: loading %s\n", sigma, path.c_str());
     return Model(models::load_reference_cnn(path));

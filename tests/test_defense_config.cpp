@@ -276,13 +276,17 @@ TEST(DefenseConfig, CertifiedSettingsHaveDefaultsAndParseStrictly) {
   EXPECT_EQ(g.attack_steps, 5);
   EXPECT_EQ(g.attack_samples, 4);
   EXPECT_EQ(g.predict_n, 300);
+  // n0's default (Cohen et al.'s 100) is capped at a smaller n.
+  const auto small = config::parse_config(
+      R"({"defenses": [{"name": "a"}], "evaluation": {"certified": {"sigmas": [0.25], "n": 50}}})", reference_model(),
+      kGrayInput);
+  EXPECT_EQ(small.evaluation.certified.n0, 50);
   const auto bad = [](const std::string& certified) {
     return R"({"defenses": [{"name": "a"}], "evaluation": {"certified": )" + certified + "}}";
   };
   expect_rejected(bad(R"({"sigmas": [0.25, 0]})"), "evaluation.certified.sigmas[1]: must be finite and > 0");
   expect_rejected(bad(R"({"radii": [-0.5]})"), "evaluation.certified.radii[0]: must be finite and >= 0");
   expect_rejected(bad(R"({"radii": []})"), "evaluation.certified.radii: must hold at least one radius");
-  expect_rejected(bad(R"({"n": 50})"), "evaluation.certified.n0: must not exceed n = 50");
   expect_rejected(bad(R"({"n": 500, "n0": 600})"), "evaluation.certified.n0: must be in 1..500, but got 600");
   expect_rejected(bad(R"({"alpha": 1})"), "evaluation.certified.alpha: must be in (0, 1)");
   expect_rejected(bad(R"({"images": 5, "attack_images": 6})"),

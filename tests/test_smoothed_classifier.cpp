@@ -8,71 +8,52 @@
 #include "parry/attack/pgd.hpp"
 #include "parry/certify/statistics.hpp"
 #include "parry/core/errors.hpp"
+#include "certify_support.hpp"
 
 using namespace parry;
 
 namespace {
 
 constexpr double kSigma = 0.25;
-
-// A linear two-class model on 1×4×4 inputs: class 1 where w·x + b > 0. Its
-// smoothed classifier is known in closed form: P(f(x + δ) = 1) =
-// Φ((w·x + b)/(σ‖w‖)), so the exact certified radius σ·Φ⁻¹(p_A) is the
-// distance |w·x + b|/‖w‖ to the hyperplane (Cohen et al., Section 3.1).
-struct Linear {
-  torch::Tensor w;  // 16, unit length
-  double b = 0.0;
-
-  Linear() {
-    torch::manual_seed(7);
-    w = torch::randn({16}, torch::kFloat64);
-    w /= w.norm();
-    w = w.to(torch::kFloat32);
-  }
-  Model model() const {
-    const torch::Tensor weights = w;
-    const double bias = b;
-    return Model::from_callable([weights, bias](const torch::Tensor& x) {
-      const torch::Tensor margin = x.flatten(1).matmul(weights) + bias;
-      return torch::stack({torch::zeros_like(margin), margin}, 1);
-    });
-  }
-  // The point at signed distance t from the hyperplane, from the origin along w.
-  torch::Tensor at_distance(double t) const { return (w * (t - b)).reshape({1, 4, 4}); }
-};
+using parry::testing::LinearTwoClass;
+using parry::testing::radius_floor;
 
 certify::SmoothingOptions seeded(uint64_t seed) { return certify::SmoothingOptions().sigma(kSigma).seed(seed); }
 
 }  // namespace
 
-TEST(SmoothedClassifier, CertifiedRadiusOfALinearModelIsWithinAFewPercentOfTheDistanceAndNeverAbove) {
-  const Linear linear;
+TEST(SmoothedClassifier, CertifiedRadiusOfALinearModelIsCloseToTheDistanceAndNeverAbove) {
+  const LinearTwoClass linear;
   const certify::SmoothedClassifier smoothed(linear.model(), seeded(1));
   for (const double t : {0.05, 0.1, 0.2, 0.4, 0.6, 0.8, -0.1, -0.4}) {
-    const auto certificates = smoothed.certify(linear.at_distance(t));  // n0 = 100, n = 100,000, α = 0.001
+    const auto certificates = smoothed.certify(linear.at(t));  // n0 = 100, n = 100,000, α = 0.001
     ASSERT_EQ(certificates.size(), 1u);
     const auto& c = certificates[0];
     const double distance = std::abs(t);
     EXPECT_EQ(c.label, t > 0 ? 1 : 0) << "t = " << t;
+    // Never above the exact radius (with probability 1 − α), and no lower
+    // than a count 4 standard deviations short gives: 86% of the distance
+    // at 0.05, 93% at 0.1, 96% from 0.2 to 0.6 (and 94% at 0.8, near n's cap).
     EXPECT_LE(c.radius, distance) << "t = " << t;
-    // Clopper–Pearson at n = 100,000 costs a few percent of the radius; most near the boundary.
-    EXPECT_GE(c.radius, (distance >= 0.1 ? 0.95 : 0.90) * distance) << "t = " << t;
+    EXPECT_GE(c.radius, radius_floor(t, kSigma, 100000, 0.001)) << "t = " << t;
     EXPECT_NEAR(c.radius, kSigma * certify::normal_quantile(c.p_lower), 1e-12);
     // The count agrees with the closed form p_A = Φ(t/σ) to within 5 standard errors.
-    const double p_a = 0.5 * std::erfc(-distance / kSigma / std::sqrt(2.0));
+    const double p_a = parry::testing::normal_cdf(distance / kSigma);
     EXPECT_NEAR(c.top_count / 1e5, p_a, 5 * std::sqrt(p_a * (1 - p_a) / 1e5)) << "t = " << t;
+    EXPECT_EQ(c.votes.sum().item<int64_t>(), 100000);
+    EXPECT_EQ(c.votes[c.label].item<int64_t>(), c.top_count);
   }
 }
 
 TEST(SmoothedClassifier, AbstainsOnTheBoundaryAndWhenTheNoiseOverwhelmsTheMargin) {
-  const Linear linear;
+  const LinearTwoClass linear;
   const certify::SmoothedClassifier smoothed(linear.model(), seeded(2));
-  const auto on_boundary = smoothed.certify(linear.at_distance(0.0), certify::CertifyOptions().n(10000));
+  const auto on_boundary = smoothed.certify(linear.at(0.0), certify::CertifyOptions().n(10000));
   EXPECT_TRUE(on_boundary[0].abstained());
   EXPECT_EQ(on_boundary[0].radius, 0.0);
   EXPECT_LE(on_boundary[0].p_lower, 0.5);
   // Far beyond what 1,000 samples can certify: the radius is capped at σ·Φ⁻¹(α^(1/n)).
-  const auto far = smoothed.certify(linear.at_distance(5.0), certify::CertifyOptions().n(1000));
+  const auto far = smoothed.certify(linear.at(5.0), certify::CertifyOptions().n(1000));
   EXPECT_EQ(far[0].label, 1);
   EXPECT_EQ(far[0].top_count, 1000);
   EXPECT_NEAR(far[0].radius, kSigma * certify::normal_quantile(std::pow(0.001, 1.0 / 1000)), 1e-9);
@@ -82,7 +63,7 @@ TEST(SmoothedClassifier, PredictAbstainsOnTheBoundaryAtTheDesignedRate) {
   // On the hyperplane both classes have probability ½: PREDICT must abstain
   // except when the binomial test rejects by chance, i.e. with probability
   // exactly the test's size at (n, α), computed here from the binomial law.
-  const Linear linear;
+  const LinearTwoClass linear;
   const certify::SmoothedClassifier smoothed(linear.model(), seeded(3).batch_size(100));
   const int64_t n = 100;
   const double alpha = 0.1;
@@ -95,7 +76,7 @@ TEST(SmoothedClassifier, PredictAbstainsOnTheBoundaryAtTheDesignedRate) {
   ASSERT_GT(size, 0.02);
   ASSERT_LE(size, alpha);
   const int64_t trials = 1000;
-  const torch::Tensor x = linear.at_distance(0.0).expand({trials, 1, 4, 4});
+  const torch::Tensor x = linear.at(0.0).expand({trials, 1, 4, 4});
   const auto labels = smoothed.predict(x, certify::SmoothedPredictOptions().n(n).alpha(alpha));
   ASSERT_EQ(labels.size(), static_cast<size_t>(trials));
   int64_t answered = 0, ones = 0;
@@ -108,7 +89,7 @@ TEST(SmoothedClassifier, PredictAbstainsOnTheBoundaryAtTheDesignedRate) {
   EXPECT_GT(ones, 0);
   EXPECT_GT(answered - ones, 0);
   // Off the boundary by 2σ, PREDICT answers the right class every time.
-  const auto confident = smoothed.predict(linear.at_distance(-0.5).expand({20, 1, 4, 4}),
+  const auto confident = smoothed.predict(linear.at(-0.5).expand({20, 1, 4, 4}),
                                           certify::SmoothedPredictOptions().n(n).alpha(0.001));
   for (const int64_t label : confident) EXPECT_EQ(label, 0);
 }
@@ -119,18 +100,16 @@ TEST(SmoothedClassifier, NoL2AttackWithEotSucceedsInsideTheCertifiedRadius) {
   // the certified radius it must not change g's answer; just beyond the true
   // distance to the boundary (known for the linear model) the same attack
   // does, so it is strong enough to find what the certificate rules out.
-  const Linear linear;
+  const LinearTwoClass linear;
   const certify::SmoothedClassifier smoothed(linear.model(), seeded(4));
   const Model base = linear.model();
   const attack::LogitsFn noisy = [&](const torch::Tensor& x) { return base.logits(x + kSigma * torch::randn_like(x)); };
   attack::GradientSettings settings;
-  settings.clip_min = -10;
-  settings.clip_max = 10;
   settings.eot_samples = 32;
   settings.seed = 5;
   torch::manual_seed(5);
   const auto check = [&](double t) {
-    const torch::Tensor x = linear.at_distance(t).unsqueeze(0);
+    const torch::Tensor x = linear.at(t).unsqueeze(0);
     const auto certificate = smoothed.certify(x, certify::CertifyOptions().n(20000))[0];
     ASSERT_FALSE(certificate.abstained()) << "t = " << t;
     const torch::Tensor y = torch::tensor({certificate.label});
@@ -146,16 +125,33 @@ TEST(SmoothedClassifier, NoL2AttackWithEotSucceedsInsideTheCertifiedRadius) {
   for (const double t : {0.15, 0.3, -0.5}) check(t);
 }
 
+TEST(SmoothedClassifier, AttackLogitsAreTheLogOfTheSmoothedSoftClassifierAndDifferentiable) {
+  // With logits scaled by 1,000 the base model's softmax is its hard label,
+  // so the mean softmax over the noise is P(f(x + δ) = c) = Φ(±t/σ).
+  const LinearTwoClass linear;
+  const certify::SmoothedClassifier smoothed(linear.model(/*logit_scale=*/1000.0), seeded(12));
+  const auto logits = smoothed.attack_logits(20000, /*seed=*/3);
+  const torch::Tensor x = torch::stack({linear.at(0.1), linear.at(-0.3)}).requires_grad_(true);
+  const torch::Tensor out = logits(x);
+  ASSERT_EQ(out.sizes(), (std::vector<int64_t>{2, 2}));
+  const torch::Tensor p = out.exp();
+  EXPECT_NEAR(p[0][1].item<double>(), parry::testing::normal_cdf(0.1 / kSigma), 0.015);
+  EXPECT_NEAR(p[1][0].item<double>(), parry::testing::normal_cdf(0.3 / kSigma), 0.015);
+  const torch::Tensor gradient = torch::autograd::grad({out.select(1, 1).sum()}, {x})[0];
+  EXPECT_GT(gradient.abs().sum().item<double>(), 0.0);
+  EXPECT_THROW(smoothed.attack_logits(0, 1), OptionError);
+}
+
 TEST(SmoothedClassifier, VotesSumToNAndTheSameSeedGivesTheSameAnswers) {
-  const Linear linear;
+  const LinearTwoClass linear;
   const certify::SmoothedClassifier first(linear.model(), seeded(9).batch_size(64));
   const certify::SmoothedClassifier second(linear.model(), seeded(9).batch_size(64));
-  const torch::Tensor x = linear.at_distance(0.1);
-  const torch::Tensor votes = first.vote_counts(x, 1000);
+  const torch::Tensor x = linear.at(0.1);
+  const torch::Tensor votes = first.vote_counts(x, 100000);
   EXPECT_EQ(votes.sizes(), (std::vector<int64_t>{2}));
-  EXPECT_EQ(votes.sum().item<int64_t>(), 1000);
-  EXPECT_TRUE(torch::equal(votes, second.vote_counts(x, 1000)));
-  EXPECT_FALSE(torch::equal(first.vote_counts(x, 1000), votes));  // each call draws a fresh stream
+  EXPECT_EQ(votes.sum().item<int64_t>(), 100000);
+  EXPECT_TRUE(torch::equal(votes, second.vote_counts(x, 100000)));
+  EXPECT_FALSE(torch::equal(first.vote_counts(x, 100000), votes));  // each call draws a fresh stream
   const certify::SmoothedClassifier third(linear.model(), seeded(9).batch_size(1000));
   const certify::SmoothedClassifier fourth(linear.model(), seeded(9).batch_size(1000));
   const auto a = third.certify(x, certify::CertifyOptions().n(5000));
@@ -165,9 +161,9 @@ TEST(SmoothedClassifier, VotesSumToNAndTheSameSeedGivesTheSameAnswers) {
 }
 
 TEST(SmoothedClassifier, IsSafeToShareBetweenThreads) {
-  const Linear linear;
+  const LinearTwoClass linear;
   const certify::SmoothedClassifier smoothed(linear.model(), seeded(10).batch_size(500));
-  const torch::Tensor x = linear.at_distance(0.4);
+  const torch::Tensor x = linear.at(0.4);
   std::vector<std::vector<certify::Certificate>> results(4);
   std::vector<std::thread> threads;
   for (size_t i = 0; i < results.size(); ++i) {
@@ -199,14 +195,16 @@ TEST(SmoothedClassifier, RejectsBadOptionsAndInputWithParryErrors) {
   } catch (const OptionError& e) {
     EXPECT_STREQ(e.what(), "SmoothingOptions::sigma: must be positive and finite, but got -1");
   }
-  const Linear linear;
+  const LinearTwoClass linear;
   const certify::SmoothedClassifier smoothed(linear.model(), seeded(11));
-  EXPECT_THROW(smoothed.certify(linear.at_distance(0.1), certify::CertifyOptions().n0(200).n(100)), OptionError);
+  EXPECT_THROW(smoothed.certify(linear.at(0.1), certify::CertifyOptions().n0(200).n(100)), OptionError);
   EXPECT_THROW(smoothed.predict(torch::zeros({16})), InputError);
   EXPECT_THROW(smoothed.predict(torch::zeros({0, 1, 4, 4})), InputError);
   EXPECT_THROW(smoothed.predict(torch::zeros({1, 1, 4, 4}, torch::kInt64)), InputError);
+  // Double precision is converted to the model's float32, not refused.
+  EXPECT_EQ(smoothed.predict(linear.at(0.5).to(torch::kFloat64))[0], 1);
   EXPECT_THROW(smoothed.predict(torch::Tensor()), InputError);
-  EXPECT_THROW(smoothed.vote_counts(linear.at_distance(0.1), 0), OptionError);
+  EXPECT_THROW(smoothed.vote_counts(linear.at(0.1), 0), OptionError);
   auto net = torch::nn::Sequential(torch::nn::Flatten(), torch::nn::Linear(16, 2));
   EXPECT_THROW((void)certify::SmoothedClassifier(Model(net), seeded(1)), StateError);  // LibTorch modules start in training mode
 }

@@ -7,37 +7,20 @@
 
 #include "parry/conceal/output_policies.hpp"
 #include "parry/core/guard.hpp"
+#include "certify_support.hpp"
 
 using namespace parry;
 
 namespace {
 
-// A linear two-class model on 1×4×4 pixels in [0, 1]: class 1 where
-// (x − ½)·w > 0, w of unit length; the point ½ + t·w lies at signed distance
-// t from the boundary.
-struct CenteredLinear {
-  torch::Tensor w;
-  CenteredLinear() {
-    torch::manual_seed(17);
-    w = torch::randn({16});
-    w /= w.norm();
-  }
-  Model model() const {
-    const torch::Tensor weights = w;
-    return Model::from_callable([weights](const torch::Tensor& x) {
-      const torch::Tensor margin = (x.flatten(1) - 0.5).matmul(weights);
-      return torch::stack({torch::zeros_like(margin), margin}, 1);
-    });
-  }
-  torch::Tensor at(double t) const { return (0.5 + t * w).reshape({1, 4, 4}); }
-};
+using parry::testing::LinearTwoClass;
 
 std::shared_ptr<const certify::SmoothedClassifier> smoothed(const Model& model, uint64_t seed) {
   return std::make_shared<const certify::SmoothedClassifier>(model,
                                                              certify::SmoothingOptions().sigma(0.25).seed(seed));
 }
 
-Guard smoothed_guard(const CenteredLinear& linear, certify::SmoothedDecisionOptions options,
+Guard smoothed_guard(const LinearTwoClass& linear, certify::SmoothedDecisionOptions options,
                      std::shared_ptr<const OutputPolicy> policy, uint64_t seed = 1) {
   const Model model = linear.model();
   return GuardBuilder(model, InputSpec(1, 4, 4).max_batch(64))
@@ -49,7 +32,7 @@ Guard smoothed_guard(const CenteredLinear& linear, certify::SmoothedDecisionOpti
 }  // namespace
 
 TEST(SmoothedDecision, AGuardAnswersConfidentSamplesAndAbstainsOnTheBoundary) {
-  const CenteredLinear linear;
+  const LinearTwoClass linear(17);
   const Guard guard = smoothed_guard(linear, certify::SmoothedDecisionOptions(), std::make_shared<LabelOnly>());
   const Response far = guard.predict(linear.at(0.4));
   EXPECT_EQ(far.verdict, Verdict::Accepted);
@@ -72,7 +55,7 @@ TEST(SmoothedDecision, AGuardAnswersConfidentSamplesAndAbstainsOnTheBoundary) {
 }
 
 TEST(SmoothedDecision, TheOutputPolicyDecidesWhetherTheCertifiedRadiusLeaves) {
-  const CenteredLinear linear;
+  const LinearTwoClass linear(17);
   const auto certifying = certify::SmoothedDecisionOptions().certify(true).certification(
       certify::CertifyOptions().n(20000));
   const torch::Tensor x = torch::stack({linear.at(0.3), linear.at(0.0)});
@@ -83,14 +66,14 @@ TEST(SmoothedDecision, TheOutputPolicyDecidesWhetherTheCertifiedRadiusLeaves) {
       smoothed_guard(linear, certifying, std::make_shared<LabelOnly>(/*show_certified_radius=*/true)).predict(x);
   EXPECT_EQ(shown.labels, (std::vector<int64_t>{1, kNoLabel}));
   ASSERT_EQ(shown.certified_radius.size(), 2u);
-  EXPECT_GT(shown.certified_radius[0], 0.27);  // the distance is 0.3; n = 20,000 loses a few percent
+  EXPECT_GE(shown.certified_radius[0], parry::testing::radius_floor(0.3, 0.25, 20000, 0.001));  // 0.280
   EXPECT_LE(shown.certified_radius[0], 0.3);
   EXPECT_EQ(shown.certified_radius[1], 0.0);
   EXPECT_EQ(shown.verdict, Verdict::Abstained);
 }
 
 TEST(SmoothedDecision, ScoresAreVoteSharesAndAbstainedRowsRevealNothing) {
-  const CenteredLinear linear;
+  const LinearTwoClass linear(17);
   const torch::Tensor x = torch::stack({linear.at(0.1), linear.at(0.0)});
   const Response top = smoothed_guard(linear, certify::SmoothedDecisionOptions(), std::make_shared<conceal::TopK>(2),
                                       /*seed=*/5)
@@ -116,7 +99,7 @@ TEST(SmoothedDecision, ScoresAreVoteSharesAndAbstainedRowsRevealNothing) {
 }
 
 TEST(SmoothedDecision, ConcurrentRequestsOnOneGuardAgree) {
-  const CenteredLinear linear;
+  const LinearTwoClass linear(17);
   const Guard guard = smoothed_guard(linear, certify::SmoothedDecisionOptions(), std::make_shared<LabelOnly>());
   std::vector<std::thread> threads;
   std::vector<int> wrong(8, 0);
@@ -133,7 +116,7 @@ TEST(SmoothedDecision, ConcurrentRequestsOnOneGuardAgree) {
 }
 
 TEST(SmoothedDecision, RejectsANullClassifierAndBadOptions) {
-  const CenteredLinear linear;
+  const LinearTwoClass linear(17);
   EXPECT_THROW((void)certify::SmoothedDecision(nullptr), OptionError);
   EXPECT_THROW((void)certify::SmoothedDecision(smoothed(linear.model(), 1),
                                          certify::SmoothedDecisionOptions().certification(
@@ -144,4 +127,60 @@ TEST(SmoothedDecision, RejectsANullClassifierAndBadOptions) {
   const Guard guard = smoothed_guard(linear, certify::SmoothedDecisionOptions(), std::make_shared<LabelOnly>());
   EXPECT_THROW(guard.predict(torch::full({1, 4, 4}, std::nan(""))), InputError);
   EXPECT_THROW(guard.predict(torch::zeros({1, 5, 4})), InputError);
+}
+
+namespace {
+// A decision rule that answers what it is told: for the Guard's own checks.
+class FixedRule final : public DecisionRule {
+ public:
+  explicit FixedRule(Decisions decisions) : decisions_(std::move(decisions)) {}
+  Decisions decide(const torch::Tensor&) const override { return decisions_; }
+  std::string describe() const override { return "FixedRule"; }
+
+ private:
+  Decisions decisions_;
+};
+
+// Flags every sample whose first pixel is above ½.
+class BrightDetector final : public Detector {
+ public:
+  BrightDetector() { set_threshold(0.5); }
+  std::string name() const override { return "bright"; }
+  std::string describe() const override { return "bright"; }
+  torch::Tensor score(const DetectorInput& input) const override { return input.batch.flatten(1).select(1, 0); }
+  using Detector::score;
+};
+}  // namespace
+
+TEST(SmoothedDecision, AFlagTakesPrecedenceOverAnAbstentionAndMalformedDecisionsAreInternalErrors) {
+  const LinearTwoClass linear(17);
+  Decisions two;
+  two.labels = {kNoLabel, 1};
+  two.probabilities = torch::tensor({{0.5, 0.5}, {0.1, 0.9}});
+  const Guard flagged = GuardBuilder(linear.model(), InputSpec(1, 4, 4))
+                            .set_decision_rule(std::make_shared<FixedRule>(two))
+                            .add_detector(std::make_shared<BrightDetector>())
+                            .build();
+  const Response r = flagged.predict(torch::stack({torch::full({1, 4, 4}, 0.2), torch::full({1, 4, 4}, 0.9)}));
+  EXPECT_EQ(r.verdict, Verdict::Flagged);
+  EXPECT_EQ(r.labels, (std::vector<int64_t>{kNoLabel, 1}));
+  EXPECT_EQ(r.flagged, (std::vector<uint8_t>{0, 1}));
+
+  Decisions short_answer = two;
+  short_answer.labels = {1};  // one label for two samples
+  Decisions bad_radii = two;
+  bad_radii.certified_radius = {0.1, 0.2, 0.3};
+  Decisions no_probabilities = two;
+  no_probabilities.probabilities = torch::Tensor();
+  for (const auto& decisions : {short_answer, bad_radii, no_probabilities}) {
+    const Guard guard =
+        GuardBuilder(linear.model(), InputSpec(1, 4, 4)).set_decision_rule(std::make_shared<FixedRule>(decisions)).build();
+    try {
+      guard.predict(torch::full({2, 1, 4, 4}, 0.3));
+      ADD_FAILURE() << "a malformed decision was served";
+    } catch (const InternalError& e) {
+      EXPECT_STREQ(e.what(), "internal error while processing the request");
+      EXPECT_NE(e.detail().find("FixedRule"), std::string::npos) << e.detail();
+    }
+  }
 }

@@ -59,7 +59,7 @@ torch::Tensor SmoothedClassifier::batch_of_images(const torch::Tensor& x, const 
                                                                         " dimensions"
                                                                   : std::string("an undefined tensor")));
   }
-  return (x.dim() == 3 ? x.unsqueeze(0) : x).to(base_.device());
+  return (x.dim() == 3 ? x.unsqueeze(0) : x).to(base_.device(), torch::kFloat32);
 }
 
 torch::Tensor SmoothedClassifier::counts_from_stream(const torch::Tensor& image, int64_t n, uint64_t stream) const {
@@ -142,8 +142,9 @@ TensorFn SmoothedClassifier::attack_logits(int64_t samples, uint64_t seed) const
   auto generator = std::make_shared<torch::Generator>(detail::make_generator(seed, base.device()));
   return [base, sigma, samples, generator](const torch::Tensor& x) {
     const int64_t n = x.size(0);
-    // Copies k·n … k·n + n − 1 are the k-th draw of every image.
-    const torch::Tensor copies = x.repeat({samples, 1, 1, 1});
+    // Copies k·n … k·n + n − 1 are the k-th draw of every image, on the
+    // model's device, where the generator draws.
+    const torch::Tensor copies = x.to(base.device()).repeat({samples, 1, 1, 1});
     const torch::Tensor noise = torch::randn(copies.sizes(), *generator, copies.options().requires_grad(false));
     const torch::Tensor probabilities = torch::softmax(base.logits(copies + sigma * noise), 1);
     const torch::Tensor mean = probabilities.view({samples, n, -1}).mean(0);

@@ -195,8 +195,7 @@ CertifiedSpec parse_certified(const json& value, const std::string& path) {
   spec.sigmas = non_negative_list("sigmas", o.numbers("sigmas", spec.sigmas), true);
   spec.images = o.integer("images", spec.images, 1, 1000000);
   spec.n = o.integer("n", spec.n, 1, 100000000);
-  spec.n0 = o.integer("n0", spec.n0, 1, spec.n);
-  if (spec.n0 > spec.n) fail(o.child("n0"), "must not exceed n = " + std::to_string(spec.n) + ", but is " + std::to_string(spec.n0));
+  spec.n0 = o.integer("n0", std::min(spec.n0, spec.n), 1, spec.n);
   spec.alpha = o.number("alpha", spec.alpha, [](double v) { return v > 0 && v < 1; }, "must be in (0, 1)");
   spec.noise_batch = o.integer("noise_batch", spec.noise_batch, 1, 100000);
   spec.radii = non_negative_list("radii", o.numbers("radii", spec.radii), false);

@@ -312,6 +312,7 @@ Evaluation evaluate(config::Config& config, const Model& raw_model, const Evalua
   const int64_t n = settings.images;
   check_data(config, raw_model, given);
   const EvaluationData data = in_random_order(given, settings.seed);
+  check_certified(settings.certified, *data.test);  // before hours of other work
   if (data.test->size() < n + settings.calibration_images) {
     throw OptionError(
         "evaluation: need at least images + calibration_images = " + std::to_string(n + settings.calibration_images) +

@@ -20,8 +20,8 @@
 // Cohen et al.'s constants are the defaults: n₀ = 100, n = 100,000,
 // α = 0.001, noise batches of 1,000 (their code's batch size). The base
 // model should be trained with Gaussian noise at the same σ
-// (train::ClassifierTrainer's gaussian_augmentation): a plain model is
-// rarely confident under noise and abstains.
+// (train::ClassifierTrainerOptions::gaussian_noise, `parry train --method
+// gaussian`): a plain model is rarely confident under noise and abstains.
 //
 // Threat model: an attacker with any knowledge, white-box included, who
 // perturbs the input by at most the certified radius in L2 (in pixel units
@@ -29,14 +29,18 @@
 // smoothed classifier's answer, except with probability α per certificate.
 // It says nothing about L∞ or other perturbations beyond the radius, nor
 // about the base model f, which stays as attackable as before; and an
-// abstention is a possible answer that an attacker can provoke.
+// abstention is a possible answer that an attacker can provoke. The noise
+// must be unknown to the attacker: with SmoothingOptions::seed set, the
+// noise of each request follows from the order of requests, so a serving
+// classifier is left unseeded (the default) or its seed kept secret.
 //
 // Noise is drawn in pixel space and not clipped to the pixel range (as in
 // the paper), on the base model's device, in batches from generators seeded
-// from SmoothingOptions::seed: with a seed, the i-th image processed by an
-// object draws the same noise on every run (streams are numbered in call
-// order, so concurrent calls get distinct streams but their numbering then
-// depends on timing). Without a seed, the streams start from a random key.
+// from SmoothingOptions::seed: each call draws fresh streams (CERTIFY two
+// per image, PREDICT one), numbered in call order, so with a seed the same
+// sequence of calls draws the same noise on every run (concurrent calls get
+// distinct streams, numbered by timing). Without a seed the streams start
+// from a random key. Images are converted to float32 on the model's device.
 // Thread safety: predict() and certify() may be called from many threads.
 #pragma once
 
