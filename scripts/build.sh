@@ -11,6 +11,7 @@ while [ $# -ge 2 ] && [ "$1" = --target ]; do
   shift 2
 done
 "$root/scripts/install-deps.sh"
+source "$root/scripts/ccache-env.sh"
 build_dir="${PARRY_BUILD_DIR:-$root/build}"
 launcher=()
 if command -v ccache >/dev/null; then launcher=(-DCMAKE_CXX_COMPILER_LAUNCHER=ccache); fi

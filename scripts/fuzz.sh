@@ -31,6 +31,7 @@ runs=()
 if [ -n "${PARRY_FUZZ_RUNS:-}" ]; then runs=(-runs="$PARRY_FUZZ_RUNS"); fi
 if [ -n "${PARRY_FUZZ_SEED:-}" ]; then runs+=(-seed="$PARRY_FUZZ_SEED"); fi
 "$root/scripts/install-deps.sh"
+source "$root/scripts/ccache-env.sh"
 build_dir="$root/build-fuzz"
 launcher=()
 if command -v ccache >/dev/null; then launcher=(-DCMAKE_CXX_COMPILER_LAUNCHER=ccache); fi

@@ -35,6 +35,7 @@ case "$kind" in
   *) echo "unknown sanitizer '$kind' (address, thread or ci)" >&2; exit 2 ;;
 esac
 "$root/scripts/install-deps.sh"
+source "$root/scripts/ccache-env.sh"
 asan_options="abort_on_error=1:detect_leaks=1:detect_stack_use_after_return=1:strict_string_checks=1"
 ubsan_options="print_stacktrace=1:halt_on_error=1"
 if [ "$kind" = ci ]; then

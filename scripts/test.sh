@@ -4,5 +4,6 @@
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 "$root/scripts/build.sh"
+source "$root/scripts/ccache-env.sh"
 cd "${PARRY_BUILD_DIR:-$root/build}"
 ctest --output-on-failure -j 2 --timeout 1800
