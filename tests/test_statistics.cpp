@@ -42,7 +42,7 @@ TEST(CertifyStatistics, ClopperPearsonLowerBoundMatchesScipy) {
 TEST(CertifyStatistics, ClopperPearsonLowerBoundCoversTheTruthAtItsLevel) {
   // The bound's defining property: P(X >= k | p = bound) = alpha, so at the
   // bound the observed count is just barely as unlikely as alpha allows.
-  for (const auto [k, n] : {std::pair<int64_t, int64_t>{7, 10}, {600, 1000}, {9990, 10000}}) {
+  for (const auto& [k, n] : {std::pair<int64_t, int64_t>{7, 10}, {600, 1000}, {9990, 10000}}) {
     const double alpha = 0.01;
     const double p = certify::clopper_pearson_lower(k, n, alpha);
     double upper_tail = 0.0;  // P(X >= k) for X ~ Bin(n, p), summed in logs
