@@ -36,7 +36,7 @@ build_dir="$root/build-fuzz"
 launcher=()
 if command -v ccache >/dev/null; then launcher=(-DCMAKE_CXX_COMPILER_LAUNCHER=ccache); fi
 CC=clang-14 CXX=clang++-14 cmake -S "$root" -B "$build_dir" -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo \
-  "${launcher[@]}" -DCMAKE_UNITY_BUILD=ON -DCMAKE_UNITY_BUILD_BATCH_SIZE=16 -DPARRY_FUZZ=ON -DPARRY_BUILD_TESTS=ON -DPARRY_BUILD_APPS=OFF -DPARRY_BUILD_BENCHMARKS=OFF \
+  "${launcher[@]}" -DCMAKE_UNITY_BUILD=OFF -DPARRY_UNITY_BUILD_BATCH=16 -DCMAKE_DISABLE_PRECOMPILE_HEADERS=ON -DPARRY_FUZZ=ON -DPARRY_BUILD_TESTS=ON -DPARRY_BUILD_APPS=OFF -DPARRY_BUILD_BENCHMARKS=OFF \
   -DPARRY_BUILD_EXAMPLES=OFF -DPARRY_INSTALL=OFF >/dev/null
 cmake --build "$build_dir" -j 2 --target "${targets[@]}"
 if [ $build_only = 1 ]; then exit 0; fi

@@ -78,7 +78,7 @@ build_dir="$root/build-${kind:0:1}san"  # build-asan or build-tsan
 launcher=()
 if command -v ccache >/dev/null; then launcher=(-DCMAKE_CXX_COMPILER_LAUNCHER=ccache); fi
 cmake -S "$root" -B "$build_dir" -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo "${launcher[@]}" \
-  -DPARRY_SANITIZE="$sanitizers" -DCMAKE_UNITY_BUILD=ON -DCMAKE_UNITY_BUILD_BATCH_SIZE=16 \
+  -DPARRY_SANITIZE="$sanitizers" -DCMAKE_UNITY_BUILD=OFF -DPARRY_UNITY_BUILD_BATCH=16 -DCMAKE_DISABLE_PRECOMPILE_HEADERS=ON \
   -DPARRY_BUILD_APPS=OFF -DPARRY_BUILD_BENCHMARKS=OFF -DPARRY_BUILD_EXAMPLES=OFF -DPARRY_INSTALL=OFF >/dev/null
 cmake --build "$build_dir" -j 2 --target parry_tests
 export OMP_WAIT_POLICY=PASSIVE

@@ -22,7 +22,7 @@ struct LinearModel {
 
 /// The shipped reference CNN (eval mode).
 inline Model reference_model() {
-  static auto net = models::load_reference_cnn(std::string(PARRY_TEST_FIXTURES) + "/reference_cnn.pt");
+  static auto net = models::load_reference_cnn(parry::testing::fixture_path("reference_cnn.pt"));
   return Model(net);
 }
 

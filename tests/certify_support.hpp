@@ -8,23 +8,28 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <utility>
+#include <vector>
 
 #include "parry/certify/statistics.hpp"
 #include "parry/core/model.hpp"
 
 namespace parry::testing {
 
-// Class 1 where (x − ½)·w > 0 on 1×4×4 pixels, w of unit length: the image
+// Class 1 where (x − ½)·w > 0 on C×H×W pixels (1×4×4 unless given), w of
+// unit length: the image
 // ½ + t·w lies at signed distance t from the boundary. Under noise
 // N(0, σ² I), P(f(x + δ) = 1) = Φ(t/σ), so the exact certified radius
 // σ·Φ⁻¹(p_A) equals |t| (Cohen et al., Section 3.1: the certificate is tight
 // for linear classifiers), and |t| is also the L2 budget an attacker needs.
 struct LinearTwoClass {
-  torch::Tensor w;  // 16, unit length
+  std::vector<int64_t> shape;  // C, H, W
+  torch::Tensor w;             // C·H·W, unit length
 
-  explicit LinearTwoClass(uint64_t seed = 7) {
+  explicit LinearTwoClass(uint64_t seed = 7, std::vector<int64_t> image_shape = {1, 4, 4})
+      : shape(std::move(image_shape)) {
     torch::manual_seed(seed);
-    w = torch::randn({16});
+    w = torch::randn({shape[0] * shape[1] * shape[2]});
     w /= w.norm();
   }
   Model model(double logit_scale = 1.0) const {
@@ -34,7 +39,7 @@ struct LinearTwoClass {
       return torch::stack({torch::zeros_like(margin), margin}, 1);
     });
   }
-  torch::Tensor at(double t) const { return (0.5 + t * w).reshape({1, 4, 4}); }
+  torch::Tensor at(double t) const { return (0.5 + t * w).reshape(shape); }
 };
 
 // Φ(z) from the complementary error function.

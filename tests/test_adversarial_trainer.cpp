@@ -186,7 +186,7 @@ TEST_F(AdversarialTrainerTest, ResumeWorksForTorchScriptModelsToo) {
   // Loading a TorchScript model replaces its parameter tensors: the resumed
   // optimizer must follow them, or training would continue on stale tensors.
   const auto train = data::load_fashion_mnist(PARRY_FASHION_MNIST_DIR, true, 128);
-  const std::string fixture = std::string(PARRY_TEST_FIXTURES) + "/tiny_cnn.pt";
+  const std::string fixture = parry::testing::fixture_path("tiny_cnn.pt");
   auto options = [](const std::string& dir) {
     return AdversarialTrainerOptions().steps(1).epochs(2).batch_size(64).eval_samples(0).seed(3).checkpoint_dir(dir);
   };
@@ -221,7 +221,7 @@ TEST_F(AdversarialTrainerTest, CorruptOrForeignCheckpointIsAClearError) {
 
   const auto before = state_of(model);
   // The fuzzer's reproducer of a LibTorch crash in the module source (its first byte picks the reader).
-  std::ifstream crash_in(PARRY_TEST_FIXTURES "/../fuzz/crashes/fuzz_saved_state-checkpoint-type-parser-segv",
+  std::ifstream crash_in(parry::testing::fixture_path("../fuzz/crashes/fuzz_saved_state-checkpoint-type-parser-segv"),
                          std::ios::binary);
   const std::string crash((std::istreambuf_iterator<char>(crash_in)), std::istreambuf_iterator<char>());
   ASSERT_GT(crash.size(), 1000u);

@@ -17,7 +17,7 @@ namespace {
 // The reproducers of one fuzz target, "<target>-<what>".
 std::vector<std::filesystem::path> reproducers(const std::string& target) {
   std::vector<std::filesystem::path> out;
-  for (const auto& entry : std::filesystem::directory_iterator(PARRY_TEST_FIXTURES "/../fuzz/crashes")) {
+  for (const auto& entry : std::filesystem::directory_iterator(parry::testing::fixture_path("../fuzz/crashes"))) {
     if (entry.path().filename().string().rfind(target + "-", 0) == 0) out.push_back(entry.path());
   }
   std::sort(out.begin(), out.end());

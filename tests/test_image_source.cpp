@@ -48,7 +48,7 @@ std::string io_error_of(F&& call) {
 }
 
 std::string fixture(const std::string& name) {
-  return std::string(PARRY_TEST_FIXTURES) + "/" + name;
+  return parry::testing::fixture_path(name);
 }
 
 nlohmann::json read_json(const std::string& path) {

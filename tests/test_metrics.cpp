@@ -6,6 +6,7 @@
 #include <nlohmann/json.hpp>
 
 #include "parry/core/errors.hpp"
+#include "test_paths.hpp"
 
 using namespace parry;
 
@@ -16,7 +17,7 @@ torch::Tensor t(std::vector<double> v) {
 
 // Reference values from SciPy (scripts/make_wilson_fixture.py).
 nlohmann::json wilson_fixture() {
-  std::ifstream in(std::string(PARRY_TEST_FIXTURES) + "/wilson_intervals.json");
+  std::ifstream in(parry::testing::fixture_path("wilson_intervals.json"));
   EXPECT_TRUE(in.good()) << "tests/fixtures/wilson_intervals.json is missing";
   return nlohmann::json::parse(in);
 }

@@ -21,7 +21,7 @@ class ReferenceModelTest : public parry::testing::SeededTest {
 // The committed fixture was produced by `parry train --epochs 15 --seed 0`
 // (see docs/reference-model.md); the issue requires at least 91%.
 TEST_F(ReferenceModelTest, ShippedReferenceModelReaches91PercentOnTheTestSet) {
-  auto net = models::load_reference_cnn(std::string(PARRY_TEST_FIXTURES) + "/reference_cnn.pt");
+  auto net = models::load_reference_cnn(parry::testing::fixture_path("reference_cnn.pt"));
   auto test = data::load_fashion_mnist(PARRY_FASHION_MNIST_DIR, false);
   const double acc = train::accuracy(Model(net), test.images, test.labels);
   RecordProperty("test_accuracy", std::to_string(acc));

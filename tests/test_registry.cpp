@@ -10,6 +10,7 @@
 #include "attack_support.hpp"
 #include "config/reader.hpp"  // internal: builds a component from a JSON value (NaN and inf included)
 #include "parry/preprocess/bit_depth.hpp"
+#include "test_paths.hpp"
 
 using namespace parry;
 using parry::testing::kGrayInput;
@@ -90,7 +91,7 @@ std::string read_file(const std::string& path) {
   return text.str();
 }
 
-const std::string kConfigurationDoc = std::string(PARRY_TEST_FIXTURES) + "/../../docs/configuration.md";
+const std::string kConfigurationDoc = parry::testing::fixture_path("../../docs/configuration.md");
 
 }  // namespace
 

@@ -1,6 +1,7 @@
 #include "parry/certify/smoothed_classifier.hpp"
 
 #include <gtest/gtest.h>
+#include <torch/script.h>
 
 #include <cmath>
 #include <thread>
@@ -9,6 +10,7 @@
 #include "parry/certify/statistics.hpp"
 #include "parry/core/errors.hpp"
 #include "certify_support.hpp"
+#include "test_paths.hpp"
 
 using namespace parry;
 
@@ -177,6 +179,56 @@ TEST(SmoothedClassifier, IsSafeToShareBetweenThreads) {
       EXPECT_GT(c.radius, 0.35);
       EXPECT_LE(c.radius, 0.4);
     }
+  }
+}
+
+TEST(SmoothedClassifier, CertifiesAnRgbNonSquareImageAsTightlyAsAGreyOne) {
+  // The closed form of the linear model holds in any dimension: 3×5×7 pixels,
+  // noise on every channel of every pixel.
+  const LinearTwoClass linear(21, {3, 5, 7});
+  const certify::SmoothedClassifier smoothed(linear.model(), seeded(13));
+  for (const double t : {0.3, -0.2}) {
+    const auto c = smoothed.certify(linear.at(t))[0];
+    EXPECT_EQ(c.label, t > 0 ? 1 : 0) << "t = " << t;
+    EXPECT_LE(c.radius, std::abs(t)) << "t = " << t;
+    EXPECT_GE(c.radius, radius_floor(t, kSigma, 100000, 0.001)) << "t = " << t;
+  }
+  EXPECT_EQ(smoothed.predict(torch::stack({linear.at(0.4), linear.at(-0.4)})), (std::vector<int64_t>{1, 0}));
+}
+
+TEST(SmoothedClassifier, SmoothsATorchScriptRgbResNet) {
+  // The committed ResNet fixture: 10 classes, 3×32×32 inputs, loaded from
+  // TorchScript. With σ far below the pixel scale every noisy copy gets the
+  // base model's label, so g = f and each certificate's p̲_A is the
+  // Clopper–Pearson bound of n out of n.
+  const Model resnet = Model::load_torchscript(parry::testing::fixture_path("resnet_small.pt"));
+  const torch::Tensor images = torch::jit::load(parry::testing::fixture_path("resnet_small_expected.pt"))
+                                   .attr("inputs").toTensor();
+  ASSERT_EQ(images.sizes(), (std::vector<int64_t>{4, 3, 32, 32}));
+  const torch::Tensor base_labels = resnet.logits(images).argmax(1);
+  const certify::SmoothedClassifier tiny(resnet, certify::SmoothingOptions().sigma(1e-6).batch_size(96).seed(3));
+  const auto certificates = tiny.certify(images, certify::CertifyOptions().n0(20).n(200));
+  ASSERT_EQ(certificates.size(), 4u);
+  for (int64_t i = 0; i < 4; ++i) {
+    const auto& c = certificates[static_cast<size_t>(i)];
+    EXPECT_EQ(c.label, base_labels[i].item<int64_t>());
+    EXPECT_EQ(c.top_count, 200);
+    EXPECT_EQ(c.votes.sizes(), (std::vector<int64_t>{10}));
+    EXPECT_NEAR(c.p_lower, certify::clopper_pearson_lower(200, 200, 0.001), 1e-12);
+    EXPECT_NEAR(c.radius, 1e-6 * certify::normal_quantile(c.p_lower), 1e-15);
+  }
+  // At σ = 0.25 the votes spread, still summing to n over the 10 classes;
+  // the attacker's logits differentiate through the ResNet to every channel.
+  const certify::SmoothedClassifier noisy(resnet, certify::SmoothingOptions().sigma(0.25).batch_size(96).seed(4));
+  const torch::Tensor votes = noisy.vote_counts(images[0], 300);
+  EXPECT_EQ(votes.sizes(), (std::vector<int64_t>{10}));
+  EXPECT_EQ(votes.sum().item<int64_t>(), 300);
+  const torch::Tensor x = images.slice(0, 0, 2).clone().requires_grad_(true);
+  const torch::Tensor out = noisy.attack_logits(16, /*seed=*/5)(x);
+  ASSERT_EQ(out.sizes(), (std::vector<int64_t>{2, 10}));
+  const torch::Tensor gradient = torch::autograd::grad({out.select(1, 0).sum()}, {x})[0];
+  for (int64_t channel = 0; channel < 3; ++channel) {
+    EXPECT_GT(gradient.select(1, channel).abs().sum().item<double>(), 0.0) << "channel " << channel;
   }
 }
 

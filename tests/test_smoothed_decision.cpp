@@ -6,6 +6,7 @@
 #include <thread>
 
 #include "parry/conceal/output_policies.hpp"
+#include "parry/core/errors.hpp"
 #include "parry/core/guard.hpp"
 #include "certify_support.hpp"
 
@@ -23,7 +24,7 @@ std::shared_ptr<const certify::SmoothedClassifier> smoothed(const Model& model, 
 Guard smoothed_guard(const LinearTwoClass& linear, certify::SmoothedDecisionOptions options,
                      std::shared_ptr<const OutputPolicy> policy, uint64_t seed = 1) {
   const Model model = linear.model();
-  return GuardBuilder(model, InputSpec(1, 4, 4).max_batch(64))
+  return GuardBuilder(model, InputSpec(linear.shape[0], linear.shape[1], linear.shape[2]).max_batch(64))
       .set_decision_rule(std::make_shared<certify::SmoothedDecision>(smoothed(model, seed), options))
       .set_output_policy(std::move(policy))
       .build();
@@ -70,6 +71,21 @@ TEST(SmoothedDecision, TheOutputPolicyDecidesWhetherTheCertifiedRadiusLeaves) {
   EXPECT_LE(shown.certified_radius[0], 0.3);
   EXPECT_EQ(shown.certified_radius[1], 0.0);
   EXPECT_EQ(shown.verdict, Verdict::Abstained);
+}
+
+TEST(SmoothedDecision, AGuardOverRgbNonSquareImagesCertifiesAndAbstainsAlike) {
+  const LinearTwoClass linear(19, {3, 6, 5});
+  const auto certifying = certify::SmoothedDecisionOptions().certify(true).certification(
+      certify::CertifyOptions().n(20000));
+  const Guard guard = smoothed_guard(linear, certifying, std::make_shared<LabelOnly>(/*show_certified_radius=*/true));
+  const Response response = guard.predict(torch::stack({linear.at(-0.3), linear.at(0.0)}));
+  EXPECT_EQ(response.labels, (std::vector<int64_t>{0, kNoLabel}));
+  ASSERT_EQ(response.certified_radius.size(), 2u);
+  EXPECT_GE(response.certified_radius[0], parry::testing::radius_floor(0.3, 0.25, 20000, 0.001));
+  EXPECT_LE(response.certified_radius[0], 0.3);
+  EXPECT_EQ(response.verdict, Verdict::Abstained);
+  // A grey 1×6×5 image is refused by the RGB input spec before any noise is drawn.
+  EXPECT_THROW(guard.predict(torch::full({1, 1, 6, 5}, 0.5)), InputError);
 }
 
 TEST(SmoothedDecision, ScoresAreVoteSharesAndAbstainedRowsRevealNothing) {

@@ -7,13 +7,14 @@
 #include <nlohmann/json.hpp>
 
 #include "parry/core/errors.hpp"
+#include "test_paths.hpp"
 
 using namespace parry;
 
 namespace {
 // Reference values from SciPy (scripts/make_certify_fixture.py).
 nlohmann::json certify_fixture() {
-  std::ifstream in(std::string(PARRY_TEST_FIXTURES) + "/certify_statistics.json");
+  std::ifstream in(parry::testing::fixture_path("certify_statistics.json"));
   EXPECT_TRUE(in.good()) << "tests/fixtures/certify_statistics.json is missing";
   return nlohmann::json::parse(in);
 }

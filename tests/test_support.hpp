@@ -12,6 +12,7 @@
 
 #include "parry/core/input_spec.hpp"
 #include "parry/core/model.hpp"
+#include "test_paths.hpp"
 
 namespace parry::testing {
 
@@ -42,10 +43,8 @@ class TempDir {
   std::filesystem::path path_;
 };
 
-#ifdef PARRY_TEST_FIXTURES
 /// The folder of committed test fixtures.
-inline const std::string kFixtures = PARRY_TEST_FIXTURES;
-#endif
+inline const std::string kFixtures = fixtures_dir();
 
 /// Writes `bytes` gzip-compressed to `path`, creating its folder.
 inline void write_gzip(const std::string& path, const std::string& bytes) {

@@ -30,7 +30,7 @@ case "$mode" in
     # main build compiles every source on its own.
     cmake -S "$source_dir/tests/package/consumer" -B "$work/build" "${generator[@]}" "${launcher[@]}" \
       -DCMAKE_BUILD_TYPE=Release -DPARRY_SOURCE_DIR="$source_dir" \
-      -DCMAKE_UNITY_BUILD=ON -DCMAKE_UNITY_BUILD_BATCH_SIZE=16
+      -DCMAKE_UNITY_BUILD=OFF -DPARRY_UNITY_BUILD_BATCH=16
     # Parry is not the top-level project here: its tests and apps stay off.
     if grep -q "parry_tests" "$work/build/build.ninja" 2>/dev/null; then
       echo "Parry's tests were configured inside a consumer project" >&2
