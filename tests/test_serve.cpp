@@ -338,6 +338,13 @@ TEST_F(ServeServer, HealthzAndMetricsReflectTheRequests) {
 
 TEST_F(ServeServer, ConcurrentClientsAreAllAnsweredAndCounted) {
   start(guard_for(spec_, {throttle(30)}));
+  // Debian's cpp-httplib is a shared library built without ThreadSanitizer. It
+  // builds function-local statics on first use (the server's set of method
+  // names, the client's std::regex); TSan cannot see the guard of a static
+  // initialised in uninstrumented code and reports the first concurrent
+  // readers as racing with its construction (docs/reliability.md). One request
+  // before the clients start builds both on one thread; it is not counted.
+  ASSERT_TRUE(client().Get("/healthz"));
   constexpr int kClients = 8, kRequests = 20;
   std::atomic<int> ok{0}, wrong{0};
   std::vector<std::thread> threads;
