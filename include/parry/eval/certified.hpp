@@ -53,9 +53,10 @@ struct CertifiedOutcome {
   std::vector<double> correct_radius;
   double certify_seconds = 0.0;  ///< wall time of CERTIFY over all images
   /// CERTIFY's overhead: its wall time over that of the (n₀ + n) · images
-  /// plain forward passes of the base model it makes, at the noise batch,
-  /// timed in the same run (1 = nothing but the forward passes). Each image
-  /// costs n₀ + n forward passes on top.
+  /// plain forward passes of the base model it makes, at the noise batch
+  /// (1 = nothing but the forward passes). The reference is one batch of
+  /// clean copies of each image, timed right after that image's CERTIFY, so
+  /// both see the same machine load.
   double certify_cost_ratio = 0.0;
   /// Images certified per second.
   double images_per_second() const { return certify_seconds > 0 ? images / certify_seconds : 0.0; }
