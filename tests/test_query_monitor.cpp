@@ -62,6 +62,24 @@ TEST_F(QueryMonitorTest, FingerprintIsTheLargestDistinctWindowHashes) {
   EXPECT_NE(plain.fingerprint(torch::full({1, 4, 8}, 0.0f)), plain.fingerprint(torch::full({1, 4, 8}, 50 / 255.f)));
   // Unsalted, a blank image's windows are all alike.
   EXPECT_EQ(plain.fingerprint(torch::zeros({1, 28, 28})).size(), 1u);
+  // Blacklight's definition, computed here independently: level
+  // floor(255·v/50), XXH3-64 of every 20-value window (step 1), the 50
+  // largest distinct hashes (a hash of 0 becomes 1).
+  {
+    const torch::Tensor x = image(3).contiguous();
+    std::vector<uint8_t> levels;
+    for (int64_t i = 0; i < x.numel(); ++i) {
+      levels.push_back(static_cast<uint8_t>(std::floor(255.0 * x.data_ptr<float>()[i] / 50 + 1e-6)));
+    }
+    std::set<uint64_t, std::greater<uint64_t>> hashes;
+    for (size_t i = 0; i + 20 <= levels.size(); ++i) {
+      const uint64_t h = XXH3_64bits(levels.data() + i, 20);
+      hashes.insert(h == 0 ? 1 : h);
+    }
+    std::vector<uint64_t> expected(hashes.begin(), hashes.end());
+    expected.resize(std::min<size_t>(expected.size(), 50));
+    EXPECT_EQ(plain.fingerprint(x), expected);
+  }
   // The value range is mapped onto [0, 255] before quantising.
   QueryMonitor keyed(QueryMonitorOptions().salt_key(7));
   QueryMonitor shifted(QueryMonitorOptions().value_range(-1, 1).salt_key(7));
@@ -208,41 +226,57 @@ TEST_F(QueryMonitorTest, MatchesAgreeWithBruteForceUnderEviction) {
   // A small store receiving repeats, noisy copies and sparse images (few
   // distinct windows, so short fingerprints leave slot positions unused):
   // every count and match id must equal a brute-force search over the
-  // fingerprints of the images currently stored.
-  constexpr size_t kCapacity = 5;
-  QueryMonitor monitor(QueryMonitorOptions().threshold(1).max_stored_queries(kCapacity));
-  std::deque<std::pair<uint64_t, std::set<uint64_t>>> stored;  // id, fingerprint; oldest first
-  std::mt19937 rng(7);
-  for (int step = 0; step < 400; ++step) {
-    torch::Tensor x;
-    switch (rng() % 3) {
-      case 0:
-        x = image(rng() % 8);
-        break;
-      case 1:
-        x = (image(rng() % 8) + (torch::rand({1, 28, 28}) * 2 - 1) * 0.02).clamp(0, 1).to(torch::kFloat32);
-        break;
-      default:  // a sparse image: a few bright pixels on black
-        x = torch::zeros({1, 28, 28});
-        for (int k = 0; k < 1 + static_cast<int>(rng() % 6); ++k) x[0][rng() % 28][rng() % 28] = 1.0f;
-    }
-    const auto print = monitor.fingerprint(x);
-    const std::set<uint64_t> keys(print.begin(), print.end());
-    int64_t best = 0;
-    uint64_t best_id = 0;
-    for (const auto& [id, other] : stored) {  // oldest first: ties go to the newest
-      int64_t shared = 0;
-      for (const uint64_t k : keys) shared += other.count(k);
-      if (shared > 0 && shared >= best) {
-        best = shared;
-        best_id = id;
+  // fingerprints of the images currently stored. The in-process index keeps
+  // up to capacity/32 evicted images (at least 1) until it removes them in a
+  // batch: capacities 5, 70 and 160 keep 1, 2 and 5, so batches of several
+  // images are removed, and the stats must count the live images only.
+  for (const size_t capacity : {5, 70, 160}) {
+    QueryMonitor monitor(QueryMonitorOptions().threshold(1).max_stored_queries(static_cast<int64_t>(capacity)));
+    std::deque<std::pair<uint64_t, std::set<uint64_t>>> stored;  // id, fingerprint; oldest first
+    std::mt19937 rng(7);
+    for (int step = 0; step < 400; ++step) {
+      torch::Tensor x;
+      switch (rng() % 3) {
+        case 0:
+          x = image(rng() % 8);
+          break;
+        case 1:
+          x = (image(rng() % 8) + (torch::rand({1, 28, 28}) * 2 - 1) * 0.02).clamp(0, 1).to(torch::kFloat32);
+          break;
+        default:  // a sparse image: a few bright pixels on black
+          x = torch::zeros({1, 28, 28});
+          for (int k = 0; k < 1 + static_cast<int>(rng() % 6); ++k) x[0][rng() % 28][rng() % 28] = 1.0f;
+      }
+      const auto print = monitor.fingerprint(x);
+      const std::set<uint64_t> keys(print.begin(), print.end());
+      int64_t best = 0;
+      uint64_t best_id = 0;
+      for (const auto& [id, other] : stored) {  // oldest first: ties go to the newest
+        int64_t shared = 0;
+        for (const uint64_t k : keys) shared += other.count(k);
+        if (shared > 0 && shared >= best) {
+          best = shared;
+          best_id = id;
+        }
+      }
+      const auto o = observe_one(monitor, x);
+      ASSERT_EQ(o.global_matches, best) << "capacity " << capacity << ", step " << step;
+      ASSERT_EQ(o.global_match_id, best_id) << "capacity " << capacity << ", step " << step;
+      stored.emplace_back(o.query_id, keys);
+      if (stored.size() > capacity) stored.pop_front();
+      if (step % 50 == 49) {
+        uint64_t postings = 0;
+        std::set<uint64_t> distinct;
+        for (const auto& [id, other] : stored) {
+          postings += other.size();
+          distinct.insert(other.begin(), other.end());
+        }
+        const auto stats = monitor.stats();
+        ASSERT_EQ(stats.stored, stored.size()) << "capacity " << capacity << ", step " << step;
+        ASSERT_EQ(stats.postings, postings) << "capacity " << capacity << ", step " << step;
+        ASSERT_EQ(stats.index_entries, distinct.size()) << "capacity " << capacity << ", step " << step;
       }
     }
-    const auto o = observe_one(monitor, x);
-    ASSERT_EQ(o.global_matches, best) << "step " << step;
-    ASSERT_EQ(o.global_match_id, best_id) << "step " << step;
-    stored.emplace_back(o.query_id, keys);
-    if (stored.size() > kCapacity) stored.pop_front();
   }
 }
 

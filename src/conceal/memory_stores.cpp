@@ -59,7 +59,10 @@ class MemoryQueryStore final : public QueryStore {
 
   QueryStoreStats stats() const override {
     std::lock_guard<std::mutex> lock(mutex_);
-    const MemoryQueryIndex& s = *index_;
+    MemoryQueryIndex& s = *index_;
+    // Dead images still in the index are removed first: the figures are
+    // those of the live images.
+    s.remove_dead(s.next_id - 1);
     QueryStoreStats out;
     out.stored = s.stored;
     out.evictions = s.evictions;

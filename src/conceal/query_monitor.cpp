@@ -57,9 +57,11 @@ QueryMonitor::QueryMonitor(QueryMonitorOptions options)
                       "), but got " + std::to_string(options_.threshold()));
   }
   const int64_t per_slot = options_.hashes_kept() * scope_count(options_.scope());
-  constexpr int64_t kMaxPostings = std::numeric_limits<uint32_t>::max() - 1;  // the in-process index's posting ids
-  if (options_.max_stored_queries() > kMaxPostings / per_slot) {
-    throw OptionError("QueryMonitor: max_stored_queries × hashes_kept × indexes must stay below 2^32, but got " +
+  // The in-process index's posting ids are 32-bit, and it keeps up to 1,024
+  // dead images beyond max_stored_queries until it removes them in a batch.
+  constexpr int64_t kMaxPostings = std::numeric_limits<uint32_t>::max() - 1;
+  if (options_.max_stored_queries() > kMaxPostings / per_slot - 1024) {
+    throw OptionError("QueryMonitor: (max_stored_queries + 1024) × hashes_kept × indexes must stay below 2^32, but got " +
                       std::to_string(options_.max_stored_queries()) + " × " + std::to_string(options_.hashes_kept()) +
                       " × " + std::to_string(scope_count(options_.scope())));
   }
@@ -87,11 +89,17 @@ std::string QueryMonitor::check_input(const torch::Tensor& input) const {
   if (image[0] * image[1] * image[2] == 0) return "empty images";
   const auto& shape = options_.image_shape();
   if (!shape.empty() && (image[0] != shape[0] || image[1] != shape[1] || image[2] != shape[2])) return "image shape";
-  torch::NoGradGuard no_grad;
-  const auto [lo_t, hi_t] = torch::aminmax(input);
-  const double lo = lo_t.item<double>();
-  const double hi = hi_t.item<double>();
-  if (!(lo >= options_.min_value() && hi <= options_.max_value())) return "values non-finite or out of range";
+  // A plain loop: at batch 1, torch::aminmax and two item() calls cost more
+  // than the fingerprint's arithmetic.
+  const torch::Tensor x = input.contiguous();
+  const float* values = x.data_ptr<float>();
+  const double lo = options_.min_value(), hi = options_.max_value();
+  bool inside = true;
+  for (int64_t i = 0, count = x.numel(); i < count; ++i) {
+    const double v = values[i];
+    inside &= v >= lo && v <= hi;  // false for NaN
+  }
+  if (!inside) return "values non-finite or out of range";
   return {};
 }
 
@@ -109,9 +117,11 @@ std::vector<uint64_t> fingerprint_values(const float* values, int64_t count, con
     // The small epsilon puts an 8-bit value k/255 that float rounding left just
     // below a level boundary (k a multiple of the step) on the level it belongs to.
     const double scale = 255.0 / (o.max_value() - o.min_value()) / o.quantization_step();
+    // Clamping before the conversion makes truncation the floor: equal to
+    // clamp(floor(x), 0, top) for every x, and the loop vectorises.
     for (int64_t i = 0; i < count; ++i) {
-      const double level = std::floor((static_cast<double>(values[i]) - o.min_value()) * scale + 1e-6);
-      quantised[i] = static_cast<uint8_t>(std::clamp(level, 0.0, top));
+      const double level = (static_cast<double>(values[i]) - o.min_value()) * scale + 1e-6;
+      quantised[i] = static_cast<uint8_t>(static_cast<int>(std::clamp(level, 0.0, top)));
     }
   } else {
     // t = (v − lo)/(hi − lo)·255, then floor((t + s_i) / step) with s_i in
@@ -123,7 +133,7 @@ std::vector<uint64_t> fingerprint_values(const float* values, int64_t count, con
     const double salted_top = std::min(255.0, top + 1);
     for (int64_t i = 0; i < count; ++i) {
       const double t = (static_cast<double>(values[i]) - o.min_value()) * scale + salt[i];
-      quantised[i] = static_cast<uint8_t>(std::clamp(std::floor(t * inverse_step), 0.0, salted_top));
+      quantised[i] = static_cast<uint8_t>(static_cast<int>(std::clamp(t * inverse_step, 0.0, salted_top)));
     }
   }
   hashes.clear();
