@@ -451,6 +451,11 @@ TEST_F(QueryMonitorTest, OptionsValidated) {
   EXPECT_THROW(QueryMonitorOptions().action(static_cast<MonitorAction>(7)), OptionError);
   EXPECT_THROW(QueryMonitor(QueryMonitorOptions().hashes_kept(20).threshold(21)), OptionError);
   EXPECT_THROW(QueryMonitor(QueryMonitorOptions().max_stored_queries(int64_t{1} << 30)), OptionError);
+  // The boundary: 32-bit posting ids, room for one evicted image beyond the
+  // capacity (nothing is allocated until images arrive).
+  const int64_t most = (int64_t{0xffffffff} - 1) / 50 - 1;
+  EXPECT_NO_THROW(QueryMonitor(QueryMonitorOptions().max_stored_queries(most)));
+  EXPECT_THROW(QueryMonitor(QueryMonitorOptions().max_stored_queries(most + 1)), OptionError);
   try {
     QueryMonitorOptions().window(-3);
     FAIL() << "accepted a negative window";

@@ -57,11 +57,11 @@ QueryMonitor::QueryMonitor(QueryMonitorOptions options)
                       "), but got " + std::to_string(options_.threshold()));
   }
   const int64_t per_slot = options_.hashes_kept() * scope_count(options_.scope());
-  // The in-process index's posting ids are 32-bit, and it keeps up to 1,024
-  // dead images beyond max_stored_queries until it removes them in a batch.
+  // The in-process index's posting ids are 32-bit, and it needs room for at
+  // least one evicted image beyond max_stored_queries (query_store.hpp).
   constexpr int64_t kMaxPostings = std::numeric_limits<uint32_t>::max() - 1;
-  if (options_.max_stored_queries() > kMaxPostings / per_slot - 1024) {
-    throw OptionError("QueryMonitor: (max_stored_queries + 1024) × hashes_kept × indexes must stay below 2^32, but got " +
+  if (options_.max_stored_queries() > kMaxPostings / per_slot - 1) {
+    throw OptionError("QueryMonitor: max_stored_queries × hashes_kept × indexes must stay below 2^32, but got " +
                       std::to_string(options_.max_stored_queries()) + " × " + std::to_string(options_.hashes_kept()) +
                       " × " + std::to_string(scope_count(options_.scope())));
   }

@@ -71,13 +71,21 @@ struct MemoryQueryIndex {
   static constexpr double kMaxLoad = 0.8;
   static constexpr size_t kBloomWords = 8;  // 512 bits per image and index
 
+  // Posting ids are 32-bit (kNone is the largest).
+  static constexpr int64_t kMaxPostings = std::numeric_limits<uint32_t>::max() - 1;
+
   // Slots beyond the capacity that hold dead images until a batch removes
-  // them: about 3 % of the capacity, at most 1,024.
-  static int64_t spare_slots(int64_t capacity) { return std::min<int64_t>(1024, std::max<int64_t>(1, capacity / 32)); }
+  // them: about 3 % of the capacity, at most 1,024, at least 1, and never so
+  // many that the postings outgrow their 32-bit ids (QueryMonitor keeps
+  // capacity × per_slot at least one slot below that).
+  static int64_t spare_slots(int64_t capacity, int64_t per_slot) {
+    const int64_t spare = std::min<int64_t>(1024, std::max<int64_t>(1, capacity / 32));
+    return std::max<int64_t>(1, std::min(spare, kMaxPostings / per_slot - capacity));
+  }
 
   MemoryQueryIndex(int64_t capacity, int64_t per_slot, int64_t kept)
       : capacity(capacity),
-        slots(capacity + spare_slots(capacity)),
+        slots(capacity + spare_slots(capacity, per_slot)),
         per_slot(per_slot),
         kept(kept),
         // The table never needs more cells than this: there are at most
