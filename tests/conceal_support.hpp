@@ -9,6 +9,7 @@
 
 #include <memory>
 #include <mutex>
+#include <random>
 #include <string>
 #include <vector>
 
@@ -53,6 +54,30 @@ inline const torch::Tensor& test_images() {
 /// Test image i (1×28×28).
 inline torch::Tensor image(int64_t i) {
   return test_images()[i];
+}
+
+/// A stream of `count` images for the query monitor: repeats of 8 test
+/// images, noisy copies of them (uniform ±0.02, from torch's generator) and
+/// sparse images (a few bright pixels on black: short fingerprints).
+inline std::vector<torch::Tensor> mixed_stream(int count, uint32_t seed) {
+  std::mt19937 rng(seed);
+  std::vector<torch::Tensor> out;
+  for (int step = 0; step < count; ++step) {
+    torch::Tensor x;
+    switch (rng() % 3) {
+      case 0:
+        x = image(rng() % 8);
+        break;
+      case 1:
+        x = (image(rng() % 8) + (torch::rand({1, 28, 28}) * 2 - 1) * 0.02).clamp(0, 1).to(torch::kFloat32);
+        break;
+      default:
+        x = torch::zeros({1, 28, 28});
+        for (int k = 0; k < 1 + static_cast<int>(rng() % 6); ++k) x[0][rng() % 28][rng() % 28] = 1.0f;
+    }
+    out.push_back(x);
+  }
+  return out;
 }
 
 /// The one observation the monitor makes of a single image `x`.

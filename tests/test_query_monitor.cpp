@@ -248,20 +248,9 @@ TEST_F(QueryMonitorTest, MatchesAgreeWithBruteForceUnderEviction) {
       const std::string where =
           "threshold " + std::to_string(setting.threshold) + ", capacity " + std::to_string(capacity);
       std::deque<std::pair<uint64_t, std::set<uint64_t>>> stored;  // id, fingerprint; oldest first
-      std::mt19937 rng(7);
+      const auto stream = parry::testing::mixed_stream(400, 7);
       for (int step = 0; step < 400; ++step) {
-        torch::Tensor x;
-        switch (rng() % 3) {
-          case 0:
-            x = image(rng() % 8);
-            break;
-          case 1:
-            x = (image(rng() % 8) + (torch::rand({1, 28, 28}) * 2 - 1) * 0.02).clamp(0, 1).to(torch::kFloat32);
-            break;
-          default:  // a sparse image: a few bright pixels on black
-            x = torch::zeros({1, 28, 28});
-            for (int k = 0; k < 1 + static_cast<int>(rng() % 6); ++k) x[0][rng() % 28][rng() % 28] = 1.0f;
-        }
+        const torch::Tensor& x = stream[static_cast<size_t>(step)];
         const auto print = monitor.fingerprint(x);
         const std::set<uint64_t> keys(print.begin(), print.end());
         int64_t best = 0;

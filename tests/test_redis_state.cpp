@@ -36,33 +36,13 @@ namespace {
 
 using parry::testing::FakeClock;
 using parry::testing::image;
+using parry::testing::mixed_stream;
 using parry::testing::observe_one;
 using parry::testing::test_images;
 
 // Silences the log (failure warnings are expected here) and keeps the lines.
 class RedisStateTest : public parry::testing::LoggedTest {};
 
-// A stream of repeats, noisy copies and sparse images (short fingerprints).
-std::vector<torch::Tensor> mixed_stream(int count, uint32_t seed) {
-  std::mt19937 rng(seed);
-  std::vector<torch::Tensor> out;
-  for (int step = 0; step < count; ++step) {
-    torch::Tensor x;
-    switch (rng() % 3) {
-      case 0:
-        x = image(rng() % 8);
-        break;
-      case 1:
-        x = (image(rng() % 8) + (torch::rand({1, 28, 28}) * 2 - 1) * 0.02).clamp(0, 1).to(torch::kFloat32);
-        break;
-      default:
-        x = torch::zeros({1, 28, 28});
-        for (int k = 0; k < 1 + static_cast<int>(rng() % 6); ++k) x[0][rng() % 28][rng() % 28] = 1.0f;
-    }
-    out.push_back(x);
-  }
-  return out;
-}
 
 // Records every input a Guard receives (the attack's query stream).
 class Recorder final : public Gate {
