@@ -2,10 +2,10 @@
 // and its evaluation (docs/training.md).
 //
 //   build/benchmarks/parry_adversarial_training METHOD EPOCHS [STEPS=7] [EVAL_N=10000]
-//       [RESTARTS=3] [CHECKPOINT_DIR=""] [OUT=""] [TRAIN_LIMIT=0]
+//       [RESTARTS=3] [CHECKPOINT_DIR=""] [OUT=""] [TRAIN_LIMIT=0] [WIDTH=1] [DROPOUT=0.5]
 //
-// METHOD is pgd, fast_fgsm or trades. The model starts from a fresh
-// initialisation (seed 0) and is trained on the 60,000 training images with
+// METHOD is pgd, fast_fgsm or trades. The model (the reference CNN at width
+// multiplier WIDTH, head dropout DROPOUT) starts from a fresh initialisation (seed 0) and is trained on the 60,000 training images with
 // Adam 1e-3, cosine decay, batch 128. With CHECKPOINT_DIR the run writes a
 // checkpoint after every epoch and resumes from it when restarted. Then:
 // clean accuracy on the 10,000 test images; FGSM and PGD-40 (α = 0.01,
@@ -33,7 +33,8 @@ int main(int argc, char** argv) {
   if (argc < 3) {
     std::fprintf(
         stderr,
-        "usage: %s pgd|fast_fgsm|trades EPOCHS [STEPS] [EVAL_N] [RESTARTS] [CHECKPOINT_DIR] [OUT] [TRAIN_LIMIT]\n",
+        "usage: %s pgd|fast_fgsm|trades EPOCHS [STEPS] [EVAL_N] [RESTARTS] [CHECKPOINT_DIR] [OUT] [TRAIN_LIMIT] "
+        "[WIDTH] [DROPOUT]\n",
         argv[0]);
     return 2;
   }
@@ -46,12 +47,15 @@ int main(int argc, char** argv) {
     const std::string checkpoint_dir = argc > 6 ? argv[6] : "";
     const std::string out = argc > 7 ? argv[7] : "";
     const int64_t train_limit = argc > 8 ? std::stoll(argv[8]) : 0;
+    const auto architecture = models::ReferenceCnnOptions()
+                                  .width(argc > 9 ? std::stoll(argv[9]) : 1)
+                                  .dropout(argc > 10 ? std::stod(argv[10]) : 0.5);
     const double eps = 0.1;
 
     const auto train = data::load_fashion_mnist(data::kDebianFashionMnistDir, true, train_limit);
     const auto test = data::load_fashion_mnist(data::kDebianFashionMnistDir, false);
     torch::manual_seed(0);
-    models::ReferenceCnn net;
+    models::ReferenceCnn net(architecture);
     Model model(net);
     auto options = train::AdversarialTrainerOptions()
                        .method(method)
@@ -65,8 +69,10 @@ int main(int argc, char** argv) {
                        .seed(0)
                        .checkpoint_dir(checkpoint_dir)
                        .on_progress(train::progress_printer());
-    std::printf("%s adversarial training, eps %.2f, %lld attack steps (alpha %.4f), %lld epochs on %lld images\n",
-                train::to_string(method), eps,
+    std::printf(
+        "%s adversarial training of the reference CNN (width %lld, dropout %.2f), eps %.2f, %lld attack steps "
+        "(alpha %.4f), %lld epochs on %lld images\n",
+        train::to_string(method), static_cast<long long>(architecture.width()), architecture.dropout(), eps,
                 static_cast<long long>(method == train::AdversarialMethod::FastFgsm ? 1 : steps), options.step_size(),
                 static_cast<long long>(epochs), static_cast<long long>(train.images.size(0)));
     std::fflush(stdout);
@@ -99,9 +105,10 @@ int main(int argc, char** argv) {
     const double pgd = robust_accuracy(
         [&](const torch::Tensor& a, const torch::Tensor& b) { return attack::pgd(f, a, b, pgd_options); }, x, y);
     std::printf(
-        "RESULT method=%s epochs=%lld steps=%lld clean=%.2f%% fgsm=%.2f%% pgd40x%lld=%.2f%% (on %lld test images) "
-        "train_s=%.1f eval_s=%.1f\n",
-        train::to_string(method), static_cast<long long>(epochs), static_cast<long long>(steps), 100 * clean,
+        "RESULT method=%s width=%lld dropout=%.2f epochs=%lld steps=%lld clean=%.2f%% fgsm=%.2f%% pgd40x%lld=%.2f%% "
+        "(on %lld test images) train_s=%.1f eval_s=%.1f\n",
+        train::to_string(method), static_cast<long long>(architecture.width()), architecture.dropout(),
+        static_cast<long long>(epochs), static_cast<long long>(steps), 100 * clean,
         100 * fgsm, static_cast<long long>(restarts), 100 * pgd, static_cast<long long>(eval_n), train_seconds,
         seconds_since(start));
     return 0;

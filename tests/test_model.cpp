@@ -252,6 +252,51 @@ TEST_F(ModelTest, OptionsValidated) {
   EXPECT_THROW(parry::models::ReferenceCnnOptions().dropout(1.0), parry::OptionError);
   EXPECT_THROW(parry::models::ReferenceCnnOptions().dropout(-0.1), parry::OptionError);
   EXPECT_THROW(parry::models::ReferenceCnnOptions().classes(1), parry::OptionError);
+  EXPECT_THROW(parry::models::ReferenceCnnOptions().width(0), parry::OptionError);
+  EXPECT_THROW(parry::models::ReferenceCnnOptions().width(17), parry::OptionError);
+}
+
+// Width w multiplies every layer's units: 32w and 64w filters, a 128w-unit
+// hidden layer, and the 64w·5·5 flattened map in between.
+TEST_F(ModelTest, WidthMultipliesEveryLayer) {
+  ReferenceCnn wide(parry::models::ReferenceCnnOptions().width(2).classes(7));
+  wide->eval();
+  const auto parameters = wide->named_parameters();
+  EXPECT_EQ(parameters["conv1.weight"].sizes(), torch::IntArrayRef({64, 1, 3, 3}));
+  EXPECT_EQ(parameters["conv2.weight"].sizes(), torch::IntArrayRef({128, 64, 3, 3}));
+  EXPECT_EQ(parameters["fc1.weight"].sizes(), torch::IntArrayRef({256, 128 * 5 * 5}));
+  EXPECT_EQ(parameters["fc2.weight"].sizes(), torch::IntArrayRef({7, 256}));
+  const auto x = torch::rand({3, 1, 28, 28});
+  EXPECT_EQ(wide->features(x).sizes(), torch::IntArrayRef({3, 256}));
+  EXPECT_EQ(wide->forward(x).sizes(), torch::IntArrayRef({3, 7}));
+}
+
+// load_reference_cnn reads the width from the file; loading into a module of
+// another width is a mismatch, not a crash.
+TEST_F(ModelTest, LoadReferenceCnnReadsTheWidthFromTheFile) {
+  parry::testing::TempDir dir;
+  torch::manual_seed(3);
+  ReferenceCnn wide(parry::models::ReferenceCnnOptions().width(3));
+  wide->eval();
+  Model(wide).save(dir.file("wide.pt"));
+  auto loaded = parry::models::load_reference_cnn(dir.file("wide.pt"));
+  EXPECT_EQ(loaded->options().width(), 3);
+  EXPECT_FALSE(loaded->is_training());
+  const auto x = torch::rand({2, 1, 28, 28});
+  EXPECT_TRUE(torch::equal(loaded->forward(x), wide->forward(x)));
+  // The options' width is ignored; their classes still have to match.
+  EXPECT_EQ(parry::models::load_reference_cnn(dir.file("wide.pt"), parry::models::ReferenceCnnOptions().width(1))
+                ->options()
+                .width(),
+            3);
+  EXPECT_THROW(parry::models::load_reference_cnn(dir.file("wide.pt"), parry::models::ReferenceCnnOptions().classes(4)),
+               parry::IoError);
+  ReferenceCnn narrow;
+  EXPECT_THROW(Model(narrow).load(dir.file("wide.pt")), parry::IoError);
+  // Another architecture's file is still refused by name, not misread.
+  PlainNet plain;
+  Model(plain).save(dir.file("plain.pt"));
+  EXPECT_THROW(parry::models::load_reference_cnn(dir.file("plain.pt")), parry::IoError);
 }
 
 // The reference CNN draws its dropout mask itself (uniform < keep): it must

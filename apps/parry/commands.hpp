@@ -8,6 +8,7 @@ namespace parry::cli {
 /// Options of `parry train` (also used by `parry demo` on its first run).
 struct TrainOptions {
   std::string model;  // TorchScript file to train; empty: a new reference CNN
+  int64_t width = 1;  // the new reference CNN's width multiplier
   std::string out;
   int64_t epochs = 15;
   int64_t batch = 128;

@@ -15,13 +15,16 @@ namespace {
 // again, so a teacher and a student start from the same weights), or a new
 // reference CNN (Fashion-MNIST's 1×28×28 only).
 Model fresh_model(const TrainOptions& opts, const data::ImageShape& shape) {
-  if (!opts.model.empty()) return load_model(opts.model);
+  if (!opts.model.empty()) {
+    if (opts.width != 1) throw OptionError("--width applies to a new reference CNN, not to your --model");
+    return load_model(opts.model);
+  }
   if (shape.channels != 1 || shape.height != 28 || shape.width != 28) {
     throw OptionError("the reference CNN takes 1×28×28 images but the data has " + std::to_string(shape.channels) +
                       "×" + std::to_string(shape.height) + "×" + std::to_string(shape.width) +
                       "; give your own TorchScript model with --model");
   }
-  return Model(models::ReferenceCnn());
+  return Model(models::ReferenceCnn(models::ReferenceCnnOptions().width(opts.width)));
 }
 
 // The training split of --data (or --train-data), whole, and the test split.
@@ -213,6 +216,11 @@ Command add_train_command(CLI::App& app, const CommonOptions& common) {
   train_cmd->add_option("--model", train_opts.model,
                         "TorchScript model to train from its current weights (saved as TorchScript; default: a new "
                         "reference CNN)");
+  train_cmd->add_option("--width", train_opts.width,
+                        "Width multiplier of a new reference CNN, 1-16 (2: the wider model for adversarial "
+                        "training, about 4x the compute)")
+      ->check(CLI::Range(1, 16))
+      ->capture_default_str();
   train_cmd->add_option("--out", train_opts.out, "Where to save the model")->required();
   train_cmd->add_option("--epochs", train_opts.epochs, "Epochs")->check(CLI::PositiveNumber)->capture_default_str();
   train_cmd->add_option("--batch", train_opts.batch, "Batch size")->check(CLI::PositiveNumber)->capture_default_str();

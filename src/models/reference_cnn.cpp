@@ -1,6 +1,8 @@
 // models::ReferenceCnn: the Fashion-MNIST reference network.
 #include "parry/models/reference_cnn.hpp"
 
+#include "detail/torch_archive.hpp"
+
 namespace parry::models {
 
 ReferenceCnnOptions& ReferenceCnnOptions::dropout(double p) {
@@ -17,18 +19,27 @@ ReferenceCnnOptions& ReferenceCnnOptions::classes(int64_t k) {
   return *this;
 }
 
+ReferenceCnnOptions& ReferenceCnnOptions::width(int64_t w) {
+  if (w < 1 || w > 16) {
+    throw OptionError("ReferenceCnnOptions::width: multiplier must be in [1, 16], but got " + std::to_string(w));
+  }
+  width_ = w;
+  return *this;
+}
+
 ReferenceCnnImpl::ReferenceCnnImpl(ReferenceCnnOptions options) : options_(options) {
   reset();
 }
 
 void ReferenceCnnImpl::reset() {
-  conv1_ = register_module("conv1", torch::nn::Conv2d(torch::nn::Conv2dOptions(1, 32, 3)));
-  bn1_ = register_module("bn1", torch::nn::BatchNorm2d(32));
-  conv2_ = register_module("conv2", torch::nn::Conv2d(torch::nn::Conv2dOptions(32, 64, 3)));
-  bn2_ = register_module("bn2", torch::nn::BatchNorm2d(64));
-  fc1_ = register_module("fc1", torch::nn::Linear(64 * 5 * 5, 128));
+  const int64_t w = options_.width();
+  conv1_ = register_module("conv1", torch::nn::Conv2d(torch::nn::Conv2dOptions(1, 32 * w, 3)));
+  bn1_ = register_module("bn1", torch::nn::BatchNorm2d(32 * w));
+  conv2_ = register_module("conv2", torch::nn::Conv2d(torch::nn::Conv2dOptions(32 * w, 64 * w, 3)));
+  bn2_ = register_module("bn2", torch::nn::BatchNorm2d(64 * w));
+  fc1_ = register_module("fc1", torch::nn::Linear(64 * w * 5 * 5, 128 * w));
   dropout_ = register_module("dropout", torch::nn::Dropout(options_.dropout()));
-  fc2_ = register_module("fc2", torch::nn::Linear(128, options_.classes()));
+  fc2_ = register_module("fc2", torch::nn::Linear(128 * w, options_.classes()));
 }
 
 torch::Tensor ReferenceCnnImpl::features(const torch::Tensor& x) {
@@ -53,7 +64,26 @@ torch::Tensor ReferenceCnnImpl::forward(const torch::Tensor& x) {
   return head(features(x));
 }
 
+namespace {
+
+// The width multiplier of the reference model saved at `path`: conv1's filter
+// count over 32. A file that does not say (another architecture, a missing
+// key, a count that is no multiple) gives 1, and Model::load then names what
+// does not match.
+int64_t stored_width(const std::string& path) {
+  torch::serialize::InputArchive archive;
+  detail::load_output_archive(path, "model file", archive);
+  torch::Tensor conv1_weight;
+  if (!archive.try_read("p.conv1.weight", conv1_weight) || conv1_weight.dim() != 4) return 1;
+  const int64_t filters = conv1_weight.size(0);
+  if (filters % 32 != 0 || filters < 32 || filters > 32 * 16) return 1;
+  return filters / 32;
+}
+
+}  // namespace
+
 ReferenceCnn load_reference_cnn(const std::string& path, ReferenceCnnOptions options) {
+  options.width(stored_width(path));
   ReferenceCnn net(options);
   Model(net).load(path);
   net->eval();

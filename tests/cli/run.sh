@@ -143,6 +143,15 @@ for method in adversarial distilled; do
   "$python" -c "import sys, torch; m = torch.jit.load(sys.argv[1]); assert m(torch.zeros(2, 1, 28, 28)).shape == (2, 10)" \
     "ts-$method.pt" || fail "Python cannot load the $method TorchScript model"
 done
+# A wider reference CNN (--width 2, docs/training.md): trained adversarially, saved, and loaded again by
+# predict without being told its width; --width does not apply to a TorchScript --model.
+"$parry" train --method adversarial --width 2 --steps 1 --out wide.pt --epochs 1 --limit 256 >train.txt 2>&1 ||
+  { cat train.txt; fail "adversarial training of a width-2 reference CNN"; }
+"$parry" predict --model wide.pt --input 1x28x28 boot.png >predict.txt 2>&1 || { cat predict.txt; fail "predict could not load wide.pt"; }
+grep -q "boot.png: " predict.txt || { cat predict.txt; fail "predict with wide.pt gave no answer"; }
+expect_error "--width applies to a new reference CNN" train --model "$src/tests/fixtures/tiny_cnn.pt" --width 2 \
+  --out x.pt --epochs 1 --limit 8
+expect_error "width" train --width 0 --out x.pt --epochs 1
 # Randomized smoothing: Gaussian training, then the certified rows of the report (docs/certified.md).
 "$parry" train --method gaussian --sigma 0.25 --out noisy.pt --epochs 1 --limit 512 >train.txt 2>&1 ||
   { cat train.txt; fail "gaussian training failed"; }
