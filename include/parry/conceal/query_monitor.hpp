@@ -47,10 +47,10 @@
 // happen to resemble stored ones is refused (false positives are measured in
 // docs/concealment.md).
 //
-// Costs: per image, one hash per window position and a partial sort; lookups
-// in an open-addressing table; memory bounded by max_stored_queries (the oldest
-// image is evicted first and its postings leave the index). Thread-safe: one
-// mutex guards the store, so admit() may be called from any number of threads.
+// Costs: per image, one hash per window position and a partial sort; lookups in an open-addressing
+// table; memory bounded by max_stored_queries plus one removal batch (the oldest image is evicted, i.e.
+// unmatchable, at once; evicted postings leave the index in batches of up to 1,024 images). Thread-safe:
+// one mutex guards the store, so admit() may be called from any number of threads.
 //
 // State. By default the store is in the process. With redis() set, the
 // stored fingerprints and the index live in Redis (parry/conceal/state.hpp),
