@@ -5,11 +5,12 @@
 //       [RESTARTS=3] [CHECKPOINT_DIR=""] [OUT=""] [TRAIN_LIMIT=0] [WIDTH=1] [DROPOUT=0.5]
 //
 // METHOD is pgd, fast_fgsm or trades. The model (the reference CNN at width
-// multiplier WIDTH, head dropout DROPOUT) starts from a fresh initialisation (seed 0) and is trained on the 60,000 training images with
-// Adam 1e-3, cosine decay, batch 128. With CHECKPOINT_DIR the run writes a
-// checkpoint after every epoch and resumes from it when restarted. Then:
-// clean accuracy on the 10,000 test images; FGSM and PGD-40 (α = 0.01,
-// RESTARTS random restarts) accuracy on the first EVAL_N test images.
+// multiplier WIDTH, head dropout DROPOUT) starts from a fresh initialisation
+// (seed 0) and is trained on the 60,000 training images with Adam 1e-3,
+// cosine decay, batch 128. With CHECKPOINT_DIR the run writes a checkpoint
+// after every epoch and resumes from it when restarted. Then: clean accuracy
+// on the 10,000 test images; FGSM and PGD-40 (α = 0.01, RESTARTS random
+// restarts) accuracy on the first EVAL_N test images.
 #include <chrono>
 #include <cstdio>
 
@@ -73,8 +74,8 @@ int main(int argc, char** argv) {
         "%s adversarial training of the reference CNN (width %lld, dropout %.2f), eps %.2f, %lld attack steps "
         "(alpha %.4f), %lld epochs on %lld images\n",
         train::to_string(method), static_cast<long long>(architecture.width()), architecture.dropout(), eps,
-                static_cast<long long>(method == train::AdversarialMethod::FastFgsm ? 1 : steps), options.step_size(),
-                static_cast<long long>(epochs), static_cast<long long>(train.images.size(0)));
+        static_cast<long long>(method == train::AdversarialMethod::FastFgsm ? 1 : steps), options.step_size(),
+        static_cast<long long>(epochs), static_cast<long long>(train.images.size(0)));
     std::fflush(stdout);
     train::AdversarialTrainer trainer(options);
     const data::LabeledImages held_out{test.images.slice(0, 9000), test.labels.slice(0, 9000)};
@@ -108,8 +109,8 @@ int main(int argc, char** argv) {
         "RESULT method=%s width=%lld dropout=%.2f epochs=%lld steps=%lld clean=%.2f%% fgsm=%.2f%% pgd40x%lld=%.2f%% "
         "(on %lld test images) train_s=%.1f eval_s=%.1f\n",
         train::to_string(method), static_cast<long long>(architecture.width()), architecture.dropout(),
-        static_cast<long long>(epochs), static_cast<long long>(steps), 100 * clean,
-        100 * fgsm, static_cast<long long>(restarts), 100 * pgd, static_cast<long long>(eval_n), train_seconds,
+        static_cast<long long>(epochs), static_cast<long long>(steps), 100 * clean, 100 * fgsm,
+        static_cast<long long>(restarts), 100 * pgd, static_cast<long long>(eval_n), train_seconds,
         seconds_since(start));
     return 0;
   } catch (const parry::Error& e) {
