@@ -3,7 +3,13 @@
 // detector-aware adaptive C&W of Carlini & Wagner 2017 against the combined
 // detector.
 //   build/benchmarks/parry_detector_table [N=1000] [KDE training images=60000] [adaptive N=200]
-//       [BANDWIDTH=1.20] [no-cw] [paper-eps]
+//       [BANDWIDTH=1.20] [no-cw] [paper-eps] [MODEL FEATURE_LAYER]
+//
+// MODEL is a TorchScript classifier of 1×28×28 images in [0, 1] to use
+// instead of the reference CNN, split for the kernel density at the input of
+// its submodule FEATURE_LAYER (Model::with_feature_layer); MC dropout runs the
+// whole model with all of its dropout active. docs/detectors.md uses it with
+// Feinman et al.'s MNIST architecture (scripts/make_feinman_model.py).
 //
 // Protocol (Feinman et al. 2017): test images the model classifies correctly
 // are split in half. Adversarial examples are kept where the attack succeeds;
@@ -42,9 +48,14 @@ int main(int argc, char** argv) {
   const double bandwidth = argc > 4 ? std::stod(argv[4]) : 1.20;  // the paper's MNIST bandwidth
   const bool with_cw = argc > 5 ? std::string(argv[5]) != "no-cw" : true;
   const bool paper_eps = argc > 6 && std::string(argv[6]) == "paper-eps";
+  const std::string model_path = argc > 8 ? argv[7] : "";
   try {
     torch::manual_seed(0);
-    const Model model(models::load_reference_cnn(PARRY_REFERENCE_MODEL));
+    // Without a split, McDropout replicates the batch through the whole model,
+    // so a dropout before the feature layer counts too.
+    const Model unsplit = model_path.empty() ? Model(models::load_reference_cnn(PARRY_REFERENCE_MODEL))
+                                             : Model::load_torchscript(model_path);
+    const Model model = model_path.empty() ? unsplit : unsplit.with_feature_layer(argv[8]);
     const auto f = differentiable(model);
     const auto test = data::load_fashion_mnist(data::kDebianFashionMnistDir, false, 10000);
     torch::Tensor correct;
@@ -56,14 +67,15 @@ int main(int argc, char** argv) {
     const auto x = test.images.index_select(0, index), y = test.labels.index_select(0, index);
     const int64_t half = x.size(0) / 2;
     const auto calibration_clean = test.images.slice(0, 8000, 10000);
-    std::printf("reference model; %lld correctly classified of the first %lld test images, halves of %lld\n",
-                static_cast<long long>(x.size(0)), static_cast<long long>(n), static_cast<long long>(half));
+    std::printf("%s; %lld correctly classified of the first %lld test images, halves of %lld\n",
+                model_path.empty() ? "reference model" : model_path.c_str(), static_cast<long long>(x.size(0)),
+                static_cast<long long>(n), static_cast<long long>(half));
 
     auto start = std::chrono::steady_clock::now();
     const auto train = data::load_fashion_mnist(data::kDebianFashionMnistDir, true, kde_images);
     auto density = std::make_shared<detect::KernelDensity>(detect::KernelDensityOptions().bandwidth(bandwidth));
     density->fit(model, train.images, train.labels);
-    auto uncertainty = std::make_shared<detect::McDropout>(model);  // T = 50
+    auto uncertainty = std::make_shared<detect::McDropout>(unsplit);  // T = 50
     auto squeezing = std::make_shared<detect::FeatureSqueezing>(detect::FeatureSqueezing::for_grayscale());
     std::printf("kernel density (σ=%.2f) fitted on %lld training images in %.1f s\n\n", bandwidth,
                 static_cast<long long>(kde_images), seconds_since(start));
