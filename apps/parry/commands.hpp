@@ -7,8 +7,9 @@ namespace parry::cli {
 
 /// Options of `parry train` (also used by `parry demo` on its first run).
 struct TrainOptions {
-  std::string model;  // TorchScript file to train; empty: a new reference CNN
-  int64_t width = 1;  // the new reference CNN's width multiplier
+  std::string model;     // TorchScript file to train; empty: a new reference CNN
+  int64_t width = 1;     // the new reference CNN's width multiplier
+  double dropout = 0.5;  // the new reference CNN's head dropout probability
   std::string out;
   int64_t epochs = 15;
   int64_t batch = 128;

@@ -1,6 +1,7 @@
 // parry train: train a model (the user's TorchScript file or the reference CNN)
 // plainly, by distillation or adversarially, on --data, and save it.
 #include <cstdio>
+#include <cstdlib>
 #include <filesystem>
 
 #include "commands.hpp"
@@ -17,6 +18,7 @@ namespace {
 Model fresh_model(const TrainOptions& opts, const data::ImageShape& shape) {
   if (!opts.model.empty()) {
     if (opts.width != 1) throw OptionError("--width applies to a new reference CNN, not to your --model");
+    if (opts.dropout != 0.5) throw OptionError("--dropout applies to a new reference CNN, not to your --model");
     return load_model(opts.model);
   }
   if (shape.channels != 1 || shape.height != 28 || shape.width != 28) {
@@ -24,7 +26,9 @@ Model fresh_model(const TrainOptions& opts, const data::ImageShape& shape) {
                       "×" + std::to_string(shape.height) + "×" + std::to_string(shape.width) +
                       "; give your own TorchScript model with --model");
   }
-  return Model(models::ReferenceCnn(models::ReferenceCnnOptions().width(opts.width)));
+  std::fprintf(stderr, "a new reference CNN: width %lld, dropout %g\n", static_cast<long long>(opts.width),
+               opts.dropout);
+  return Model(models::ReferenceCnn(models::ReferenceCnnOptions().width(opts.width).dropout(opts.dropout)));
 }
 
 // The training split of --data (or --train-data), whole, and the test split.
@@ -220,6 +224,16 @@ Command add_train_command(CLI::App& app, const CommonOptions& common) {
                         "Width multiplier of a new reference CNN, 1-16 (2: the wider model for adversarial "
                         "training, about 4x the compute)")
       ->check(CLI::Range(1, 16))
+      ->capture_default_str();
+  train_cmd->add_option("--dropout", train_opts.dropout,
+                        "Dropout probability in [0, 1) before a new reference CNN's last layer (0: the measured "
+                        "recipe for adversarial training at --width 2)")
+      ->check(CLI::Validator(
+          [](std::string& value) -> std::string {
+            const double p = std::strtod(value.c_str(), nullptr);
+            return p >= 0.0 && p < 1.0 ? "" : "must be in [0, 1), but got " + value;
+          },
+          "in [0, 1)"))
       ->capture_default_str();
   train_cmd->add_option("--out", train_opts.out, "Where to save the model")->required();
   train_cmd->add_option("--epochs", train_opts.epochs, "Epochs")->check(CLI::PositiveNumber)->capture_default_str();

@@ -144,14 +144,19 @@ for method in adversarial distilled; do
     "ts-$method.pt" || fail "Python cannot load the $method TorchScript model"
 done
 # A wider reference CNN (--width 2, docs/training.md): trained adversarially, saved, and loaded again by
-# predict without being told its width; --width does not apply to a TorchScript --model.
-"$parry" train --method adversarial --width 2 --steps 1 --out wide.pt --epochs 1 --limit 256 >train.txt 2>&1 ||
+# predict without being told its width; --width and --dropout do not apply to a TorchScript --model.
+"$parry" train --method adversarial --width 2 --dropout 0 --steps 1 --out wide.pt --epochs 1 --limit 256 >train.txt 2>&1 ||
   { cat train.txt; fail "adversarial training of a width-2 reference CNN"; }
+grep -q "a new reference CNN: width 2, dropout 0$" train.txt || { cat train.txt; fail "--width 2 --dropout 0 not applied"; }
 "$parry" predict --model wide.pt --input 1x28x28 boot.png >predict.txt 2>&1 || { cat predict.txt; fail "predict could not load wide.pt"; }
 grep -q "boot.png: " predict.txt || { cat predict.txt; fail "predict with wide.pt gave no answer"; }
 expect_error "--width applies to a new reference CNN" train --model "$src/tests/fixtures/tiny_cnn.pt" --width 2 \
   --out x.pt --epochs 1 --limit 8
 expect_error "width" train --width 0 --out x.pt --epochs 1
+expect_error "--dropout applies to a new reference CNN" train --model "$src/tests/fixtures/tiny_cnn.pt" --dropout 0 \
+  --out x.pt --epochs 1 --limit 8
+expect_error "--dropout: must be in \[0, 1), but got 1" train --dropout 1 --out x.pt --epochs 1
+expect_error "--dropout: must be in \[0, 1), but got -0.1" train --dropout=-0.1 --out x.pt --epochs 1
 # Randomized smoothing: Gaussian training, then the certified rows of the report (docs/certified.md).
 "$parry" train --method gaussian --sigma 0.25 --out noisy.pt --epochs 1 --limit 512 >train.txt 2>&1 ||
   { cat train.txt; fail "gaussian training failed"; }
