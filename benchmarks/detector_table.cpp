@@ -48,6 +48,10 @@ int main(int argc, char** argv) {
   const double bandwidth = argc > 4 ? std::stod(argv[4]) : 1.20;  // the paper's MNIST bandwidth
   const bool with_cw = argc > 5 ? std::string(argv[5]) != "no-cw" : true;
   const bool paper_eps = argc > 6 && std::string(argv[6]) == "paper-eps";
+  if (argc == 8) {
+    std::fprintf(stderr, "parry_detector_table: MODEL needs a FEATURE_LAYER after it\n");
+    return 2;
+  }
   const std::string model_path = argc > 8 ? argv[7] : "";
   try {
     torch::manual_seed(0);

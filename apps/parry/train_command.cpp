@@ -26,9 +26,11 @@ Model fresh_model(const TrainOptions& opts, const data::ImageShape& shape) {
                       "×" + std::to_string(shape.height) + "×" + std::to_string(shape.width) +
                       "; give your own TorchScript model with --model");
   }
-  std::fprintf(stderr, "a new reference CNN: width %lld, dropout %g\n", static_cast<long long>(opts.width),
-               opts.dropout);
-  return Model(models::ReferenceCnn(models::ReferenceCnnOptions().width(opts.width).dropout(opts.dropout)));
+  const models::ReferenceCnn net(models::ReferenceCnnOptions().width(opts.width).dropout(opts.dropout));
+  // Read back from the network (its forward() uses these), so the CLI test sees what is trained.
+  std::fprintf(stderr, "a new reference CNN: width %lld, dropout %g\n", static_cast<long long>(net->options().width()),
+               net->options().dropout());
+  return Model(net);
 }
 
 // The training split of --data (or --train-data), whole, and the test split.
